@@ -1,0 +1,1 @@
+"""Frozen video models: extractors, memory, head, detector, FLOPs and latency."""

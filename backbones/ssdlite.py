@@ -1,0 +1,254 @@
+"""SSDLite detection head, anchors, box coding, the SSD loss, decoding and NMS.
+
+One feature map, one shared box predictor (depthwise 3x3 + pointwise 1x1, SSDLite style),
+``len(scales) * len(aspect_ratios)`` anchors per cell with aspect ratios {1, 0.5, 2}.
+The per-frame scalar :func:`frame_detection_loss` is what the RL environments use as
+``L(D_t, GT_t)``: the same loss the detector was trained with, so "lower is better"
+means the same thing for the agent and for the detector.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+BOX_VARIANCES = (0.1, 0.2)
+"""SSD's variances for centre and size offsets."""
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Anchors on a ``grid x grid`` map over an ``image_size x image_size`` image."""
+
+    image_size: int = 64
+    grid: int = 8
+    scales: tuple[float, ...] = (10.0, 20.0)
+    aspect_ratios: tuple[float, ...] = (1.0, 0.5, 2.0)
+
+    @property
+    def per_cell(self) -> int:
+        """Anchors per grid cell."""
+        return len(self.scales) * len(self.aspect_ratios)
+
+
+def make_anchors(cfg: AnchorConfig) -> Tensor:
+    """Anchors as (grid*grid*per_cell, 4) ``[cx, cy, w, h]`` in pixels, cell-major order."""
+    step = cfg.image_size / cfg.grid
+    out = []
+    for r in range(cfg.grid):
+        for c in range(cfg.grid):
+            cx, cy = (c + 0.5) * step, (r + 0.5) * step
+            for s in cfg.scales:
+                for a in cfg.aspect_ratios:
+                    out.append([cx, cy, s * math.sqrt(a), s / math.sqrt(a)])
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def cxcywh_to_xyxy(b: Tensor) -> Tensor:
+    """Convert ``[cx, cy, w, h]`` to ``[x0, y0, x1, y1]``."""
+    return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], dim=-1)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of ``[x0, y0, x1, y1]`` boxes: (N, 4) x (M, 4) -> (N, M)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
+
+
+def encode_boxes(gt_xyxy: Tensor, anchors: Tensor) -> Tensor:
+    """SSD offsets of ground-truth boxes relative to their anchors."""
+    w = (gt_xyxy[:, 2] - gt_xyxy[:, 0]).clamp(min=1e-3)
+    h = (gt_xyxy[:, 3] - gt_xyxy[:, 1]).clamp(min=1e-3)
+    cx = gt_xyxy[:, 0] + w / 2
+    cy = gt_xyxy[:, 1] + h / 2
+    v0, v1 = BOX_VARIANCES
+    return torch.stack(
+        [
+            (cx - anchors[:, 0]) / (anchors[:, 2] * v0),
+            (cy - anchors[:, 1]) / (anchors[:, 3] * v0),
+            torch.log(w / anchors[:, 2]) / v1,
+            torch.log(h / anchors[:, 3]) / v1,
+        ],
+        dim=1,
+    )
+
+
+def decode_boxes(offsets: Tensor, anchors: Tensor) -> Tensor:
+    """Inverse of :func:`encode_boxes`; returns ``[x0, y0, x1, y1]``. Broadcasts over batch."""
+    v0, v1 = BOX_VARIANCES
+    cxcy = anchors[..., :2] + offsets[..., :2] * v0 * anchors[..., 2:]
+    wh = anchors[..., 2:] * torch.exp(offsets[..., 2:].clamp(max=4.0) * v1)
+    return cxcywh_to_xyxy(torch.cat([cxcy, wh], dim=-1))
+
+
+def match_anchors(gt_boxes: Tensor, gt_labels: Tensor, anchors_xyxy: Tensor, iou_threshold: float = 0.4) -> tuple[Tensor, Tensor]:
+    """Assign every anchor a class (0 = background) and a matched ground-truth index.
+
+    An anchor is positive if its IoU with some box is >= ``iou_threshold``; every box also
+    claims its best anchor so small objects are never left unmatched.
+
+    Returns:
+        ``(labels, matched)``: (A,) int64 class per anchor (gt label + 1, or 0) and (A,)
+        index of the matched box (meaningful where labels > 0).
+    """
+    A = anchors_xyxy.shape[0]
+    if gt_boxes.numel() == 0:
+        return torch.zeros(A, dtype=torch.long), torch.zeros(A, dtype=torch.long)
+    iou = box_iou(gt_boxes, anchors_xyxy)  # (G, A)
+    best_iou, matched = iou.max(dim=0)
+    best_anchor = iou.argmax(dim=1)
+    matched[best_anchor] = torch.arange(len(gt_boxes))
+    best_iou[best_anchor] = 1.0
+    labels = gt_labels[matched] + 1
+    labels[best_iou < iou_threshold] = 0
+    return labels, matched
+
+
+@dataclass(frozen=True)
+class DetectionTargets:
+    """Per-anchor training targets for a batch of frames."""
+
+    labels: Tensor
+    """(B, A) int64 class per anchor, 0 = background."""
+    offsets: Tensor
+    """(B, A, 4) encoded box targets (valid where labels > 0)."""
+
+
+def build_targets(boxes: list[Tensor], labels: list[Tensor], anchors: Tensor) -> DetectionTargets:
+    """Match a batch of ground truths to the anchors."""
+    anchors_xyxy = cxcywh_to_xyxy(anchors)
+    all_labels, all_offsets = [], []
+    for b, lab in zip(boxes, labels, strict=True):
+        cls, idx = match_anchors(b, lab, anchors_xyxy)
+        all_labels.append(cls)
+        off = encode_boxes(b[idx], anchors) if b.numel() else torch.zeros(len(anchors), 4)
+        all_offsets.append(off)
+    return DetectionTargets(torch.stack(all_labels), torch.stack(all_offsets))
+
+
+def frame_detection_loss(loc: Tensor, conf: Tensor, targets: DetectionTargets, neg_pos_ratio: int = 3, min_negatives: int = 8) -> Tensor:
+    """The SSD multibox loss of every frame separately.
+
+    Softmax cross-entropy over positives and the hardest ``neg_pos_ratio`` negatives per
+    positive (at least ``min_negatives``, so false alarms on empty frames cost something),
+    plus smooth-L1 on positive box offsets; the sum is divided by max(#positives, 1).
+
+    Args:
+        loc: (B, A, 4) predicted offsets.
+        conf: (B, A, K + 1) class logits (index 0 = background).
+        targets: Matched targets.
+
+    Returns:
+        (B,) loss per frame.
+    """
+    labels = targets.labels
+    pos = labels > 0
+    num_pos = pos.sum(dim=1)
+    ce = nn.functional.cross_entropy(conf.transpose(1, 2), labels, reduction="none")  # (B, A)
+    neg_ce = ce.detach().masked_fill(pos, -1.0)
+    rank = neg_ce.argsort(dim=1, descending=True).argsort(dim=1)
+    num_neg = torch.clamp(neg_pos_ratio * num_pos, min=min_negatives)
+    neg = rank < num_neg[:, None]
+    cls_loss = (ce * (pos | neg)).sum(dim=1)
+    loc_loss = (nn.functional.smooth_l1_loss(loc, targets.offsets, reduction="none").sum(-1) * pos).sum(dim=1)
+    return (cls_loss + loc_loss) / num_pos.clamp(min=1)
+
+
+class SSDLiteHead(nn.Module):
+    """One shared SSDLite box predictor over a single feature map.
+
+    Args:
+        in_channels: Channels of the memory output ``[h, b]``.
+        num_classes: Object classes (background excluded).
+        anchors: Anchor layout.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, anchors: AnchorConfig) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.anchor_config = anchors
+        a = anchors.per_cell
+        self.dw = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, 3, 1, 1, groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU6(inplace=True),
+        )
+        self.predict = nn.Conv2d(in_channels, a * (4 + num_classes + 1), 1)
+        self.register_buffer("anchors", make_anchors(anchors), persistent=False)
+        with torch.no_grad():
+            # start with a background prior of ~0.99 (RetinaNet-style) for stable early training
+            bias = self.predict.bias.view(a, 4 + num_classes + 1)
+            bias[:, 4] = math.log(0.99 * num_classes / 0.01)
+
+    def forward(self, memory_output: Tensor) -> tuple[Tensor, Tensor]:
+        """Box offsets (B, A, 4) and class logits (B, A, K + 1), anchors in cell-major order."""
+        p = self.predict(self.dw(memory_output))
+        B, _, H, W = p.shape
+        p = p.permute(0, 2, 3, 1).reshape(B, H * W * self.anchor_config.per_cell, 4 + self.num_classes + 1)
+        return p[..., :4], p[..., 4:]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one frame (pixels, ``[x0, y0, x1, y1]``)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"Detections(n={len(self.scores)})"
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression. Returns kept indices, highest score first."""
+    order = scores.argsort(descending=True)
+    boxes = boxes[order]
+    iou = box_iou(boxes, boxes)
+    keep = torch.ones(len(order), dtype=torch.bool)
+    for i in range(len(order)):
+        if keep[i]:
+            suppress = iou[i] > iou_threshold
+            suppress[: i + 1] = False
+            keep &= ~suppress
+    return order[keep]
+
+
+def postprocess(
+    loc: Tensor,
+    conf: Tensor,
+    anchors: Tensor,
+    *,
+    score_threshold: float = 0.01,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    pre_nms_top_k: int = 200,
+    image_size: tuple[int, int] | None = None,
+) -> list[Detections]:
+    """Decode, threshold, per-class NMS, keep the best ``max_detections`` per frame."""
+    probs = torch.softmax(conf, dim=-1)[..., 1:]
+    boxes = decode_boxes(loc, anchors)
+    if image_size is not None:
+        h, w = image_size
+        boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], dim=-1)
+    out = []
+    K = probs.shape[-1]
+    for b in range(loc.shape[0]):
+        scores = probs[b].reshape(-1)
+        cand = torch.nonzero(scores > score_threshold).squeeze(1)
+        if len(cand) > pre_nms_top_k:
+            cand = cand[scores[cand].topk(pre_nms_top_k).indices]
+        anchor_idx, cls = cand // K, cand % K
+        bx, sc = boxes[b][anchor_idx], scores[cand]
+        # class offset trick: one NMS call, boxes of different classes never overlap
+        keep = nms(bx + (cls[:, None] * 1e4).to(bx.dtype), sc, iou_threshold)[:max_detections]
+        out.append(Detections(bx[keep].numpy().astype(np.float32), sc[keep].numpy().astype(np.float32), cls[keep].numpy().astype(np.int64)))
+    return out

@@ -1,0 +1,217 @@
+"""Training recipe of the interleaved detector (as in *Looking Fast and Slow*, Sec. 4).
+
+The memory is unrolled over clips of ``clip_len`` frames and every step runs a randomly
+chosen extractor, so the memory learns to fuse any mix of heavy and light features. Clips
+come in four kinds, drawn per clip:
+
+* ``interleaved``: the heavy extractor on frame 0 (what inference does), then at every
+  step the heavy one with probability ``q ~ U(0, max_heavy_prob)``, otherwise a light one;
+  so gaps of up to ``clip_len - 1`` light frames are seen, as a fixed tau or an RL policy
+  will produce;
+* ``heavy``: heavy on every frame (the heavy-only detector);
+* ``light`` / ``light+shift``: one light extractor on every frame from a zero memory
+  (the light-only detectors; with skipped light updates they never write the memory).
+
+The state-update rule (``skip_light_updates``) used here is stored with the weights and
+is the one inference uses; the light+shift extractor's temporal-shift buffer always holds
+the previous frame (it runs as a stream over the clip), which is how it is cached too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gistgym.backbones.detector import DetectorConfig, InterleavedDetector, default_detector_config
+from gistgym.backbones.ssdlite import build_targets, frame_detection_loss
+from gistgym.backbones.weights import save_detector
+from gistgym.errors import ConfigError
+from gistgym.videos.dataset import load_dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of ``gistgym backbones train``."""
+
+    videos: str = "data/bench"
+    """Dataset folder (the train split is used)."""
+    out: str = "gistgym/weights/interleaved_detector.pt"
+    """Where to write the weights (a JSON sidecar is written beside them)."""
+    seed: int = 0
+    """Seed of the initialisation, clip sampling and schedules."""
+    iterations: int = 2400
+    """Optimizer steps."""
+    batch_clips: int = 12
+    """Clips per step."""
+    clip_len: int = 16
+    """Frames per clip (the LSTM unroll length)."""
+    lr: float = 3e-3
+    """Peak learning rate (AdamW, linear warm-up then cosine decay)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup: int = 100
+    """Warm-up steps."""
+    max_heavy_prob: float = 0.3
+    """Upper bound of the per-step heavy probability in interleaved clips."""
+    clip_mix: tuple[float, float, float, float] = (0.5, 0.25, 0.15, 0.10)
+    """Probabilities of interleaved, heavy, light and light+shift clips."""
+    skip_light_updates: bool = True
+    """Light steps read but do not write the memory (the paper's default)."""
+    threads: int = 1
+    """torch threads (1 is fastest on a loaded 2-core machine)."""
+
+
+class ClipSampler:
+    """Random training clips (frames and boxes) from the videos of one split, held in memory."""
+
+    def __init__(self, videos_dir: str | Path, split: str, clip_len: int, rng: np.random.Generator, progress: bool = True) -> None:
+        ds = load_dataset(videos_dir)
+        records = [r for r in ds.split(split) if r.num_frames >= clip_len]
+        if not records:
+            raise ConfigError(f"no {split} video in {videos_dir} has at least clip_len={clip_len} frames")
+        self.frames = [r.read_frames() for r in tqdm(records, desc=f"decode {split}", disable=not progress, unit="video")]
+        self.boxes = [[torch.from_numpy(a.boxes) for a in r.annotations] for r in records]
+        self.labels = [[torch.from_numpy(a.labels) for a in r.annotations] for r in records]
+        self.clip_len = clip_len
+        self.rng = rng
+        self.num_classes = len(ds.classes)
+        self.image_size = records[0].height
+
+    def sample(self, batch: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """(B, T, H, W, 3) uint8 frames and the B*T boxes/labels (time-major within a clip)."""
+        frames, boxes, labels = [], [], []
+        size = self.image_size
+        for _ in range(batch):
+            v = int(self.rng.integers(len(self.frames)))
+            t0 = int(self.rng.integers(len(self.frames[v]) - self.clip_len + 1))
+            clip = self.frames[v][t0 : t0 + self.clip_len]
+            flip_x, flip_y = bool(self.rng.random() < 0.5), bool(self.rng.random() < 0.5)
+            # flips keep every class (the textures are flip-symmetric); 90° turns would not
+            if flip_x:
+                clip = clip[:, :, ::-1]
+            if flip_y:
+                clip = clip[:, ::-1]
+            frames.append(np.ascontiguousarray(clip))
+            for t in range(t0, t0 + self.clip_len):
+                b = self.boxes[v][t].clone()
+                if flip_x:
+                    b[:, [0, 2]] = size - b[:, [2, 0]]
+                if flip_y:
+                    b[:, [1, 3]] = size - b[:, [3, 1]]
+                boxes.append(b)
+                labels.append(self.labels[v][t])
+        return torch.from_numpy(np.stack(frames)), boxes, labels
+
+
+def sample_schedules(batch: int, clip_len: int, num_extractors: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Extractor index per (clip, step), following the clip mix of the module docstring."""
+    kinds = rng.choice(4, size=batch, p=np.asarray(cfg.clip_mix) / sum(cfg.clip_mix))
+    actions = np.zeros((batch, clip_len), dtype=np.int64)
+    lights = np.arange(1, num_extractors)
+    for b, kind in enumerate(kinds):
+        if kind == 0:
+            q = rng.uniform(0.0, cfg.max_heavy_prob)
+            heavy = rng.random(clip_len) < q
+            actions[b] = np.where(heavy, 0, rng.choice(lights, size=clip_len))
+            actions[b, 0] = 0
+        elif kind == 1:
+            actions[b] = 0
+        else:
+            actions[b] = 1 if kind == 2 or num_extractors < 3 else 2
+    return actions
+
+
+def unrolled_loss(model: InterleavedDetector, frames: Tensor, actions: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+    """Mean per-frame detection loss of clips run with the given extractor choices.
+
+    Every extractor runs once, batched, on exactly the frames that chose it (a shifting
+    extractor runs as a stream over the whole clips that use it), then the memory is
+    unrolled with the per-sample write rule.
+    """
+    B, T = actions.shape
+    images = model.preprocess(frames.reshape(B * T, *frames.shape[2:])).view(B, T, 3, frames.shape[2], frames.shape[3])
+    g, C = model.grid, model.config.memory_channels
+    feats = images.new_zeros(B, T, C, g, g)
+    for i, ext in enumerate(model.extractors):
+        chosen = actions == i
+        if not chosen.any():
+            continue
+        if ext.uses_shift:
+            clips = chosen.any(dim=1).nonzero().squeeze(1)
+            state = None
+            for t in range(T):
+                f, state = model.extract(i, images[clips, t], state)
+                pick = chosen[clips, t]
+                feats[clips[pick], t] = f[pick]
+        else:
+            f, _ = model.extract(i, images[chosen])
+            feats[chosen] = f
+    anchors = model.head.anchors
+    targets = build_targets(boxes, labels, anchors)
+    lstm = model.memory.initial_state(B, g, g)
+    locs, confs = [], []
+    for t in range(T):
+        out, lstm = model.memory_step(feats[:, t], lstm, model.writes_state(actions[:, t]))
+        loc, conf = model.head(out)
+        locs.append(loc)
+        confs.append(conf)
+    # boxes/labels are clip-major (b, t); stack predictions the same way
+    loc_all = torch.stack(locs, dim=1).reshape(B * T, *locs[0].shape[1:])
+    conf_all = torch.stack(confs, dim=1).reshape(B * T, *confs[0].shape[1:])
+    return frame_detection_loss(loc_all, conf_all, targets).mean()
+
+
+def train_detector(cfg: TrainConfig, *, progress: bool = True, detector_config: DetectorConfig | None = None, command: str = "") -> dict[str, Any]:
+    """Train the interleaved detector and write its weights; returns the training summary."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    sampler = ClipSampler(cfg.videos, "train", cfg.clip_len, rng, progress)
+    det_cfg = detector_config or default_detector_config(sampler.num_classes)
+    det_cfg = dataclasses.replace(det_cfg, skip_light_updates=cfg.skip_light_updates, num_classes=sampler.num_classes, image_size=sampler.image_size)
+    model = InterleavedDetector(det_cfg)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        p = (step - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+
+    start = time.time()
+    history: list[float] = []
+    bar = tqdm(range(cfg.iterations), desc="train detector", disable=not progress, unit="it")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        frames, boxes, labels = sampler.sample(cfg.batch_clips)
+        actions = torch.from_numpy(sample_schedules(cfg.batch_clips, cfg.clip_len, len(model.extractors), cfg, rng))
+        loss = unrolled_loss(model, frames, actions, boxes, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        history.append(float(loss.detach()))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(history[-50:]):.3f}")
+    minutes = (time.time() - start) / 60
+    summary = {
+        "train_config": dataclasses.asdict(cfg),
+        "train_minutes": round(minutes, 2),
+        "final_loss": float(np.mean(history[-100:])),
+        "command": command,
+        "dataset_generator": load_dataset(cfg.videos).generator,
+    }
+    digest = save_detector(Path(cfg.out), model, summary)
+    summary["sha256"] = digest
+    return summary

@@ -1,0 +1,151 @@
+"""Saving and loading detector weights: a ``state_dict`` file plus a JSON sidecar.
+
+The sidecar (``<name>.json`` beside ``<name>.pt``) holds the detector configuration, the
+update rule it was trained with, the preprocessing, the weights' sha256 and the exact
+command that reproduces them. Nothing is pickled: the ``.pt`` file is loaded with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gistgym.backbones.detector import DetectorConfig, InterleavedDetector
+from gistgym.errors import WeightsError
+from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "interleaved_detector.pt"
+"""The shipped weights of the embedded default."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sidecar_path(weights: Path) -> Path:
+    """The JSON sidecar that belongs to a weights file."""
+    return Path(weights).with_suffix(".json")
+
+
+def save_detector(path: Path, model: InterleavedDetector, metadata: Mapping[str, Any]) -> str:
+    """Write ``model``'s weights and sidecar atomically; returns the weights' sha256."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buf)
+    data = buf.getvalue()
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write_json(
+        sidecar_path(path),
+        {"format": "gistgym-detector", "format_version": 1, "config": model.config.to_dict(), "sha256": digest, **metadata},
+    )
+    return digest
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Load a ``state_dict`` saved with ``torch.save`` (no pickled code allowed).
+
+    Raises:
+        WeightsError: Missing file, not a torch file, or not a mapping of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(path, "weights file does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt zip/pickle
+        raise WeightsError(path, f"not a readable torch state_dict (corrupt or truncated?): {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(path, "expected a state_dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, *, prefix: str = "", allow_unused: bool = False) -> list[str]:
+    """Copy ``state`` into ``module``, checking every key and shape.
+
+    Args:
+        module: Target module.
+        state: Loaded tensors.
+        path: File they came from (for error messages).
+        prefix: Only keys starting with this are used (stripped before matching).
+        allow_unused: Ignore keys of ``state`` the module has no parameter for (e.g. the
+            deeper blocks of a truncated MobileNetV2); missing keys are always an error.
+
+    Returns:
+        The keys of ``state`` that were not used.
+
+    Raises:
+        WeightsError: A module key is missing from the file, or a shape differs.
+    """
+    own = module.state_dict()
+    picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    missing = [k for k in own if k not in picked]
+    if missing:
+        raise WeightsError(path, f"{len(missing)} keys missing, e.g. {missing[:3]}", field=prefix + missing[0])
+    for k, v in own.items():
+        if picked[k].shape != v.shape:
+            raise WeightsError(path, f"shape {tuple(picked[k].shape)} does not match the model's {tuple(v.shape)}", field=prefix + k)
+    unused = [k for k in picked if k not in own]
+    if unused and not allow_unused:
+        raise WeightsError(path, f"{len(unused)} keys the model does not have, e.g. {unused[:3]}", field=prefix + unused[0])
+    module.load_state_dict({k: picked[k] for k in own}, strict=True)
+    return unused
+
+
+def read_sidecar(weights: Path) -> dict[str, Any]:
+    """Read and check the JSON sidecar of a weights file."""
+    side = sidecar_path(weights)
+    if not side.is_file():
+        raise WeightsError(side, "sidecar JSON missing (it travels with the .pt file and holds the configuration)")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(side, f"not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "gistgym-detector" or "config" not in meta:
+        raise WeightsError(side, "expected a gistgym-detector sidecar with a 'config'", field="format")
+    return meta
+
+
+def load_detector(path: str | Path | None = None, *, check_sha256: bool = True) -> tuple[InterleavedDetector, dict[str, Any]]:
+    """Build the detector described by a weights file's sidecar and load the weights.
+
+    Args:
+        path: Weights file (defaults to the shipped ones).
+        check_sha256: Refuse weights whose bytes differ from the sidecar's checksum.
+
+    Returns:
+        The frozen (eval, no-grad) detector and the sidecar metadata.
+    """
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    meta = read_sidecar(path)
+    if not path.is_file():
+        raise WeightsError(path, "weights file does not exist")
+    if check_sha256 and sha256_file(path) != meta.get("sha256"):
+        raise WeightsError(path, f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)", field="sha256")
+    try:
+        config = DetectorConfig.from_dict(meta["config"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise WeightsError(sidecar_path(path), f"bad detector config: {exc}", field="config") from exc
+    model = InterleavedDetector(config)
+    load_into(model, load_state_dict_file(path), path)
+    return freeze(model), meta
+
+
+def freeze(model: nn.Module) -> Any:
+    """Put a module in eval mode with gradients off; returns it."""
+    model.eval()
+    model.requires_grad_(False)
+    return model

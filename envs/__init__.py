@@ -1,0 +1,1 @@
+"""Gymnasium environments that step over cached video-model outputs."""

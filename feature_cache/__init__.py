@@ -1,0 +1,1 @@
+"""gistgym.feature_cache."""

@@ -1,0 +1,14 @@
+"""gistgym: reinforcement-learning environments for adaptive compute scheduling in video.
+
+Frozen video models precompute per-frame features into a cache; Gymnasium environments
+step over that cache with the papers' exact rewards; agents learn when to spend compute.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("gistgym")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__"]

@@ -1,0 +1,46 @@
+"""Typed exceptions for bad input.
+
+Every error names the file, the field and what was expected, so the command line can print
+it as one line and exit non-zero instead of showing a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GistgymError(Exception):
+    """Base class of every error gistgym raises on bad input."""
+
+
+class InputFileError(GistgymError):
+    """A file is missing, unreadable, or holds something other than what it should.
+
+    Args:
+        path: The offending file.
+        problem: What is wrong, phrased so that the user knows what to fix.
+        field: The field, key or frame inside the file, when one is to blame.
+    """
+
+    def __init__(self, path: str | Path, problem: str, *, field: str | None = None) -> None:
+        self.path = Path(path)
+        self.field = field
+        self.problem = problem
+        where = f"{self.path}" if field is None else f"{self.path} [{field}]"
+        super().__init__(f"{where}: {problem}")
+
+
+class VideoError(InputFileError):
+    """A video file is missing, corrupt, truncated, empty, or shorter than requested."""
+
+
+class AnnotationError(InputFileError):
+    """An annotation names a frame that does not exist, has bad boxes, or a bad schema."""
+
+
+class WeightsError(InputFileError):
+    """A weights file is missing, corrupt, or has missing or mis-shaped keys."""
+
+
+class ConfigError(GistgymError):
+    """An argument or configuration value is out of range or unknown."""

@@ -1,0 +1,364 @@
+"""The on-disk video dataset format, its writer and its reader.
+
+Layout (``FORMAT_VERSION`` 1)::
+
+    DIR/
+      dataset.json            {"format": "gistgym-videos", "format_version": 1,
+                               "classes": [...], "splits": {"train": [ids], ...},
+                               "generator": {...} or null}
+      <video_id>/
+        video.mp4             any container/codec PyAV decodes; the benchmark writes
+                              lossless H.264 RGB (libx264rgb, crf 0) so fine textures survive
+        annotations.json      {"format_version": 1, "video_id": str, "num_frames": int,
+                               "height": int, "width": int, "fps": float, "label": int,
+                               "frames": [{"boxes": [[x0, y0, x1, y1], ...],
+                                           "labels": [int, ...],
+                                           "track_ids": [int, ...],     (optional)
+                                           "speeds": [float, ...],      (optional)
+                                           "segment": str}, ...]}       (optional)
+
+Boxes are pixels, ``x1``/``y1`` exclusive. A user's own videos load through the same reader
+when written in this layout; ``frames`` may list fewer entries than ``num_frames`` only by
+giving each entry an explicit ``"frame": index`` (frames not listed have no objects).
+Every write goes to a temporary name first and is renamed into place, so a crash never
+leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gistgym.errors import AnnotationError, VideoError
+from gistgym.videos.synthetic import FrameAnnotation
+
+FORMAT_NAME = "gistgym-videos"
+FORMAT_VERSION = 1
+DATASET_FILE = "dataset.json"
+VIDEO_FILE = "video.mp4"
+ANNOTATION_FILE = "annotations.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def write_video_file(path: Path, frames: np.ndarray, fps: int = 15) -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames losslessly (H.264 RGB, crf 0) into ``path``.
+
+    The encoder runs single-threaded so the same frames always give the same bytes.
+    """
+    import av
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise VideoError(path, f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if len(frames) == 0:
+        raise VideoError(path, "refusing to write an empty video (0 frames)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264rgb", rate=Fraction(fps))
+            stream.width = frames.shape[2]
+            stream.height = frames.shape[1]
+            stream.pix_fmt = "rgb24"
+            stream.options = {"crf": "0", "preset": "medium", "threads": "1"}
+            stream.codec_context.thread_count = 1
+            for image in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_video_file(path: Path, *, max_frames: int | None = None) -> np.ndarray:
+    """Decode a video file into a (T, H, W, 3) uint8 RGB array.
+
+    Raises:
+        VideoError: The file is missing, not a video, truncated/corrupt, or has no frames.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(path, "video file does not exist")
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(path, "file has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "SLICE"
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:  # type: ignore[attr-defined]
+        raise VideoError(path, f"cannot decode video (corrupt or truncated?): {exc}") from exc
+    if not frames:
+        raise VideoError(path, "video has no decodable frames (empty or corrupt)")
+    return np.stack(frames)
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a dataset: where it is, its size and its ground truth."""
+
+    video_id: str
+    path: Path
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+    label: int
+    annotations: tuple[FrameAnnotation, ...] = field(repr=False)
+
+    def read_frames(self, num_frames: int | None = None) -> np.ndarray:
+        """Decode the frames, checking the count against the annotations.
+
+        Args:
+            num_frames: Read only the first ``num_frames`` frames (error if the video is shorter).
+        """
+        want = self.num_frames if num_frames is None else num_frames
+        if want > self.num_frames:
+            raise VideoError(
+                self.path, f"requested {want} frames but the video has {self.num_frames}", field="num_frames"
+            )
+        frames = read_video_file(self.path, max_frames=want)
+        if len(frames) < want:
+            raise VideoError(
+                self.path,
+                f"decoded only {len(frames)} frames, expected {want} (truncated file?)",
+                field="num_frames",
+            )
+        if frames.shape[1:3] != (self.height, self.width):
+            raise VideoError(
+                self.path,
+                f"frame size {frames.shape[2]}x{frames.shape[1]} does not match the annotated "
+                f"{self.width}x{self.height}",
+                field="width/height",
+            )
+        return frames
+
+
+def _annotation_payload(video_id: str, frames: np.ndarray, annotations: Sequence[FrameAnnotation], label: int, fps: int) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "video_id": video_id,
+        "num_frames": int(frames.shape[0]),
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "fps": fps,
+        "label": int(label),
+        "frames": [
+            {
+                "boxes": np.round(a.boxes.astype(np.float64), 3).tolist(),
+                "labels": a.labels.tolist(),
+                "track_ids": a.track_ids.tolist(),
+                "speeds": np.round(a.speeds.astype(np.float64), 4).tolist(),
+                "segment": a.segment,
+            }
+            for a in annotations
+        ],
+    }
+
+
+def write_video(root: Path, video_id: str, frames: np.ndarray, annotations: Sequence[FrameAnnotation], label: int, fps: int = 15) -> None:
+    """Write one video folder (video file first, annotations last as the completion mark)."""
+    if len(annotations) != len(frames):
+        raise AnnotationError(root / video_id / ANNOTATION_FILE, f"{len(annotations)} annotations for {len(frames)} frames")
+    folder = Path(root) / video_id
+    write_video_file(folder / VIDEO_FILE, frames, fps=fps)
+    atomic_write_json(folder / ANNOTATION_FILE, _annotation_payload(video_id, frames, annotations, label, fps))
+
+
+def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, where: str = "") -> Any:
+    if key not in obj:
+        raise AnnotationError(path, f"missing required field (expected {getattr(kind, '__name__', kind)})", field=f"{where}{key}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise AnnotationError(path, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}", field=f"{where}{key}")
+    return value
+
+
+def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tuple[FrameAnnotation, ...]]:
+    """Load and validate one ``annotations.json``.
+
+    Raises:
+        AnnotationError: Bad JSON, missing fields, a frame index that does not exist, boxes
+            outside the frame or degenerate, unknown labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(path, "annotation file does not exist")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(path, f"not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise AnnotationError(path, "expected a JSON object at the top level")
+    version = _require(doc, "format_version", int, path)
+    if version != FORMAT_VERSION:
+        raise AnnotationError(path, f"format_version {version} is not supported (expected {FORMAT_VERSION})", field="format_version")
+    n = _require(doc, "num_frames", int, path)
+    height = _require(doc, "height", int, path)
+    width = _require(doc, "width", int, path)
+    if n < 1 or height < 1 or width < 1:
+        raise AnnotationError(path, f"num_frames/height/width must be positive, got {n}/{height}/{width}")
+    label = doc.get("label", -1)
+    if not isinstance(label, int) or not -1 <= label < num_classes:
+        raise AnnotationError(path, f"video label must be an int in [-1, {num_classes}), got {label!r}", field="label")
+    entries = _require(doc, "frames", list, path)
+    explicit = any(isinstance(e, dict) and "frame" in e for e in entries)
+    if not explicit and len(entries) != n:
+        raise AnnotationError(path, f"{len(entries)} frame entries for num_frames={n} (give each entry a 'frame' index to list only some)", field="frames")
+    per_frame: list[FrameAnnotation | None] = [None] * n
+    tol = 0.5  # half a pixel of slack for rounding in other tools' exports
+    for i, entry in enumerate(entries):
+        where = f"frames[{i}]."
+        if not isinstance(entry, dict):
+            raise AnnotationError(path, "expected an object", field=f"frames[{i}]")
+        index = entry.get("frame", i)
+        if not isinstance(index, int) or not 0 <= index < n:
+            raise AnnotationError(path, f"names frame {index!r}, which does not exist (video has {n} frames: 0..{n - 1})", field=f"{where}frame")
+        boxes = np.asarray(_require(entry, "boxes", list, path, where), dtype=np.float64).reshape(-1, 4) if entry.get("boxes") else np.zeros((0, 4))
+        labels = np.asarray(_require(entry, "labels", list, path, where), dtype=np.int64)
+        if len(labels) != len(boxes):
+            raise AnnotationError(path, f"{len(boxes)} boxes but {len(labels)} labels", field=f"{where}labels")
+        if len(boxes):
+            if not np.isfinite(boxes).all():
+                raise AnnotationError(path, "box coordinates must be finite numbers", field=f"{where}boxes")
+            bad = (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol) | (boxes[:, 2] > width + tol) | (boxes[:, 3] > height + tol)
+            if bad.any():
+                j = int(np.argmax(bad))
+                raise AnnotationError(path, f"box {boxes[j].tolist()} lies outside the {width}x{height} frame", field=f"{where}boxes[{j}]")
+            flat = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+            if flat.any():
+                j = int(np.argmax(flat))
+                raise AnnotationError(path, f"box {boxes[j].tolist()} has x1 <= x0 or y1 <= y0", field=f"{where}boxes[{j}]")
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise AnnotationError(path, f"labels must be in [0, {num_classes}), got {labels.tolist()}", field=f"{where}labels")
+        track_ids = np.asarray(entry.get("track_ids", list(range(len(labels)))), dtype=np.int64)
+        speeds = np.asarray(entry.get("speeds", [np.nan] * len(labels)), dtype=np.float32)
+        per_frame[index] = FrameAnnotation(
+            boxes=np.clip(boxes, 0, [width, height, width, height]).astype(np.float32),
+            labels=labels,
+            track_ids=track_ids,
+            speeds=speeds,
+            segment=str(entry.get("segment", "")),
+        )
+    empty = FrameAnnotation(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), "")
+    return doc, tuple(a if a is not None else empty for a in per_frame)
+
+
+@dataclass(frozen=True)
+class VideoDataset:
+    """A dataset folder: class names, splits, and lazily loaded video records."""
+
+    root: Path
+    classes: tuple[str, ...]
+    splits: dict[str, tuple[str, ...]] = field(repr=False)
+    generator: dict[str, Any] | None = field(default=None, repr=False)
+
+    def video(self, video_id: str) -> VideoRecord:
+        """Load and validate one video's record (annotations only; frames on demand)."""
+        folder = self.root / video_id
+        video_path = folder / VIDEO_FILE
+        if not video_path.is_file():
+            candidates = sorted(p for p in folder.glob("video.*") if p.is_file()) if folder.is_dir() else []
+            if not candidates:
+                raise VideoError(video_path, "video file does not exist")
+            video_path = candidates[0]
+        doc, annotations = parse_annotations(folder / ANNOTATION_FILE, len(self.classes))
+        return VideoRecord(
+            video_id=video_id,
+            path=video_path,
+            num_frames=int(doc["num_frames"]),
+            height=int(doc["height"]),
+            width=int(doc["width"]),
+            fps=float(doc.get("fps", 15)),
+            label=int(doc.get("label", -1)),
+            annotations=annotations,
+        )
+
+    def split(self, name: str) -> list[VideoRecord]:
+        """All videos of one split, in a fixed order."""
+        if name not in self.splits:
+            raise AnnotationError(self.root / DATASET_FILE, f"no split {name!r}; available: {sorted(self.splits)}", field="splits")
+        return [self.video(v) for v in self.splits[name]]
+
+    def iter_split(self, name: str) -> Iterator[VideoRecord]:
+        """Like :meth:`split` but loads one record at a time."""
+        if name not in self.splits:
+            raise AnnotationError(self.root / DATASET_FILE, f"no split {name!r}; available: {sorted(self.splits)}", field="splits")
+        for v in self.splits[name]:
+            yield self.video(v)
+
+
+def write_dataset_index(root: Path, classes: Sequence[str], splits: dict[str, list[str]], generator: dict[str, Any] | None) -> None:
+    """Write ``dataset.json`` (atomically; written last, it marks the dataset complete)."""
+    atomic_write_json(
+        Path(root) / DATASET_FILE,
+        {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "classes": list(classes), "splits": splits, "generator": generator},
+    )
+
+
+def load_dataset(root: str | Path) -> VideoDataset:
+    """Open a dataset folder written in the gistgym video format.
+
+    Raises:
+        AnnotationError: ``dataset.json`` is missing, not JSON, of another format or version.
+    """
+    root = Path(root)
+    index = root / DATASET_FILE
+    if not root.is_dir():
+        raise AnnotationError(root, "dataset folder does not exist (create one with `gistgym videos make --out DIR`)")
+    if not index.is_file():
+        raise AnnotationError(index, "missing dataset index (a folder made by `gistgym videos make` has one)")
+    try:
+        doc = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(index, f"not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise AnnotationError(index, f"expected format {FORMAT_NAME!r}", field="format")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise AnnotationError(index, f"format_version {doc.get('format_version')!r} is not supported (expected {FORMAT_VERSION})", field="format_version")
+    classes = _require(doc, "classes", list, index)
+    splits = _require(doc, "splits", dict, index)
+    return VideoDataset(
+        root=root,
+        classes=tuple(str(c) for c in classes),
+        splits={str(k): tuple(str(v) for v in vs) for k, vs in splits.items()},
+        generator=doc.get("generator"),
+    )
