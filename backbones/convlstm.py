@@ -48,7 +48,9 @@ class BottleneckConvLSTM(nn.Module):
         groups: The paper's G; every channel count must be divisible by it.
     """
 
-    def __init__(self, in_channels: int = 64, hidden_channels: int = 64, bottleneck_channels: int = 64, groups: int = 4) -> None:
+    def __init__(
+        self, in_channels: int = 64, hidden_channels: int = 64, bottleneck_channels: int = 64, groups: int = 4
+    ) -> None:
         super().__init__()
         for name, value in (("in", in_channels), ("hidden", hidden_channels), ("bottleneck", bottleneck_channels)):
             if value % groups:
@@ -61,7 +63,9 @@ class BottleneckConvLSTM(nn.Module):
         self.gates = SeparableConv(bottleneck_channels, 4 * hidden_channels, groups)
         with torch.no_grad():
             # forget-gate bias +1: remember by default (Jozefowicz et al.)
-            bias = self.gates[1].bias.view(groups, 4, hidden_channels // groups)
+            pointwise = self.gates[1]
+            assert isinstance(pointwise, nn.Conv2d) and pointwise.bias is not None
+            bias = pointwise.bias.view(groups, 4, hidden_channels // groups)
             bias[:, 0].fill_(1.0)
 
     @property

@@ -141,6 +141,9 @@ class StepOutput(NamedTuple):
 class InterleavedDetector(nn.Module):
     """m feature extractors sharing one ConvLSTM memory and one SSDLite head."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
         if len(cfg.extractors) < 2:
@@ -169,11 +172,19 @@ class InterleavedDetector(nn.Module):
 
     def initial_state(self, batch: int) -> DetectorState:
         """Zero memory, empty shift buffers."""
-        return DetectorState(self.memory.initial_state(batch, self.grid, self.grid), tuple(None for _ in self.extractors))
+        return DetectorState(
+            self.memory.initial_state(batch, self.grid, self.grid), tuple(None for _ in self.extractors)
+        )
+
+    def extractor(self, index: int) -> FeatureExtractor:
+        """Extractor ``index`` (0 = heavy)."""
+        ext = self.extractors[index]
+        assert isinstance(ext, FeatureExtractor)
+        return ext
 
     def extract(self, index: int, images: Tensor, shift_state: ShiftState | None = None) -> tuple[Tensor, ShiftState]:
         """Run extractor ``index`` on normalised images."""
-        return self.extractors[index].forward_with_shift(images, shift_state)
+        return self.extractor(index).forward_with_shift(images, shift_state)
 
     def memory_step(self, features: Tensor, lstm: LSTMState, write: Tensor | bool) -> tuple[Tensor, LSTMState]:
         """Memory output for ``features``; the state advances only where ``write`` is true.
@@ -208,7 +219,7 @@ class InterleavedDetector(nn.Module):
         write = action == 0 or not self.config.skip_light_updates
         out, lstm = self.memory_step(feats, state.lstm, write)
         loc, conf = self.head(out)
-        shifts = tuple(shift if i == action and self.extractors[i].uses_shift else s for i, s in enumerate(state.shift))
+        shifts = tuple(shift if i == action and self.extractor(i).uses_shift else s for i, s in enumerate(state.shift))
         return StepOutput(loc, conf, out, DetectorState(lstm, shifts))
 
     def detect(self, loc: Tensor, conf: Tensor) -> list[Detections]:

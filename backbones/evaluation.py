@@ -29,7 +29,7 @@ from gistgym.backbones.detector import InterleavedDetector
 from gistgym.backbones.flops import StepCost, step_costs
 from gistgym.backbones.ssdlite import Detections
 from gistgym.errors import ConfigError
-from gistgym.metrics import detection_map50
+from gistgym.metrics import detection_map50_subsets
 from gistgym.videos.dataset import VideoRecord, load_dataset
 from gistgym.videos.synthetic import FrameAnnotation
 
@@ -88,7 +88,9 @@ def build_schedule(name: str, num_frames: int, trained_skip: bool, num_extractor
             raise ConfigError(f"bad schedule {name!r}: tau must be >= 0")
         actions = fixed_tau_actions(num_frames, tau)
     else:
-        raise ConfigError(f"unknown schedule {name!r}; expected heavy, light, light+shift or tau=N[,no-memory|,other-update-rule]")
+        raise ConfigError(
+            f"unknown schedule {name!r}; expected heavy, light, light+shift or tau=N[,no-memory|,other-update-rule]"
+        )
     if option not in ("", "no-memory", "other-update-rule"):
         raise ConfigError(f"unknown schedule option {option!r} in {name!r}")
     return Schedule(
@@ -110,11 +112,17 @@ class VideoFeatures:
 
 @torch.no_grad()
 def extract_all(model: InterleavedDetector, records: Sequence[VideoRecord], chunk: int = 256) -> VideoFeatures:
-    """Run every extractor on every frame (shift extractors as a stream over each video)."""
+    """Run every extractor on every frame.
+
+    A shifting extractor runs as a stream over each video, so its features are exact for
+    schedules that run it on consecutive frames (``light+shift``); schedules that mix it with
+    other extractors must step the detector instead.
+    """
     frames = torch.from_numpy(np.stack([r.read_frames() for r in records]))  # (V, T, H, W, 3)
     V, T = frames.shape[:2]
     out: list[torch.Tensor] = []
-    for i, ext in enumerate(model.extractors):
+    for i in range(len(model.extractors)):
+        ext = model.extractor(i)
         if ext.uses_shift:
             state = None
             per_t = []
@@ -161,6 +169,17 @@ def _subset_masks(annotations: Sequence[FrameAnnotation]) -> dict[str, list[np.n
     return masks
 
 
+def _accuracy(
+    gts: Sequence[FrameAnnotation],
+    dets: Sequence[Detections],
+    num_classes: int,
+    masks: dict[str, list[np.ndarray]],
+    size: tuple[int, int],
+) -> dict[str, Any]:
+    maps = detection_map50_subsets(gts, dets, num_classes, {"all": None, **masks}, image_size=size)
+    return {"map50": maps.pop("all"), "subsets": maps}
+
+
 def evaluate_schedules(
     model: InterleavedDetector,
     videos_dir: str | Path,
@@ -183,7 +202,9 @@ def evaluate_schedules(
     if not records:
         raise ConfigError(f"split {split!r} of {videos_dir} has no videos")
     if len(ds.classes) != model.config.num_classes:
-        raise ConfigError(f"dataset has {len(ds.classes)} classes but the detector was trained for {model.config.num_classes}")
+        raise ConfigError(
+            f"dataset has {len(ds.classes)} classes but the detector was trained for {model.config.num_classes}"
+        )
     trained_skip = model.config.skip_light_updates if trained_skip is None else trained_skip
     costs = list(costs) if costs is not None else step_costs(model, measure=False)
     by_len: dict[int, list[VideoRecord]] = {}
@@ -214,14 +235,10 @@ def evaluate_schedules(
         flops = np.array([c.step_flops for c in costs])[acts]
         secs = np.array([c.step_seconds for c in costs])[acts]
         report[name] = {
-            "map50": detection_map50(gts, detections[name], model.config.num_classes, image_size=size),
+            **_accuracy(gts, detections[name], model.config.num_classes, masks, size),
             "gflops_per_frame": float(flops.mean() / 1e9),
             "latency_ms_per_frame": float(secs.mean() * 1e3),
             "heavy_fraction": float((acts == 0).mean()),
-            "subsets": {
-                k: detection_map50(gts, detections[name], model.config.num_classes, ignore=m, image_size=size)
-                for k, m in masks.items()
-            },
         }
     return report
 

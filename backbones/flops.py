@@ -76,7 +76,11 @@ def step_costs(model: InterleavedDetector, *, measure: bool = True, repeats: int
     head_s = measure_latency(lambda: model.head(out), repeats=repeats) if measure else 0.0
     costs = []
     for i, name in enumerate(model.extractor_names):
-        ext_flops = count_flops(lambda i=i: model.extract(i, images))
-        ext_s = measure_latency(lambda i=i: model.extract(i, images), repeats=repeats) if measure else 0.0
+
+        def run(i: int = i) -> object:
+            return model.extract(i, images)
+
+        ext_flops = count_flops(run)
+        ext_s = measure_latency(run, repeats=repeats) if measure else 0.0
         costs.append(StepCost(name, ext_flops, mem_flops, head_flops, ext_s, mem_s, head_s))
     return costs

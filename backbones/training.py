@@ -13,8 +13,8 @@ come in four kinds, drawn per clip:
   (the light-only detectors; with skipped light updates they never write the memory).
 
 The state-update rule (``skip_light_updates``) used here is stored with the weights and
-is the one inference uses; the light+shift extractor's temporal-shift buffer always holds
-the previous frame (it runs as a stream over the clip), which is how it is cached too.
+is the one inference uses. The light+shift extractor's temporal-shift buffer holds the
+last frame that extractor ran on (zeros before its first run), as online at inference.
 """
 
 from __future__ import annotations
@@ -73,12 +73,16 @@ class TrainConfig:
 class ClipSampler:
     """Random training clips (frames and boxes) from the videos of one split, held in memory."""
 
-    def __init__(self, videos_dir: str | Path, split: str, clip_len: int, rng: np.random.Generator, progress: bool = True) -> None:
+    def __init__(
+        self, videos_dir: str | Path, split: str, clip_len: int, rng: np.random.Generator, progress: bool = True
+    ) -> None:
         ds = load_dataset(videos_dir)
         records = [r for r in ds.split(split) if r.num_frames >= clip_len]
         if not records:
             raise ConfigError(f"no {split} video in {videos_dir} has at least clip_len={clip_len} frames")
-        self.frames = [r.read_frames() for r in tqdm(records, desc=f"decode {split}", disable=not progress, unit="video")]
+        self.frames = [
+            r.read_frames() for r in tqdm(records, desc=f"decode {split}", disable=not progress, unit="video")
+        ]
         self.boxes = [[torch.from_numpy(a.boxes) for a in r.annotations] for r in records]
         self.labels = [[torch.from_numpy(a.labels) for a in r.annotations] for r in records]
         self.clip_len = clip_len
@@ -112,7 +116,9 @@ class ClipSampler:
         return torch.from_numpy(np.stack(frames)), boxes, labels
 
 
-def sample_schedules(batch: int, clip_len: int, num_extractors: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+def sample_schedules(
+    batch: int, clip_len: int, num_extractors: int, cfg: TrainConfig, rng: np.random.Generator
+) -> np.ndarray:
     """Extractor index per (clip, step), following the clip mix of the module docstring."""
     kinds = rng.choice(4, size=batch, p=np.asarray(cfg.clip_mix) / sum(cfg.clip_mix))
     actions = np.zeros((batch, clip_len), dtype=np.int64)
@@ -130,28 +136,38 @@ def sample_schedules(batch: int, clip_len: int, num_extractors: int, cfg: TrainC
     return actions
 
 
-def unrolled_loss(model: InterleavedDetector, frames: Tensor, actions: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+def unrolled_loss(
+    model: InterleavedDetector, frames: Tensor, actions: Tensor, boxes: list[Tensor], labels: list[Tensor]
+) -> Tensor:
     """Mean per-frame detection loss of clips run with the given extractor choices.
 
     Every extractor runs once, batched, on exactly the frames that chose it (a shifting
-    extractor runs as a stream over the whole clips that use it), then the memory is
-    unrolled with the per-sample write rule.
+    extractor once per time step, carrying its buffers), then the memory is unrolled with
+    the per-sample write rule; the result equals stepping :class:`InterleavedDetector`.
     """
     B, T = actions.shape
     images = model.preprocess(frames.reshape(B * T, *frames.shape[2:])).view(B, T, 3, frames.shape[2], frames.shape[3])
     g, C = model.grid, model.config.memory_channels
     feats = images.new_zeros(B, T, C, g, g)
-    for i, ext in enumerate(model.extractors):
+    for i in range(len(model.extractors)):
+        ext = model.extractor(i)
         chosen = actions == i
         if not chosen.any():
             continue
         if ext.uses_shift:
-            clips = chosen.any(dim=1).nonzero().squeeze(1)
-            state = None
+            # online TSM: the buffer holds the last frame this extractor ran on (zeros before),
+            # exactly what InterleavedDetector.step carries at inference
+            buffers: list[Tensor] | None = None
             for t in range(T):
-                f, state = model.extract(i, images[clips, t], state)
-                pick = chosen[clips, t]
-                feats[clips[pick], t] = f[pick]
+                rows = chosen[:, t].nonzero().squeeze(1)
+                if len(rows) == 0:
+                    continue
+                past = tuple(buf[rows] for buf in buffers) if buffers is not None else None
+                f, new = model.extract(i, images[rows, t], past)
+                if buffers is None:
+                    buffers = [images.new_zeros(B, *nb.shape[1:]) for nb in new]
+                buffers = [buf.index_put((rows,), nb) for buf, nb in zip(buffers, new, strict=True)]
+                feats[rows, t] = f
         else:
             f, _ = model.extract(i, images[chosen])
             feats[chosen] = f
@@ -170,14 +186,21 @@ def unrolled_loss(model: InterleavedDetector, frames: Tensor, actions: Tensor, b
     return frame_detection_loss(loc_all, conf_all, targets).mean()
 
 
-def train_detector(cfg: TrainConfig, *, progress: bool = True, detector_config: DetectorConfig | None = None, command: str = "") -> dict[str, Any]:
+def train_detector(
+    cfg: TrainConfig, *, progress: bool = True, detector_config: DetectorConfig | None = None, command: str = ""
+) -> dict[str, Any]:
     """Train the interleaved detector and write its weights; returns the training summary."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     sampler = ClipSampler(cfg.videos, "train", cfg.clip_len, rng, progress)
     det_cfg = detector_config or default_detector_config(sampler.num_classes)
-    det_cfg = dataclasses.replace(det_cfg, skip_light_updates=cfg.skip_light_updates, num_classes=sampler.num_classes, image_size=sampler.image_size)
+    det_cfg = dataclasses.replace(
+        det_cfg,
+        skip_light_updates=cfg.skip_light_updates,
+        num_classes=sampler.num_classes,
+        image_size=sampler.image_size,
+    )
     model = InterleavedDetector(det_cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -18,11 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+import gistgym
 from gistgym.backbones.detector import DetectorConfig, InterleavedDetector
 from gistgym.errors import WeightsError
 from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "interleaved_detector.pt"
+# gistgym/weights/ of the installed package (not __file__.resolve(): backbones/ is a symlink
+# into gistgym/ in a source checkout, and resolving it would leave the package).
+DEFAULT_WEIGHTS = Path(gistgym.__file__).parent / "weights" / "interleaved_detector.pt"
 """The shipped weights of the embedded default."""
 
 
@@ -50,7 +53,13 @@ def save_detector(path: Path, model: InterleavedDetector, metadata: Mapping[str,
     digest = hashlib.sha256(data).hexdigest()
     atomic_write_json(
         sidecar_path(path),
-        {"format": "gistgym-detector", "format_version": 1, "config": model.config.to_dict(), "sha256": digest, **metadata},
+        {
+            "format": "gistgym-detector",
+            "format_version": 1,
+            "config": model.config.to_dict(),
+            "sha256": digest,
+            **metadata,
+        },
     )
     return digest
 
@@ -73,7 +82,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, *, prefix: str = "", allow_unused: bool = False) -> list[str]:
+def load_into(
+    module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, *, prefix: str = "", allow_unused: bool = False
+) -> list[str]:
     """Copy ``state`` into ``module``, checking every key and shape.
 
     Args:
@@ -97,10 +108,14 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, 
         raise WeightsError(path, f"{len(missing)} keys missing, e.g. {missing[:3]}", field=prefix + missing[0])
     for k, v in own.items():
         if picked[k].shape != v.shape:
-            raise WeightsError(path, f"shape {tuple(picked[k].shape)} does not match the model's {tuple(v.shape)}", field=prefix + k)
+            raise WeightsError(
+                path, f"shape {tuple(picked[k].shape)} does not match the model's {tuple(v.shape)}", field=prefix + k
+            )
     unused = [k for k in picked if k not in own]
     if unused and not allow_unused:
-        raise WeightsError(path, f"{len(unused)} keys the model does not have, e.g. {unused[:3]}", field=prefix + unused[0])
+        raise WeightsError(
+            path, f"{len(unused)} keys the model does not have, e.g. {unused[:3]}", field=prefix + unused[0]
+        )
     module.load_state_dict({k: picked[k] for k in own}, strict=True)
     return unused
 
@@ -119,7 +134,9 @@ def read_sidecar(weights: Path) -> dict[str, Any]:
     return meta
 
 
-def load_detector(path: str | Path | None = None, *, check_sha256: bool = True) -> tuple[InterleavedDetector, dict[str, Any]]:
+def load_detector(
+    path: str | Path | None = None, *, check_sha256: bool = True
+) -> tuple[InterleavedDetector, dict[str, Any]]:
     """Build the detector described by a weights file's sidecar and load the weights.
 
     Args:
@@ -134,7 +151,11 @@ def load_detector(path: str | Path | None = None, *, check_sha256: bool = True) 
     if not path.is_file():
         raise WeightsError(path, "weights file does not exist")
     if check_sha256 and sha256_file(path) != meta.get("sha256"):
-        raise WeightsError(path, f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)", field="sha256")
+        raise WeightsError(
+            path,
+            f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)",
+            field="sha256",
+        )
     try:
         config = DetectorConfig.from_dict(meta["config"])
     except (TypeError, KeyError, ValueError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -52,53 +52,95 @@ def detection_map50(
     Returns:
         AP50 in [0, 1]; ``nan`` when there is no (non-ignored) ground truth at all.
     """
+    return detection_map50_subsets(ground_truth, detections, num_classes, {"all": ignore}, image_size=image_size)["all"]
+
+
+def detection_map50_subsets(
+    ground_truth: Sequence[BoxesAndLabels],
+    detections: Sequence[ScoredBoxes],
+    num_classes: int,
+    subsets: Mapping[str, Sequence[np.ndarray] | None],
+    *,
+    image_size: tuple[int, int] = (64, 64),
+) -> dict[str, float]:
+    """:func:`detection_map50` for several ignore masks, building the COCO index only once.
+
+    Args:
+        ground_truth: One entry per frame.
+        detections: One entry per frame, same order.
+        num_classes: Number of classes.
+        subsets: Name -> per-frame ignore masks (``None`` = count every object).
+        image_size: (height, width) of the frames.
+
+    Returns:
+        Name -> AP50 (``nan`` where the subset has no ground truth).
+    """
     from faster_coco_eval import COCO, COCOeval_faster
 
     if len(ground_truth) != len(detections):
         raise ValueError(f"{len(ground_truth)} ground-truth frames but {len(detections)} detection frames")
     h, w = image_size
-    images, anns, results = [], [], []
-    ann_id = 1
-    counted = 0
-    for i, (gt, det) in enumerate(zip(ground_truth, detections, strict=True)):
-        images.append({"id": i + 1, "width": w, "height": h})
-        skip = ignore[i] if ignore is not None else np.zeros(len(gt.labels), dtype=bool)
-        for box, label, ig in zip(gt.boxes, gt.labels, skip, strict=True):
-            bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
-            anns.append(
-                {
-                    "id": ann_id,
-                    "image_id": i + 1,
-                    "category_id": int(label) + 1,
-                    "bbox": [float(box[0]), float(box[1]), bw, bh],
-                    "area": bw * bh,
-                    "iscrowd": int(bool(ig)),
-                }
+    images = [{"id": i + 1, "width": w, "height": h} for i in range(len(ground_truth))]
+    gt_boxes = [np.asarray(g.boxes, dtype=np.float64).reshape(-1, 4) for g in ground_truth]
+    gt_img = np.concatenate([np.full(len(b), i + 1) for i, b in enumerate(gt_boxes)] + [np.zeros(0)]).astype(int)
+    gt_xyxy = np.concatenate([*gt_boxes, np.zeros((0, 4))])
+    gt_cls = np.concatenate([np.asarray(g.labels).reshape(-1) for g in ground_truth] + [np.zeros(0)]).astype(int)
+    gt_wh = gt_xyxy[:, 2:] - gt_xyxy[:, :2]
+    anns = [
+        {
+            "id": k + 1,
+            "image_id": int(i),
+            "category_id": int(c) + 1,
+            "bbox": [float(b[0]), float(b[1]), float(s[0]), float(s[1])],
+            "area": float(s[0] * s[1]),
+            "iscrowd": 0,
+        }
+        for k, (i, c, b, s) in enumerate(zip(gt_img, gt_cls, gt_xyxy, gt_wh, strict=True))
+    ]
+    det_rows = []
+    for i, d in enumerate(detections):
+        b = np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4)
+        if len(b):
+            det_rows.append(
+                np.column_stack(
+                    [
+                        np.full(len(b), i + 1),
+                        b[:, :2],
+                        b[:, 2:] - b[:, :2],
+                        np.asarray(d.scores),
+                        np.asarray(d.labels) + 1,
+                    ]
+                )
             )
-            ann_id += 1
-            counted += int(not ig)
-        for box, label, score in zip(det.boxes, det.labels, det.scores, strict=True):
-            results.append(
-                {
-                    "image_id": i + 1,
-                    "category_id": int(label) + 1,
-                    "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-                    "score": float(score),
-                }
-            )
-    if counted == 0:
-        return float("nan")
-    if not results:
-        return 0.0
+    results: dict[str, float] = {}
     cats = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt_coco = COCO()
-        gt_coco.dataset = {"images": images, "annotations": anns, "categories": cats}
-        gt_coco.createIndex()
-        dt_coco = gt_coco.loadRes(results)
-        ev = COCOeval_faster(gt_coco, dt_coco, iouType="bbox")
-        ev.params.maxDets = [1, 10, 100]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return max(float(ev.stats[1]), 0.0)
+    gt_coco = dt_coco = None
+    for name, ignore in subsets.items():
+        flags = (
+            np.concatenate([np.asarray(m, dtype=bool).reshape(-1) for m in ignore] + [np.zeros(0, bool)])
+            if ignore is not None
+            else np.zeros(len(anns), bool)
+        )
+        if len(flags) != len(anns):
+            raise ValueError(f"subset {name!r}: {len(flags)} ignore flags for {len(anns)} ground-truth objects")
+        if not (~flags).any():
+            results[name] = float("nan")
+            continue
+        if not det_rows:
+            results[name] = 0.0
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            if gt_coco is None:
+                gt_coco = COCO()
+                gt_coco.dataset = {"images": images, "annotations": anns, "categories": cats}
+                gt_coco.createIndex()
+                dt_coco = gt_coco.loadRes(np.concatenate(det_rows))
+            for ann, flag in zip(anns, flags, strict=True):
+                gt_coco.anns[ann["id"]]["iscrowd"] = int(flag)
+            ev = COCOeval_faster(gt_coco, dt_coco, iouType="bbox")
+            ev.params.maxDets = [1, 10, 100]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        results[name] = max(float(ev.stats[1]), 0.0)
+    return results

@@ -11,6 +11,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import itertools
 import textwrap
 import typing
 from typing import Any, TypeVar
@@ -26,7 +27,7 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     docs: dict[str, str] = {}
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, nxt in zip(body, body[1:], strict=False):
+    for node, nxt in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
@@ -49,7 +50,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         hint = hints[f.name]
         origin = typing.get_origin(hint)
         if hint is bool:
-            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(
+                name, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif origin is tuple:
             args = typing.get_args(hint)
             parser.add_argument(name, dest=f.name, type=args[0], nargs="+", default=default, help=help_text)

@@ -89,13 +89,22 @@ def cmd_backbones_train(ns: argparse.Namespace) -> int:
     cfg = dataclass_from_args(TrainConfig, ns)
     command = "gistgym " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = train_detector(cfg, command=command)
-    print(f"wrote {cfg.out} (sha256 {summary['sha256']}) after {summary['train_minutes']} min, final loss {summary['final_loss']:.3f}")
+    print(
+        f"wrote {cfg.out} (sha256 {summary['sha256']}) after {summary['train_minutes']} min, "
+        f"final loss {summary['final_loss']:.3f}"
+    )
     return 0
 
 
 def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     """Evaluate fixed schedules of the detector."""
-    from gistgym.backbones.evaluation import evaluate_schedules, format_table, plot_report, ratio_summary, report_for_json
+    from gistgym.backbones.evaluation import (
+        evaluate_schedules,
+        format_table,
+        plot_report,
+        ratio_summary,
+        report_for_json,
+    )
     from gistgym.backbones.flops import step_costs
     from gistgym.backbones.weights import load_detector
     from gistgym.videos.dataset import atomic_write_json
@@ -104,7 +113,9 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     a = dataclass_from_args(EvalArgs, ns)
     model, _meta = load_detector(a.weights or None)
     costs = step_costs(model, measure=True)
-    report = evaluate_schedules(model, a.videos, a.split, costs=costs, max_videos=a.max_videos or None, progress=not a.json)
+    report = evaluate_schedules(
+        model, a.videos, a.split, costs=costs, max_videos=a.max_videos or None, progress=not a.json
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     clean = report_for_json(report)
@@ -119,7 +130,11 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     print(table)
     print()
     heavy, light = costs[0], costs[1]
-    print(f"counted FLOPs of a whole step: heavy {heavy.step_flops / 1e6:.1f} M, light {light.step_flops / 1e6:.1f} M, ratio {heavy.step_flops / light.step_flops:.1f}x")
+    ratio = heavy.step_flops / light.step_flops
+    print(
+        f"counted FLOPs of a whole step: heavy {heavy.step_flops / 1e6:.1f} M, "
+        f"light {light.step_flops / 1e6:.1f} M, ratio {ratio:.1f}x"
+    )
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     print(f"\nwrote {out}/table.md, report.json, map_vs_tau_and_gflops.png")
@@ -133,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gistgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
 
-    videos = sub.add_parser("videos", help="synthetic benchmark and video data").add_subparsers(dest="command", required=True)
+    videos = sub.add_parser("videos", help="synthetic benchmark and video data").add_subparsers(
+        dest="command", required=True
+    )
     p = videos.add_parser("make", help="generate the synthetic video benchmark")
     add_dataclass_arguments(p, VideosMakeArgs)
     p.set_defaults(func=cmd_videos_make)

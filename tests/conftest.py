@@ -6,10 +6,14 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
+
+if TYPE_CHECKING:
+    from gistgym.backbones.detector import InterleavedDetector
 
 torch.set_num_threads(1)
 
@@ -21,4 +25,31 @@ def tiny_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gistgym.videos.synthetic import SyntheticConfig
 
     out = tmp_path_factory.mktemp("bench")
-    return make_benchmark(out, seed=3, split_sizes={"train": 2, "val": 2, "test": 1}, config=SyntheticConfig(num_frames=24), progress=False)
+    return make_benchmark(
+        out,
+        seed=3,
+        split_sizes={"train": 2, "val": 2, "test": 1},
+        config=SyntheticConfig(num_frames=24),
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def nontrivial_model() -> InterleavedDetector:
+    """A random detector whose BN statistics give features of realistic size.
+
+    At initialisation BN running statistics make every feature ~1e-5, too small for a test
+    to tell two computations apart; spread them as a trained model would.
+    """
+    from gistgym.backbones.detector import InterleavedDetector, default_detector_config
+
+    torch.manual_seed(0)
+    model = InterleavedDetector(default_detector_config()).eval()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g))
+    return model.requires_grad_(False)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from gistgym.videos.dataset import ANNOTATION_FILE, VIDEO_FILE, write_dataset_index, write_video
+from gistgym.errors import ConfigError
+from gistgym.videos.dataset import ANNOTATION_FILE, DATASET_FILE, VIDEO_FILE, write_dataset_index, write_video
 from gistgym.videos.synthetic import CLASS_NAMES, SyntheticConfig, generate_video
 
 DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 160, "val": 32, "test": 32}
@@ -21,6 +24,16 @@ def video_id(split: str, index: int) -> str:
     return f"{split}_{index:04d}"
 
 
+def _is_current(folder: Path, source: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a complete video generated from exactly ``source``."""
+    try:
+        doc = json.loads((folder / ANNOTATION_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    # compare through JSON so tuples in the config equal the lists read back
+    return (folder / VIDEO_FILE).is_file() and doc.get("source") == json.loads(json.dumps(source))
+
+
 def make_benchmark(
     out: str | Path,
     *,
@@ -32,7 +45,8 @@ def make_benchmark(
     """Generate the benchmark into ``out`` (one folder per video plus ``dataset.json``).
 
     Videos already written by an identical earlier call are kept (a video folder is complete
-    once its annotations file exists, which is written last), so an interrupted run resumes.
+    once its annotations file, written last, records the same generator, seed, config, split
+    and index), so an interrupted run resumes and a changed seed regenerates everything.
 
     Args:
         out: Output folder.
@@ -45,27 +59,20 @@ def make_benchmark(
         The output folder.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
     sizes = dict(DEFAULT_SPLIT_SIZES if split_sizes is None else split_sizes)
     cfg = config or SyntheticConfig()
     generator = {"name": "gistgym.synthetic", "version": GENERATOR_VERSION, "seed": seed, "config": cfg.to_dict()}
-    index_path = out / "dataset.json"
-    if index_path.exists():
-        # a different generator/seed in the same folder must not mix with this one
-        import json
-
-        old = json.loads(index_path.read_text()).get("generator")
-        if old != json.loads(json.dumps(generator)):
-            index_path.unlink()
-            for split, n in sizes.items():
-                for i in range(n):
-                    (out / video_id(split, i) / ANNOTATION_FILE).unlink(missing_ok=True)
+    # dataset.json is written last: while it is missing or stale nobody reads the folder as done
+    (out / DATASET_FILE).unlink(missing_ok=True)
     todo = [(s, i) for s, n in sizes.items() for i in range(n)]
     splits: dict[str, list[str]] = {s: [video_id(s, i) for i in range(n)] for s, n in sizes.items()}
     for split, i in tqdm(todo, desc=f"videos -> {out}", disable=not progress, unit="video"):
-        folder = out / video_id(split, i)
-        if (folder / ANNOTATION_FILE).is_file() and (folder / VIDEO_FILE).is_file():
+        source = {"generator": generator, "split": split, "index": i}
+        if _is_current(out / video_id(split, i), source):
             continue
         video = generate_video(seed, split, i, cfg)
-        write_video(out, video_id(split, i), video.frames, video.annotations, video.label, fps=cfg.fps)
+        write_video(out, video_id(split, i), video.frames, video.annotations, video.label, fps=cfg.fps, source=source)
     write_dataset_index(out, CLASS_NAMES, splits, generator)
     return out

@@ -124,7 +124,7 @@ def read_video_file(path: Path, *, max_frames: int | None = None) -> np.ndarray:
                     break
     except VideoError:
         raise
-    except (av.error.FFmpegError, OSError, ValueError) as exc:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise VideoError(path, f"cannot decode video (corrupt or truncated?): {exc}") from exc
     if not frames:
         raise VideoError(path, "video has no decodable frames (empty or corrupt)")
@@ -151,6 +151,8 @@ class VideoRecord:
             num_frames: Read only the first ``num_frames`` frames (error if the video is shorter).
         """
         want = self.num_frames if num_frames is None else num_frames
+        if want < 1:
+            raise VideoError(self.path, f"requested {want} frames; ask for at least 1", field="num_frames")
         if want > self.num_frames:
             raise VideoError(
                 self.path, f"requested {want} frames but the video has {self.num_frames}", field="num_frames"
@@ -172,7 +174,14 @@ class VideoRecord:
         return frames
 
 
-def _annotation_payload(video_id: str, frames: np.ndarray, annotations: Sequence[FrameAnnotation], label: int, fps: int) -> dict[str, Any]:
+def _annotation_payload(
+    video_id: str,
+    frames: np.ndarray,
+    annotations: Sequence[FrameAnnotation],
+    label: int,
+    fps: int,
+    source: dict[str, Any] | None,
+) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "video_id": video_id,
@@ -181,6 +190,7 @@ def _annotation_payload(video_id: str, frames: np.ndarray, annotations: Sequence
         "width": int(frames.shape[2]),
         "fps": fps,
         "label": int(label),
+        "source": source,
         "frames": [
             {
                 "boxes": np.round(a.boxes.astype(np.float64), 3).tolist(),
@@ -194,22 +204,64 @@ def _annotation_payload(video_id: str, frames: np.ndarray, annotations: Sequence
     }
 
 
-def write_video(root: Path, video_id: str, frames: np.ndarray, annotations: Sequence[FrameAnnotation], label: int, fps: int = 15) -> None:
-    """Write one video folder (video file first, annotations last as the completion mark)."""
+def write_video(
+    root: Path,
+    video_id: str,
+    frames: np.ndarray,
+    annotations: Sequence[FrameAnnotation],
+    label: int,
+    fps: int = 15,
+    source: dict[str, Any] | None = None,
+) -> None:
+    """Write one video folder (video file first, annotations last as the completion mark).
+
+    Args:
+        root: Dataset folder.
+        video_id: Folder name of the video.
+        frames: (T, H, W, 3) uint8 RGB.
+        annotations: One per frame.
+        label: Video-level label (-1 if none).
+        fps: Nominal frame rate.
+        source: Where the video came from (e.g. generator, seed, split, index), stored in
+            the annotations so a resumed build can tell whether a folder is still current.
+    """
     if len(annotations) != len(frames):
-        raise AnnotationError(root / video_id / ANNOTATION_FILE, f"{len(annotations)} annotations for {len(frames)} frames")
+        raise AnnotationError(
+            root / video_id / ANNOTATION_FILE, f"{len(annotations)} annotations for {len(frames)} frames"
+        )
     folder = Path(root) / video_id
     write_video_file(folder / VIDEO_FILE, frames, fps=fps)
-    atomic_write_json(folder / ANNOTATION_FILE, _annotation_payload(video_id, frames, annotations, label, fps))
+    atomic_write_json(folder / ANNOTATION_FILE, _annotation_payload(video_id, frames, annotations, label, fps, source))
 
 
 def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, where: str = "") -> Any:
     if key not in obj:
-        raise AnnotationError(path, f"missing required field (expected {getattr(kind, '__name__', kind)})", field=f"{where}{key}")
+        raise AnnotationError(
+            path, f"missing required field (expected {getattr(kind, '__name__', kind)})", field=f"{where}{key}"
+        )
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise AnnotationError(path, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}", field=f"{where}{key}")
+        raise AnnotationError(
+            path, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}", field=f"{where}{key}"
+        )
     return value
+
+
+def _numbers(
+    value: Any, path: Path, field: str, *, integer: bool = False, box: bool = False, allow_null: bool = False
+) -> np.ndarray:
+    """A JSON list of numbers (of ``[x0, y0, x1, y1]`` lists if ``box``) as an array, or an AnnotationError."""
+    what = "[x0, y0, x1, y1] boxes" if box else "integers" if integer else "numbers"
+    if not isinstance(value, list) or (box and not all(isinstance(b, list) and len(b) == 4 for b in value)):
+        raise AnnotationError(path, f"expected a list of {what}, got {json.dumps(value)[:80]}", field=field)
+    items = [x for b in value for x in b] if box else value
+    for x in items:
+        if x is None and allow_null:
+            continue
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or (integer and not float(x).is_integer()):
+            raise AnnotationError(path, f"expected a list of {what}, found {json.dumps(x)}", field=field)
+    array = np.asarray([np.nan if x is None else x for x in items], dtype=np.float64)
+    return array.reshape(-1, 4) if box else array.astype(np.int64) if integer else array
 
 
 def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tuple[FrameAnnotation, ...]]:
@@ -230,7 +282,9 @@ def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tup
         raise AnnotationError(path, "expected a JSON object at the top level")
     version = _require(doc, "format_version", int, path)
     if version != FORMAT_VERSION:
-        raise AnnotationError(path, f"format_version {version} is not supported (expected {FORMAT_VERSION})", field="format_version")
+        raise AnnotationError(
+            path, f"format_version {version} is not supported (expected {FORMAT_VERSION})", field="format_version"
+        )
     n = _require(doc, "num_frames", int, path)
     height = _require(doc, "height", int, path)
     width = _require(doc, "width", int, path)
@@ -242,7 +296,11 @@ def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tup
     entries = _require(doc, "frames", list, path)
     explicit = any(isinstance(e, dict) and "frame" in e for e in entries)
     if not explicit and len(entries) != n:
-        raise AnnotationError(path, f"{len(entries)} frame entries for num_frames={n} (give each entry a 'frame' index to list only some)", field="frames")
+        raise AnnotationError(
+            path,
+            f"{len(entries)} frame entries for num_frames={n} (give each entry a 'frame' index to list only some)",
+            field="frames",
+        )
     per_frame: list[FrameAnnotation | None] = [None] * n
     tol = 0.5  # half a pixel of slack for rounding in other tools' exports
     for i, entry in enumerate(entries):
@@ -251,34 +309,57 @@ def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tup
             raise AnnotationError(path, "expected an object", field=f"frames[{i}]")
         index = entry.get("frame", i)
         if not isinstance(index, int) or not 0 <= index < n:
-            raise AnnotationError(path, f"names frame {index!r}, which does not exist (video has {n} frames: 0..{n - 1})", field=f"{where}frame")
-        boxes = np.asarray(_require(entry, "boxes", list, path, where), dtype=np.float64).reshape(-1, 4) if entry.get("boxes") else np.zeros((0, 4))
-        labels = np.asarray(_require(entry, "labels", list, path, where), dtype=np.int64)
+            raise AnnotationError(
+                path,
+                f"names frame {index!r}, which does not exist (video has {n} frames: 0..{n - 1})",
+                field=f"{where}frame",
+            )
+        if per_frame[index] is not None:
+            raise AnnotationError(path, f"frame {index} is listed more than once", field=f"{where}frame")
+        boxes = (
+            _numbers(entry["boxes"], path, f"{where}boxes", box=True)
+            if entry.get("boxes") is not None
+            else np.zeros((0, 4))
+        )
+        labels = _numbers(_require(entry, "labels", list, path, where), path, f"{where}labels", integer=True)
         if len(labels) != len(boxes):
             raise AnnotationError(path, f"{len(boxes)} boxes but {len(labels)} labels", field=f"{where}labels")
         if len(boxes):
             if not np.isfinite(boxes).all():
                 raise AnnotationError(path, "box coordinates must be finite numbers", field=f"{where}boxes")
-            bad = (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol) | (boxes[:, 2] > width + tol) | (boxes[:, 3] > height + tol)
+            bad = (
+                (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol) | (boxes[:, 2] > width + tol) | (boxes[:, 3] > height + tol)
+            )
             if bad.any():
                 j = int(np.argmax(bad))
-                raise AnnotationError(path, f"box {boxes[j].tolist()} lies outside the {width}x{height} frame", field=f"{where}boxes[{j}]")
+                raise AnnotationError(
+                    path, f"box {boxes[j].tolist()} lies outside the {width}x{height} frame", field=f"{where}boxes[{j}]"
+                )
             flat = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
             if flat.any():
                 j = int(np.argmax(flat))
-                raise AnnotationError(path, f"box {boxes[j].tolist()} has x1 <= x0 or y1 <= y0", field=f"{where}boxes[{j}]")
+                raise AnnotationError(
+                    path, f"box {boxes[j].tolist()} has x1 <= x0 or y1 <= y0", field=f"{where}boxes[{j}]"
+                )
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise AnnotationError(path, f"labels must be in [0, {num_classes}), got {labels.tolist()}", field=f"{where}labels")
-        track_ids = np.asarray(entry.get("track_ids", list(range(len(labels)))), dtype=np.int64)
-        speeds = np.asarray(entry.get("speeds", [np.nan] * len(labels)), dtype=np.float32)
+            raise AnnotationError(
+                path, f"labels must be in [0, {num_classes}), got {labels.tolist()}", field=f"{where}labels"
+            )
+        track_ids = _numbers(entry.get("track_ids", list(range(len(labels)))), path, f"{where}track_ids", integer=True)
+        speeds = _numbers(entry.get("speeds", [None] * len(labels)), path, f"{where}speeds", allow_null=True)
+        for name, values in (("track_ids", track_ids), ("speeds", speeds)):
+            if len(values) != len(labels):
+                raise AnnotationError(path, f"{len(values)} {name} for {len(labels)} labels", field=f"{where}{name}")
         per_frame[index] = FrameAnnotation(
             boxes=np.clip(boxes, 0, [width, height, width, height]).astype(np.float32),
             labels=labels,
             track_ids=track_ids,
-            speeds=speeds,
+            speeds=speeds.astype(np.float32),
             segment=str(entry.get("segment", "")),
         )
-    empty = FrameAnnotation(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), "")
+    empty = FrameAnnotation(
+        np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), ""
+    )
     return doc, tuple(a if a is not None else empty for a in per_frame)
 
 
@@ -315,22 +396,34 @@ class VideoDataset:
     def split(self, name: str) -> list[VideoRecord]:
         """All videos of one split, in a fixed order."""
         if name not in self.splits:
-            raise AnnotationError(self.root / DATASET_FILE, f"no split {name!r}; available: {sorted(self.splits)}", field="splits")
+            raise AnnotationError(
+                self.root / DATASET_FILE, f"no split {name!r}; available: {sorted(self.splits)}", field="splits"
+            )
         return [self.video(v) for v in self.splits[name]]
 
     def iter_split(self, name: str) -> Iterator[VideoRecord]:
         """Like :meth:`split` but loads one record at a time."""
         if name not in self.splits:
-            raise AnnotationError(self.root / DATASET_FILE, f"no split {name!r}; available: {sorted(self.splits)}", field="splits")
+            raise AnnotationError(
+                self.root / DATASET_FILE, f"no split {name!r}; available: {sorted(self.splits)}", field="splits"
+            )
         for v in self.splits[name]:
             yield self.video(v)
 
 
-def write_dataset_index(root: Path, classes: Sequence[str], splits: dict[str, list[str]], generator: dict[str, Any] | None) -> None:
+def write_dataset_index(
+    root: Path, classes: Sequence[str], splits: dict[str, list[str]], generator: dict[str, Any] | None
+) -> None:
     """Write ``dataset.json`` (atomically; written last, it marks the dataset complete)."""
     atomic_write_json(
         Path(root) / DATASET_FILE,
-        {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "classes": list(classes), "splits": splits, "generator": generator},
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "classes": list(classes),
+            "splits": splits,
+            "generator": generator,
+        },
     )
 
 
@@ -353,7 +446,11 @@ def load_dataset(root: str | Path) -> VideoDataset:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise AnnotationError(index, f"expected format {FORMAT_NAME!r}", field="format")
     if doc.get("format_version") != FORMAT_VERSION:
-        raise AnnotationError(index, f"format_version {doc.get('format_version')!r} is not supported (expected {FORMAT_VERSION})", field="format_version")
+        raise AnnotationError(
+            index,
+            f"format_version {doc.get('format_version')!r} is not supported (expected {FORMAT_VERSION})",
+            field="format_version",
+        )
     classes = _require(doc, "classes", list, index)
     splits = _require(doc, "splits", dict, index)
     return VideoDataset(

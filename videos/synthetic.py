@@ -51,8 +51,10 @@ BLUR_SPEED = 1.2
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Generator settings. The defaults define the embedded benchmark; change them only to
-    make a different benchmark (the config is stored beside the videos).
+    """Generator settings.
+
+    The defaults define the embedded benchmark; change them only to make a different
+    benchmark (the settings are stored beside the videos).
     """
 
     height: int = 64
@@ -86,9 +88,7 @@ class SyntheticConfig:
         if self.num_frames < 1:
             raise ConfigError(f"SyntheticConfig: num_frames must be >= 1, got {self.num_frames}")
         if not 1 <= self.initial_objects[0] <= self.initial_objects[1] <= self.max_objects:
-            raise ConfigError(
-                f"SyntheticConfig: initial_objects {self.initial_objects} must lie in [1, max_objects]"
-            )
+            raise ConfigError(f"SyntheticConfig: initial_objects {self.initial_objects} must lie in [1, max_objects]")
 
     def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dictionary of the settings."""
@@ -299,11 +299,7 @@ class _VideoSimulator:
                 if obj.y < obj.h / 2 or obj.y > H - obj.h / 2:
                     obj.vy = -obj.vy
         # objects that left the frame entirely are gone
-        self.objects = [
-            o
-            for o in self.objects
-            if -o.w / 2 < o.x < W + o.w / 2 and -o.h / 2 < o.y < H + o.h / 2
-        ]
+        self.objects = [o for o in self.objects if -o.w / 2 < o.x < W + o.w / 2 and -o.h / 2 < o.y < H + o.h / 2]
 
     def _render(self, kind: str) -> tuple[np.ndarray, FrameAnnotation]:
         cfg, rng = self.cfg, self.rng
@@ -398,9 +394,7 @@ class _VideoSimulator:
                 self.cam_y += self.cam_vy
                 self._step_objects(kind)
                 spawn_p = float(_SEGMENT_PARAMS[kind]["spawn"])  # type: ignore[arg-type]
-                if len(self.objects) < cfg.max_objects and (
-                    not self.objects or self.rng.random() < spawn_p
-                ):
+                if len(self.objects) < cfg.max_objects and (not self.objects or self.rng.random() < spawn_p):
                     self._spawn(kind, from_edge=True)
             frames[t], ann = self._render(kind)
             annotations.append(ann)
@@ -415,9 +409,7 @@ class _VideoSimulator:
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 
 
-def generate_video(
-    seed: int, split: str, index: int, config: SyntheticConfig | None = None
-) -> SyntheticVideo:
+def generate_video(seed: int, split: str, index: int, config: SyntheticConfig | None = None) -> SyntheticVideo:
     """Generate one video of the benchmark.
 
     Args:
