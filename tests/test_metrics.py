@@ -1,0 +1,136 @@
+"""COCO-style mAP@0.5 on hand-made ground truth and detections with known answers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gistgym.metrics import detection_map50, detection_map50_subsets
+
+
+@dataclass
+class GT:
+    boxes: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Det:
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def gt(boxes: list[list[float]], labels: list[int]) -> GT:
+    return GT(np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels, dtype=np.int64))
+
+
+def det(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Det:
+    return Det(
+        np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        np.array(scores, dtype=np.float32),
+        np.array(labels, dtype=np.int64),
+    )
+
+
+# 101-point interpolated AP of the ranking TP, FP, TP over 2 objects: precision 1 up to
+# recall 0.5 (51 points: 0.00 ... 0.50), then 2/3 up to recall 1.0 (50 points)
+HAND_AP = (51 + 50 * 2 / 3) / 101
+
+
+def _hand_case() -> tuple[list[GT], list[Det]]:
+    gts = [gt([[10, 10, 30, 30]], [0]), gt([[5, 5, 20, 25]], [0])]
+    dets = [
+        det([[10, 10, 30, 30]], [0.9], [0]),
+        det([[40, 40, 60, 60], [5, 5, 20, 25]], [0.8, 0.5], [0, 0]),
+    ]
+    return gts, dets
+
+
+def test_perfect_detections_score_one() -> None:
+    gts = [gt([[10, 10, 30, 30], [40, 40, 50, 60]], [0, 1]), gt([[5, 5, 20, 25]], [2]), gt([], [])]
+    dets = [
+        det([[10, 10, 30, 30], [40, 40, 50, 60]], [0.9, 0.7], [0, 1]),
+        det([[5, 5, 20, 25]], [0.6], [2]),
+        det([], [], []),
+    ]
+    assert detection_map50(gts, dets, 3) == pytest.approx(1.0)
+
+
+def test_hand_computed_average_precision() -> None:
+    gts, dets = _hand_case()
+    assert abs(HAND_AP - 0.834983) < 1e-6
+    assert detection_map50(gts, dets, 1) == pytest.approx(HAND_AP, abs=1e-6)
+    # only the ranking counts: all scores halved gives the same AP
+    halved = [det(d.boxes.tolist(), (d.scores / 2).tolist(), d.labels.tolist()) for d in dets]
+    assert detection_map50(gts, halved, 1) == pytest.approx(HAND_AP, abs=1e-6)
+    # the false positive ranked last instead: TP, TP, FP -> 1.0
+    last = [dets[0], det(dets[1].boxes.tolist(), [0.8, 0.95], [0, 0])]
+    assert detection_map50(gts, last, 1) == pytest.approx(1.0)
+    # a detection of the wrong class is no match: class 0 finds only frame 1's object
+    wrong = [dets[0], det([[5, 5, 20, 25]], [0.5], [1])]
+    assert detection_map50(gts, wrong, 2) == pytest.approx(51 / 101, abs=1e-6)
+
+
+def test_iou_threshold_is_one_half() -> None:
+    gts = [gt([[0, 0, 20, 20]], [0])]
+    # IoU 0.6 counts; IoU 1/3 does not
+    assert detection_map50(gts, [det([[0, 0, 20, 12]], [0.9], [0])], 1) == pytest.approx(1.0)
+    assert detection_map50(gts, [det([[10, 0, 30, 20]], [0.9], [0])], 1) == pytest.approx(0.0)
+
+
+def test_ignored_objects_are_neither_hits_nor_misses() -> None:
+    gts = [gt([[10, 10, 30, 30], [40, 40, 60, 60]], [0, 0])]
+    dets = [det([[40, 40, 60, 60], [0, 0, 5, 5], [10, 10, 30, 30]], [0.9, 0.8, 0.5], [0, 0, 0])]
+    # nothing ignored: TP, FP, TP
+    assert detection_map50(gts, dets, 1) == pytest.approx(HAND_AP, abs=1e-6)
+    # object 1 ignored: its detection is ignored too, so FP, TP -> precision 1/2 at every recall
+    assert detection_map50(gts, dets, 1, ignore=[np.array([False, True])]) == pytest.approx(0.5, abs=1e-6)
+    # object 0 ignored: TP first -> 1.0; the detection on the ignored object is no false positive
+    assert detection_map50(gts, dets, 1, ignore=[np.array([True, False])]) == pytest.approx(1.0)
+    # a missed object that is ignored does not lower recall
+    only_one = [det([[10, 10, 30, 30]], [0.5], [0])]
+    assert detection_map50(gts, only_one, 1) == pytest.approx(51 / 101, abs=1e-6)
+    assert detection_map50(gts, only_one, 1, ignore=[np.array([False, True])]) == pytest.approx(1.0)
+    # everything ignored: no ground truth left
+    assert math.isnan(detection_map50(gts, dets, 1, ignore=[np.array([True, True])]))
+    # several subsets at once give the same answers, in any order
+    res = detection_map50_subsets(
+        gts,
+        dets,
+        1,
+        {"second": [np.array([True, False])], "all": None, "first": [np.array([False, True])], "none": [np.ones(2)]},
+    )
+    assert res["all"] == pytest.approx(HAND_AP, abs=1e-6)
+    assert res["first"] == pytest.approx(0.5, abs=1e-6)
+    assert res["second"] == pytest.approx(1.0)
+    assert math.isnan(res["none"])
+    with pytest.raises(ValueError, match="ignore flags"):
+        detection_map50(gts, dets, 1, ignore=[np.array([True])])
+
+
+def test_no_detections_and_no_ground_truth() -> None:
+    gts, dets = _hand_case()
+    assert detection_map50(gts, [det([], [], []), det([], [], [])], 1) == 0.0
+    empty_gt = [gt([], []), gt([], [])]
+    assert math.isnan(detection_map50(empty_gt, dets, 1))
+    assert math.isnan(detection_map50(empty_gt, [det([], [], []), det([], [], [])], 1))
+    with pytest.raises(ValueError, match="frames"):
+        detection_map50(gts, dets[:1], 1)
+
+
+def test_mean_over_classes() -> None:
+    gts, dets = _hand_case()
+    # class 1: one object, found perfectly, in frame 1
+    gts2 = [gt([[10, 10, 30, 30], [40, 0, 60, 20]], [0, 1]), gts[1]]
+    dets2 = [det([[10, 10, 30, 30], [40, 0, 60, 20]], [0.9, 0.3], [0, 1]), dets[1]]
+    assert detection_map50(gts2, dets2, 2) == pytest.approx((HAND_AP + 1.0) / 2, abs=1e-6)
+    # a class without ground truth is left out of the mean (COCO), even with false alarms on it
+    dets3 = [dets2[0], det([*dets[1].boxes.tolist(), [0, 40, 20, 60]], [0.8, 0.5, 0.99], [0, 0, 2])]
+    assert detection_map50(gts2, dets3, 3) == pytest.approx((HAND_AP + 1.0) / 2, abs=1e-6)
+    # a class with ground truth and no detections counts as 0
+    gts4 = [gts2[0], gt([[5, 5, 20, 25], [30, 30, 40, 40]], [0, 2])]
+    assert detection_map50(gts4, dets2, 3) == pytest.approx((HAND_AP + 1.0 + 0.0) / 3, abs=1e-6)
