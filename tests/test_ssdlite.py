@@ -137,9 +137,12 @@ def test_encode_known_offsets_and_round_trip() -> None:
     assert torch.allclose(decode_boxes(off, anchors), gt, atol=1e-4)
     # decoding broadcasts over a batch dimension
     assert torch.allclose(decode_boxes(off.expand(3, -1, -1), anchors)[2], gt, atol=1e-4)
-    # huge size offsets are clamped (exp(4 * 0.2) times the anchor), never inf
-    big = decode_boxes(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), torch.tensor([[10.0, 10.0, 10.0, 10.0]]))
-    assert torch.allclose(big[0, 2] - big[0, 0], torch.tensor(10 * math.exp(0.8)))
+    # a box 5x its anchor decodes exactly; huge size offsets are clamped at 1000/16, never inf
+    five = encode_boxes(torch.tensor([[-15.0, -15.0, 35.0, 35.0]]), torch.tensor([[10.0, 10.0, 10.0, 10.0]]))
+    back = decode_boxes(five, torch.tensor([[10.0, 10.0, 10.0, 10.0]]))
+    assert torch.allclose(back, torch.tensor([[-15.0, -15.0, 35.0, 35.0]]), atol=1e-4)
+    big = decode_boxes(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), torch.tensor([[10.0, 10.0, 10.0, 10.0]]))
+    assert torch.allclose(big[0, 2] - big[0, 0], torch.tensor(10 * 1000 / 16))
 
 
 def test_match_anchors_gives_every_box_its_best_anchor() -> None:
