@@ -5,7 +5,8 @@ chosen extractor, so the memory learns to fuse any mix of heavy and light featur
 come in four kinds, drawn per clip:
 
 * ``interleaved``: the heavy extractor on frame 0 (what inference does), then at every
-  step the heavy one with probability ``q ~ U(0, max_heavy_prob)``, otherwise a light one;
+  step the heavy one with probability ``q ~ U(0, max_heavy_prob)``, otherwise a light one
+  (drawn at every step or once per clip, see ``light_choice``);
   so gaps of up to ``clip_len - 1`` light frames are seen, as a fixed tau or an RL policy
   will produce;
 * ``heavy``: heavy on every frame (the heavy-only detector);
@@ -66,6 +67,10 @@ class TrainConfig:
     """Probabilities of interleaved, heavy, light and light+shift clips."""
     skip_light_updates: bool = True
     """Light steps read but do not write the memory (the paper's default)."""
+    light_choice: str = "per-step"
+    """In interleaved clips, draw the light extractor once per clip (``per-clip``: a shift
+    extractor's buffer then holds the previous light frame, as in a fixed schedule) or at
+    every light step (``per-step``, the paper's fully random choice)."""
     threads: int = 1
     """torch threads (1 is fastest on a loaded 2-core machine)."""
 
@@ -123,11 +128,14 @@ def sample_schedules(
     kinds = rng.choice(4, size=batch, p=np.asarray(cfg.clip_mix) / sum(cfg.clip_mix))
     actions = np.zeros((batch, clip_len), dtype=np.int64)
     lights = np.arange(1, num_extractors)
+    if cfg.light_choice not in ("per-clip", "per-step"):
+        raise ConfigError(f"light_choice must be 'per-clip' or 'per-step', got {cfg.light_choice!r}")
     for b, kind in enumerate(kinds):
         if kind == 0:
             q = rng.uniform(0.0, cfg.max_heavy_prob)
             heavy = rng.random(clip_len) < q
-            actions[b] = np.where(heavy, 0, rng.choice(lights, size=clip_len))
+            light = rng.choice(lights, size=clip_len if cfg.light_choice == "per-step" else 1)
+            actions[b] = np.where(heavy, 0, light)
             actions[b, 0] = 0
         elif kind == 1:
             actions[b] = 0
