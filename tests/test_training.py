@@ -25,7 +25,11 @@ def test_schedules_follow_the_clip_mix() -> None:
     assert (acts[:, 0] == 0).all()
     assert set(np.unique(acts[:, 1:])) == {1, 2}
     per_clip = sample_schedules(
-        50, 8, 3, TrainConfig(clip_mix=(1.0, 0.0, 0.0, 0.0), max_heavy_prob=0.0), np.random.default_rng(0)
+        50,
+        8,
+        3,
+        TrainConfig(clip_mix=(1.0, 0.0, 0.0, 0.0), max_heavy_prob=0.0, light_choice="per-clip"),
+        np.random.default_rng(0),
     )
     assert all(len(set(row[1:].tolist())) == 1 for row in per_clip)  # one light extractor per clip
     heavy_only = sample_schedules(10, 8, 3, TrainConfig(clip_mix=(0.0, 1.0, 0.0, 0.0)), np.random.default_rng(0))
