@@ -228,6 +228,41 @@ class InterleavedDetector(nn.Module):
         return postprocess(loc, conf, self.head.anchors, image_size=(size, size))
 
 
+@torch.no_grad()
+def extract_video_features(model: InterleavedDetector, videos: Tensor, chunk: int = 256) -> list[Tensor]:
+    """Every extractor's projected features on every frame of equally long videos.
+
+    A shifting extractor runs as a stream over each video's consecutive frames (its buffer
+    always holds the previous frame), so its features are exact for schedules that run it
+    on consecutive frames and approximate when it is mixed with other extractors.
+
+    Args:
+        model: The detector.
+        videos: (V, T, H, W, 3) uint8 RGB.
+        chunk: Frames per forward pass of a per-frame extractor.
+
+    Returns:
+        Per extractor, in action order: (V, T, C, g, g) float32.
+    """
+    V, T = videos.shape[:2]
+    out: list[Tensor] = []
+    for i in range(len(model.extractors)):
+        if model.extractor(i).uses_shift:
+            state = None
+            per_t = []
+            for t in range(T):
+                f, state = model.extract(i, model.preprocess(videos[:, t]), state)
+                per_t.append(f)
+            out.append(torch.stack(per_t, dim=1))
+        else:
+            flat = videos.reshape(V * T, *videos.shape[2:])
+            feats = torch.cat(
+                [model.extract(i, model.preprocess(flat[s : s + chunk]))[0] for s in range(0, V * T, chunk)]
+            )
+            out.append(feats.view(V, T, *feats.shape[1:]))
+    return out
+
+
 def default_detector_config(num_classes: int = 4) -> DetectorConfig:
     """The embedded default: heavy, light and light+shift extractors at 64x64.
 

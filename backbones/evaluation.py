@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gistgym.backbones.detector import InterleavedDetector
+from gistgym.backbones.detector import InterleavedDetector, extract_video_features
 from gistgym.backbones.flops import StepCost, step_costs
 from gistgym.backbones.ssdlite import Detections
 from gistgym.errors import ConfigError
@@ -110,32 +110,14 @@ class VideoFeatures:
     records: list[VideoRecord]
 
 
-@torch.no_grad()
 def extract_all(model: InterleavedDetector, records: Sequence[VideoRecord], chunk: int = 256) -> VideoFeatures:
-    """Run every extractor on every frame.
+    """Every extractor's features on every frame of equally long videos.
 
-    A shifting extractor runs as a stream over each video, so its features are exact for
-    schedules that run it on consecutive frames (``light+shift``); schedules that mix it with
-    other extractors must step the detector instead.
+    See :func:`~gistgym.backbones.detector.extract_video_features`: a shifting extractor runs
+    as a stream, exact for schedules that run it on consecutive frames (``light+shift``).
     """
     frames = torch.from_numpy(np.stack([r.read_frames() for r in records]))  # (V, T, H, W, 3)
-    V, T = frames.shape[:2]
-    out: list[torch.Tensor] = []
-    for i in range(len(model.extractors)):
-        ext = model.extractor(i)
-        if ext.uses_shift:
-            state = None
-            per_t = []
-            for t in range(T):
-                f, state = model.extract(i, model.preprocess(frames[:, t]), state)
-                per_t.append(f)
-            out.append(torch.stack(per_t, dim=1))
-        else:
-            flat = frames.reshape(V * T, *frames.shape[2:])
-            parts = [model.extract(i, model.preprocess(flat[s : s + chunk]))[0] for s in range(0, V * T, chunk)]
-            feats = torch.cat(parts)
-            out.append(feats.view(V, T, *feats.shape[1:]))
-    return VideoFeatures(out, list(records))
+    return VideoFeatures(extract_video_features(model, frames, chunk), list(records))
 
 
 @torch.no_grad()

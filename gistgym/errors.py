@@ -44,3 +44,38 @@ class WeightsError(InputFileError):
 
 class ConfigError(GistgymError):
     """An argument or configuration value is out of range or unknown."""
+
+
+class CacheError(InputFileError):
+    """A feature cache is missing, not an HDF5 file, truncated, or cannot be built or read.
+
+    Args:
+        path: The cache file (or the file being built).
+        problem: What is wrong and what to do about it.
+        field: The HDF5 path or attribute inside the file, when one is to blame.
+        video: The video the problem belongs to, when one is to blame.
+    """
+
+    def __init__(self, path: str | Path, problem: str, *, field: str | None = None, video: str | None = None) -> None:
+        self.video = video
+        super().__init__(path, problem, field=field)
+
+
+class CacheVersionError(CacheError):
+    """The cache's schema version is unknown, newer than this gistgym reads, or missing."""
+
+
+class CacheSectionError(CacheError):
+    """A section the caller needs (e.g. ``interleave``) is not in the cache."""
+
+
+class CacheIncompleteError(CacheError):
+    """A video group lacks its completion mark (written by an interrupted or foreign writer)."""
+
+
+class CacheMismatchError(CacheError):
+    """The cache was built from other weights (or other inputs) than the caller expects."""
+
+
+class CacheDataError(CacheError):
+    """A cached array holds NaN/inf values or does not match its recorded checksum."""

@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = backbones.add_parser("eval", help="mAP@0.5 and GFLOPs of fixed schedules")
     add_dataclass_arguments(p, EvalArgs)
     p.set_defaults(func=cmd_backbones_eval)
+
+    from gistgym.scripts.cache_commands import register_cache_commands
+
+    register_cache_commands(sub)
     return parser
 
 

@@ -53,3 +53,24 @@ def nontrivial_model() -> InterleavedDetector:
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g))
     return model.requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(
+    tiny_bench: Path, nontrivial_model: InterleavedDetector, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A feature cache of ``tiny_bench`` (every split, every section) from ``nontrivial_model``.
+
+    Built with the default storage and ``measure_latency=False`` (latencies are 0). The
+    detector's weights sit next to it as ``detector.pt`` + ``detector.json``
+    (``tiny_cache.parent / "detector.pt"``). Session-scoped: copy it before modifying it.
+    """
+    from gistgym.backbones.weights import save_detector
+    from gistgym.feature_cache.build import build_cache
+
+    folder = tmp_path_factory.mktemp("cache")
+    weights = folder / "detector.pt"
+    save_detector(weights, nontrivial_model, {"command": "tests/conftest.py::nontrivial_model"})
+    out = folder / "tiny.h5"
+    build_cache(tiny_bench, out, weights=weights, measure_latency=False, progress=False)
+    return out

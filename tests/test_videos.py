@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -547,3 +548,17 @@ def test_make_benchmark_refuses_a_file_as_output(tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(ConfigError, match="not a folder"):
         make_benchmark(target, split_sizes={"train": 1}, progress=False)
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (0600) but must land with the usual permissions."""
+    from gistgym.videos.dataset import atomic_write_json, write_video_file
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+        write_video_file(tmp_path / "v.mp4", np.zeros((2, 16, 16, 3), np.uint8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "v.mp4").stat().st_mode & 0o777 == 0o644

@@ -47,12 +47,26 @@ VIDEO_FILE = "video.mp4"
 ANNOTATION_FILE = "annotations.json"
 
 
+def new_temp_file(directory: Path, prefix: str, suffix: str = "") -> Path:
+    """Create an empty, uniquely named file to write into and later rename into place.
+
+    Unlike a bare ``mkstemp`` (mode 0600), the file gets the permissions of any other new
+    file (0666 minus the umask), so what is renamed into place is readable by others.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(name, 0o666 & ~mask)
+    return Path(name)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = new_temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -78,9 +92,7 @@ def write_video_file(path: Path, frames: np.ndarray, fps: int = 15) -> None:
         raise VideoError(path, f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     if len(frames) == 0:
         raise VideoError(path, "refusing to write an empty video (0 frames)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = str(new_temp_file(path.parent, f".{path.stem}.", path.suffix))
     try:
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream("libx264rgb", rate=Fraction(fps))
