@@ -276,6 +276,19 @@ def _numbers(
     return array.reshape(-1, 4) if box else array.astype(np.int64) if integer else array
 
 
+def _read_json_object(path: Path, missing: str) -> dict[str, Any]:
+    """Read a JSON file whose top level must be an object; ``missing`` is the error if absent."""
+    if not path.is_file():
+        raise AnnotationError(path, missing)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(path, f"not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise AnnotationError(path, "expected a JSON object at the top level")
+    return doc
+
+
 def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tuple[FrameAnnotation, ...]]:
     """Load and validate one ``annotations.json``.
 
@@ -284,14 +297,7 @@ def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tup
             outside the frame or degenerate, unknown labels.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(path, "annotation file does not exist")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(path, f"not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise AnnotationError(path, "expected a JSON object at the top level")
+    doc = _read_json_object(path, "annotation file does not exist")
     version = _require(doc, "format_version", int, path)
     if version != FORMAT_VERSION:
         raise AnnotationError(
@@ -449,13 +455,8 @@ def load_dataset(root: str | Path) -> VideoDataset:
     index = root / DATASET_FILE
     if not root.is_dir():
         raise AnnotationError(root, "dataset folder does not exist (create one with `gistgym videos make --out DIR`)")
-    if not index.is_file():
-        raise AnnotationError(index, "missing dataset index (a folder made by `gistgym videos make` has one)")
-    try:
-        doc = json.loads(index.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(index, f"not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+    doc = _read_json_object(index, "missing dataset index (a folder made by `gistgym videos make` has one)")
+    if doc.get("format") != FORMAT_NAME:
         raise AnnotationError(index, f"expected format {FORMAT_NAME!r}", field="format")
     if doc.get("format_version") != FORMAT_VERSION:
         raise AnnotationError(
