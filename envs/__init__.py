@@ -1,1 +1,22 @@
-"""Gymnasium environments that step over cached video-model outputs."""
+"""Gymnasium environments that step over cached video-model outputs.
+
+Importing this package registers the ids (``import gistgym.envs`` before ``gymnasium.make``).
+The registered kwargs are the constructors' defaults, so ``env.spec.kwargs`` lists every
+MDP knob of a made environment (a test keeps them equal to the signatures).
+"""
+
+from gymnasium.envs.registration import register
+
+register(
+    id="gistgym/Interleave-v0",
+    entry_point="gistgym.envs.interleave:InterleaveEnv",
+    vector_entry_point="gistgym.envs.interleave_vector:InterleaveVectorEnv",
+    kwargs={
+        "split": "train",
+        "clip_len": 40,
+        "extractors": ("heavy", "light"),
+        "speed_reward": (0.0, 1.0),
+        "skip_light_updates": None,
+        "history_len": 20,
+    },
+)

@@ -79,3 +79,22 @@ class CacheMismatchError(CacheError):
 
 class CacheDataError(CacheError):
     """A cached array holds NaN/inf values or does not match its recorded checksum."""
+
+
+class EnvArgumentError(ConfigError, ValueError):
+    """An environment's constructor argument or ``reset`` option is invalid.
+
+    The message names the argument, the value given and what to pass instead.
+    """
+
+
+class UnknownEnvArgumentError(EnvArgumentError, TypeError):
+    """An environment was given a keyword argument it does not have (the message lists the valid ones)."""
+
+
+class InvalidActionError(GistgymError, ValueError):
+    """An action outside the environment's action space."""
+
+
+class EnvStateError(GistgymError, RuntimeError):
+    """An environment method was called in the wrong state (``step`` before ``reset`` or after the episode ended)."""

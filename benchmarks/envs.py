@@ -1,0 +1,224 @@
+"""Interleave environment throughput, every number measured in this run on one torch thread.
+
+Usage::
+
+    python benchmarks/envs.py [--cache FILE] [--videos data/bench] [--count 4] [--rounds 3]
+
+Without ``--cache`` it builds a small cache from the first ``--count`` val videos of
+``--videos`` (generated into a temporary folder when the dataset is absent) with the
+shipped detector weights, into a temporary folder. Prints:
+
+* native batched env steps/s (``InterleaveVectorEnv``, random actions, autoresets
+  included) at N = 1, 16, 64, where one env step is one episode advancing one frame;
+* each as a ratio of the bare frozen memory + head throughput on the same ``N * m`` rows
+  (one ``memory(x, s)`` and ``head(M)`` call per step, nothing else; goal >= 0.5), and of
+  memory + head + the per-frame detection loss, the torch work Eq. 2 cannot do without;
+* at N = 64, the native env against a ``SyncVectorEnv`` of 64 single environments as
+  ``gymnasium.make_vec(..., vectorization_mode="sync")`` builds it (goal >= 5x).
+
+Env and bare compute are timed next to each other in ``--rounds`` rounds and each ratio is
+the median of the rounds' ratios: on a shared machine speed drifts by tens of percent from
+minute to minute, which adjacent measurements cancel. Videos are prepared (read and
+matched to the anchors) before timing, as they are after an environment's first pass over
+its split. DDQN training steps/s belong to the agents' benchmark (not measured here).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import gistgym.envs  # noqa: F401 (registers the ids)
+from gistgym.backbones.convlstm import LSTMState
+from gistgym.backbones.ssdlite import DetectionTargets, frame_detection_loss
+from gistgym.backbones.weights import DEFAULT_WEIGHTS
+from gistgym.envs.interleave_core import InterleaveCore
+from gistgym.envs.interleave_vector import InterleaveVectorEnv
+from gistgym.errors import GistgymError
+from gistgym.feature_cache.build import build_cache
+from gistgym.videos.dataset import load_dataset
+
+SIZES = (1, 16, 64)
+
+
+def small_cache(videos: Path, count: int, tmp: Path) -> tuple[Path, str]:
+    """A cache of the first ``count`` val videos of ``videos`` (split ``val``) and a description."""
+    if (videos / "dataset.json").is_file():
+        index = json.loads((videos / "dataset.json").read_text())
+        ids = list(index["splits"].get("val", []))[:count]
+        folder = tmp / "videos"
+        folder.mkdir()
+        for vid in ids:
+            (folder / vid).symlink_to((videos / vid).resolve(), target_is_directory=True)
+        index["splits"] = {"val": ids}
+        (folder / "dataset.json").write_text(json.dumps(index))
+        line = f"{len(ids)} val videos of {videos}"
+    else:
+        from gistgym.videos.benchmark import make_benchmark
+
+        folder = make_benchmark(tmp / "generated", seed=0, split_sizes={"val": count}, progress=False)
+        ids = list(load_dataset(folder).splits["val"])
+        line = f"{count} freshly generated videos ({videos} absent)"
+    out = tmp / "bench.h5"
+    start = time.perf_counter()
+    build_cache(folder, out, weights=DEFAULT_WEIGHTS, measure_latency=False, progress=False)
+    return out, f"{line}, built with {DEFAULT_WEIGHTS.name} in {time.perf_counter() - start:.1f} s"
+
+
+def rate(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``fn`` over about ``seconds`` (after 2 warm-up calls)."""
+    for _ in range(2):
+        fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    reps = max(5, int(seconds / once))
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return reps / (time.perf_counter() - start)
+
+
+def env_stepper(env: gym.vector.VectorEnv, seed: int) -> Callable[[], object]:
+    """One ``env.step`` with uniformly random actions per call (autoresets happen inside)."""
+    rng = np.random.default_rng(seed)
+    n, m = env.num_envs, int(env.single_action_space.n)  # type: ignore[attr-defined]
+    actions = rng.integers(0, m, size=(4096, n))
+    counter = iter(range(10**12))
+
+    def step() -> object:
+        return env.step(actions[next(counter) % len(actions)])
+
+    return step
+
+
+def bare_calls(core: InterleaveCore) -> tuple[Callable[[], object], Callable[[], object]]:
+    """Bare memory + head (and + loss) on the ``N * m`` rows of real inputs the core's next step would run.
+
+    Taken mid-episode: right after a reset half the state is exactly zero, which runs at
+    another speed than the states an episode spends most of its steps in.
+    """
+    n, m = core.num_slots, core.num_actions
+    C, g = core.channels, core.grid
+    frames = torch.from_numpy(np.arange(n) * core.clip_len + np.minimum(core._t + 1, core.clip_len - 1))
+    x = core._features.view(-1, m * C, g, g).index_select(0, frames).view(n * m, C, g, g).float()
+    state = LSTMState(core._c.repeat_interleave(m, dim=0), core._h.repeat_interleave(m, dim=0))
+    labels = core._labels.view(-1, core._labels.shape[-1]).index_select(0, frames).repeat_interleave(m, dim=0)
+    offsets = core._offsets.view(-1, *core._offsets.shape[-2:]).index_select(0, frames).repeat_interleave(m, dim=0)
+    targets = DetectionTargets(labels, offsets)
+
+    def memory_head() -> object:
+        with torch.inference_mode():
+            out, _ = core.memory(x, state)
+            return core.head(out)
+
+    def memory_head_loss() -> object:
+        with torch.inference_mode():
+            out, _ = core.memory(x, state)
+            loc, conf = core.head(out)
+            return frame_detection_loss(loc, conf, targets)
+
+    return memory_head, memory_head_loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", default=None, help="feature cache to use (default: build a small one)")
+    parser.add_argument("--split", default="val", help="split of --cache to draw clips from")
+    parser.add_argument("--videos", default="data/bench", help="dataset folder for the small cache (read-only)")
+    parser.add_argument("--count", type=int, default=4, help="val videos in the small cache")
+    parser.add_argument("--clip-len", type=int, default=40, help="frames per episode")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median ratio)")
+    parser.add_argument("--seconds", type=float, default=0.6, help="seconds per timed measurement")
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.rounds < 1 or args.seconds <= 0:
+        parser.error("--count and --rounds must be >= 1, --seconds > 0")
+    torch.set_num_threads(1)
+    begin = time.perf_counter()
+    print(
+        f"Interleave-v0 throughput: python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread, {os.cpu_count()} CPUs ({platform.machine()})"
+    )
+    with tempfile.TemporaryDirectory(prefix="gistgym-env-bench-") as tmp_name:
+        try:
+            if args.cache:
+                cache, line = Path(args.cache), f"cache: {args.cache}"
+            else:
+                cache, made = small_cache(Path(args.videos), args.count, Path(tmp_name))
+                line = f"cache: {made}"
+            kwargs = {"cache_path": str(cache), "split": args.split, "clip_len": args.clip_len}
+            envs = {n: InterleaveVectorEnv(**kwargs, num_envs=n) for n in SIZES}
+        except GistgymError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        core = envs[SIZES[-1]].core
+        for video_id in core.eligible:  # prepare every video once (the memo is process-wide)
+            core.prepared(video_id)
+        print(
+            f"{line}; {len(core.eligible)} videos, extractors {core.extractors} (m = {core.num_actions}), "
+            f"clip_len {args.clip_len}, skip_light_updates={core.skip_light_updates}"
+        )
+
+        print("\nnative batched env (InterleaveVectorEnv), env steps/s = N x vector steps/s:")
+        header = ("N", "rows", "env steps/s", "bare m+h", "ratio", "bare m+h+loss", "ratio")
+        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (4, 5, 12, 10, 6, 14, 6), strict=True)))
+        for n in SIZES:
+            env = envs[n]
+            env.reset(seed=0)
+            step = env_stepper(env, seed=n)
+            for _ in range(args.clip_len // 2):
+                step()
+            memory_head, memory_head_loss = bare_calls(env.core)
+            rows: list[tuple[float, float, float]] = []
+            for _ in range(args.rounds):
+                rows.append(
+                    (rate(step, args.seconds), rate(memory_head, args.seconds), rate(memory_head_loss, args.seconds))
+                )
+            env_rate = statistics.median(r[0] for r in rows) * n
+            bare = statistics.median(r[1] for r in rows) * n
+            bare_loss = statistics.median(r[2] for r in rows) * n
+            ratio = statistics.median(r[0] / r[1] for r in rows)
+            ratio_loss = statistics.median(r[0] / r[2] for r in rows)
+            print(
+                f"{n:>4} {n * env.core.num_actions:>5} {env_rate:>12.0f} {bare:>10.0f} {ratio:>6.2f} "
+                f"{bare_loss:>14.0f} {ratio_loss:>6.2f}"
+            )
+        print("(bare = the same N*m rows through the frozen memory + head [+ loss] only; goal: ratio >= 0.5)")
+
+        n = SIZES[-1]
+        sync = gym.make_vec("gistgym/Interleave-v0", num_envs=n, vectorization_mode="sync", **kwargs)
+        sync.reset(seed=0)
+        envs[n].reset(seed=0)
+        sync_step, native_step = env_stepper(sync, seed=1), env_stepper(envs[n], seed=1)
+        pairs = [(rate(native_step, 2 * args.seconds), rate(sync_step, 2 * args.seconds)) for _ in range(args.rounds)]
+        speedup = statistics.median(a / b for a, b in pairs)
+        print(
+            f"\nN = {n}: native {statistics.median(a for a, _ in pairs) * n:.0f} env steps/s, "
+            f"SyncVectorEnv of {n} single envs {statistics.median(b for _, b in pairs) * n:.0f} env steps/s: "
+            f"native is {speedup:.1f}x (goal >= 5x)"
+        )
+        sync.close()
+        for env in envs.values():
+            env.close()
+    print("DDQN training steps/s: not measured here (agents/, issue 4 item 3)")
+    print(f"total {time.perf_counter() - begin:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

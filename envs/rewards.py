@@ -1,0 +1,29 @@
+"""Pure reward functions of the environments (numpy in, numpy out, no state).
+
+Kept apart from the environments so a test, an agent or an analysis script computes
+exactly the number the environment paid, from what the environment reported in ``info``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def interleave_reward(losses: np.ndarray, actions: np.ndarray, speed_reward: np.ndarray) -> np.ndarray:
+    """Eq. 2 of *Looking Fast and Slow*: ``R(a) = min_i L^i - L^a + speed_reward[a]``.
+
+    The first two terms are the accuracy reward (<= 0, zero when the chosen extractor had
+    the lowest loss on this frame), the last one the per-action speed reward.
+
+    Args:
+        losses: (B, m) float64 per-extractor detection losses ``L^i`` of one frame per row.
+        actions: (B,) integer extractor that was executed in each row.
+        speed_reward: (m,) float64 speed reward of each action.
+
+    Returns:
+        (B,) float64 rewards, computed as ``(min - L^a) + speed_reward[a]`` in float64, the
+        same operations in the same order as ``min(info["losses"]) - info["losses"][a] +
+        speed_reward[a]`` on Python floats, so the two agree exactly.
+    """
+    rows = np.arange(len(actions))
+    return (losses.min(axis=1) - losses[rows, actions]) + speed_reward[actions]
