@@ -54,7 +54,7 @@ from gistgym.errors import GistgymError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.build import DetectorSource, build_cache
 from gistgym.feature_cache.hdf5 import COMPRESSIONS, CacheFile, write_shard
-from gistgym.feature_cache.sections import interleave_features
+from gistgym.feature_cache.sections import FrozenModels, interleave_features
 from gistgym.videos.dataset import load_dataset, read_video_file
 
 
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             weights, weights_line = pick_weights(args.weights, tmp)
             videos, ids, videos_line = pick_videos(Path(args.videos), args.count, tmp)
             model = DetectorSource.from_path(weights).load()
+            models = FrozenModels(model)
         except GistgymError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up of both sides: the first forward pass, and the first FLOP count of the
         # process (torch.utils.flop_counter imports ~1.5 s of torch modules once).
         decoded = [read_video_file(r.path) for r in records]
-        interleave_features(model, decoded[0][:8])
+        interleave_features(models, decoded[0][:8], records[0])
         step_costs(model, measure=False)
 
         inside: list[float] = []  # per 1-worker build: share of its wall time spent decoding + forward
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             out = tmp / f"round{round_}.h5"
             steps: list[tuple[str, Callable[[], object]]] = [
                 ("decode", lambda: [read_video_file(r.path) for r in records]),
-                ("forward", lambda: [interleave_features(model, f) for f in decoded]),
+                ("forward", lambda: [interleave_features(models, f, r) for f, r in zip(decoded, records, strict=True)]),
                 ("setup", setup),
                 ("build", lambda out=out: build(videos, out)),  # type: ignore[misc]
             ]

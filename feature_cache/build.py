@@ -53,7 +53,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ from gistgym.feature_cache.hdf5 import (
     write_shard,
 )
 from gistgym.feature_cache.reader import FeatureCache
-from gistgym.feature_cache.sections import get_section, list_sections
+from gistgym.feature_cache.sections import FrozenModels, get_model_spec, get_section, list_sections
 from gistgym.feature_cache.verify import array_sha256
 from gistgym.videos.dataset import ANNOTATION_FILE, VideoRecord, load_dataset, new_temp_file
 
@@ -117,14 +117,17 @@ def _one_torch_thread() -> Iterator[None]:
 
 @dataclass(frozen=True, eq=False)
 class DetectorSource:
-    """Detector weights as bytes plus their sidecar: what a worker needs to rebuild the model.
+    """Weights of a frozen model as bytes plus their sidecar: what a worker needs to rebuild it.
 
     Shipping bytes (not a path) lets a Ray task on another machine load the same weights.
+    ``role`` is ``"detector"`` for the interleaved detector, otherwise a key of
+    :data:`gistgym.feature_cache.sections.FROZEN_MODELS`.
     """
 
     path: str
     weights: bytes = field(repr=False)
     sidecar: dict[str, Any] = field(repr=False)
+    role: str = "detector"
 
     @property
     def sha256(self) -> str:
@@ -132,13 +135,22 @@ class DetectorSource:
         return str(self.sidecar["sha256"])
 
     @staticmethod
-    def from_path(path: str | Path | None) -> DetectorSource:
-        """Read a weights file and its sidecar.
+    def from_path(path: str | Path | None, role: str = "detector") -> DetectorSource:
+        """Read a weights file and its sidecar (default: the shipped weights of ``role``).
 
         Raises:
             WeightsError: Missing files, a bad sidecar, or bytes that differ from the sidecar's sha256.
+            ConfigError: Unknown role.
         """
-        path = Path(path) if path else DEFAULT_WEIGHTS
+        if path:
+            path = Path(path)
+        elif role == "detector":
+            path = DEFAULT_WEIGHTS
+        else:
+            spec = get_model_spec(role)
+            path = spec.default_weights()
+            if not path.is_file():
+                raise WeightsError(path, f"the shipped {role} weights are missing; make them with `{spec.train_hint}`")
         sidecar = read_sidecar(path)
         if not path.is_file():
             raise WeightsError(path, "weights file does not exist")
@@ -147,11 +159,22 @@ class DetectorSource:
             raise WeightsError(
                 path, f"sha256 differs from the sidecar's {sidecar.get('sha256')!r} (file changed?)", field="sha256"
             )
-        return DetectorSource(str(path), data, sidecar)
+        return DetectorSource(str(path), data, sidecar, role)
+
+    def load_module(self) -> torch.nn.Module:
+        """The frozen module of this role (the detector, or an extra model via its spec)."""
+        if self.role == "detector":
+            return self.load()
+        path = Path(self.path)
+        if hashlib.sha256(self.weights).hexdigest() != self.sha256:
+            raise WeightsError(path, "weights bytes differ from the sidecar's sha256", field="sha256")
+        return get_model_spec(self.role).load(self.weights, self.sidecar, path)
 
     def load(self) -> InterleavedDetector:
         """The frozen detector (eval mode, no gradients)."""
         path = Path(self.path)
+        if self.role != "detector":
+            raise ConfigError(f"{path} holds {self.role!r} weights, not the interleaved detector's")
         if hashlib.sha256(self.weights).hexdigest() != self.sha256:
             raise WeightsError(path, "weights bytes differ from the sidecar's sha256", field="sha256")
         try:
@@ -170,14 +193,31 @@ class DetectorSource:
         return frozen
 
 
-_MODELS: dict[str, InterleavedDetector] = {}
-"""Per-process cache: a worker loads each detector once."""
+@dataclass(frozen=True, eq=False)
+class ModelSources:
+    """Every frozen model a build computes with: the detector and the sections' extra models."""
+
+    detector: DetectorSource
+    extra: tuple[DetectorSource, ...] = ()
+
+    @property
+    def key(self) -> tuple[tuple[str, str], ...]:
+        """Identity of the set (role, sha256), for the per-process model cache."""
+        return (("detector", self.detector.sha256), *((s.role, s.sha256) for s in self.extra))
+
+    def load(self) -> FrozenModels:
+        """Load every model (frozen)."""
+        return FrozenModels(self.detector.load(), {s.role: s.load_module() for s in self.extra})
 
 
-def _cached_model(source: DetectorSource) -> InterleavedDetector:
-    if source.sha256 not in _MODELS:
-        _MODELS[source.sha256] = source.load()
-    return _MODELS[source.sha256]
+_MODELS: dict[tuple[tuple[str, str], ...], FrozenModels] = {}
+"""Per-process cache: a worker loads each set of models once."""
+
+
+def _cached_models(sources: ModelSources) -> FrozenModels:
+    if sources.key not in _MODELS:
+        _MODELS[sources.key] = sources.load()
+    return _MODELS[sources.key]
 
 
 # --- per-video work ----------------------------------------------------------------------------
@@ -234,34 +274,34 @@ def _read_frames(job: VideoJob) -> np.ndarray:
             raise type(exc)(job.record.path, exc.problem, field=exc.field) from exc
 
 
-def compute_with(model: InterleavedDetector, job: VideoJob) -> VideoResult:
-    """Decode one video and compute every requested section on it with ``model``."""
+def compute_with(models: FrozenModels, job: VideoJob) -> VideoResult:
+    """Decode one video and compute every requested section on it with ``models``."""
     start = time.perf_counter()
     try:
         frames = _read_frames(job)
         arrays: dict[str, np.ndarray] = {}
         for name in job.sections:
-            for key, array in get_section(name).compute(model, frames).items():
+            for key, array in get_section(name).compute(models, frames, job.record).items():
                 arrays[f"{name}/{key}"] = array
         return VideoResult(job.record.video_id, arrays, seconds=time.perf_counter() - start)
     except GistgymError as exc:
         return VideoResult(job.record.video_id, error=_portable_error(exc))
 
 
-def compute_video(source: DetectorSource, job: VideoJob) -> VideoResult:
-    """The per-video work of every worker kind (one torch thread, detector loaded once per process)."""
+def compute_video(sources: ModelSources, job: VideoJob) -> VideoResult:
+    """The per-video work of every worker kind (one torch thread, models loaded once per process)."""
     with _one_torch_thread():
-        return compute_with(_cached_model(source), job)
+        return compute_with(_cached_models(sources), job)
 
 
-_WORKER_SOURCE: DetectorSource | None = None
+_WORKER_SOURCE: ModelSources | None = None
 
 
-def _init_pool_worker(source: DetectorSource) -> None:
+def _init_pool_worker(sources: ModelSources) -> None:
     global _WORKER_SOURCE
     torch.set_num_threads(1)
-    _WORKER_SOURCE = source
-    _cached_model(source)
+    _WORKER_SOURCE = sources
+    _cached_models(sources)
 
 
 def _pool_compute(job: VideoJob) -> VideoResult:
@@ -270,12 +310,12 @@ def _pool_compute(job: VideoJob) -> VideoResult:
 
 
 def _local_results(
-    jobs: Sequence[VideoJob], source: DetectorSource, model: InterleavedDetector, workers: int
+    jobs: Sequence[VideoJob], source: ModelSources, models: FrozenModels, workers: int
 ) -> Generator[VideoResult, None, None]:
     if workers == 1 or len(jobs) <= 1:
         with _one_torch_thread():
             for job in jobs:
-                yield compute_with(model, job)
+                yield compute_with(models, job)
         return
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(source,)) as pool:
@@ -283,7 +323,7 @@ def _local_results(
 
 
 def _ray_results(
-    jobs: Sequence[VideoJob], source: DetectorSource, workers: int, address: str
+    jobs: Sequence[VideoJob], source: ModelSources, workers: int, address: str
 ) -> Generator[VideoResult, None, None]:
     try:
         import ray
@@ -400,8 +440,21 @@ def _plan(videos_dir: Path, splits: Sequence[str]) -> tuple[Any, list[tuple[str,
     return ds, plan
 
 
-def _modules_attr(model: InterleavedDetector, source: DetectorSource) -> dict[str, Any]:
+def _weights_attr(source: DetectorSource) -> dict[str, Any]:
+    return {
+        "file": Path(source.path).name,
+        "sha256": source.sha256,
+        "provenance": {k: v for k, v in source.sidecar.items() if k not in ("config", "sha256")},
+    }
+
+
+def _modules_attr(models: FrozenModels, sources: ModelSources) -> dict[str, Any]:
+    model, source = models.detector, sources.detector
     cfg = model.config
+    extra = {
+        s.role: {**get_model_spec(s.role).describe(models.get(s.role)), "frozen": True, "weights": _weights_attr(s)}
+        for s in sources.extra
+    }
     return {
         "detector": {"class": "gistgym.backbones.detector.InterleavedDetector", "config": cfg.to_dict()},
         "extractors": [
@@ -429,16 +482,14 @@ def _modules_attr(model: InterleavedDetector, source: DetectorSource) -> dict[st
         },
         "skip_light_updates": cfg.skip_light_updates,
         "frozen": True,
-        "weights": {
-            "file": Path(source.path).name,
-            "sha256": source.sha256,
-            "provenance": {k: v for k, v in source.sidecar.items() if k not in ("config", "sha256")},
-        },
+        "weights": _weights_attr(source),
+        **({"models": extra} if extra else {}),
     }
 
 
-def _costs_attr(model: InterleavedDetector, measure: bool) -> dict[str, Any]:
-    costs = step_costs(model, measure=measure)
+def _costs_attr(models: FrozenModels, sources: ModelSources, measure: bool) -> dict[str, Any]:
+    costs = step_costs(models.detector, measure=measure)
+    extra = {s.role: get_model_spec(s.role).costs(models.get(s.role), measure) for s in sources.extra}
     return {
         "flops": "counted by torch.utils.flop_counter, a multiply-add = 2 FLOPs, batch 1",
         "latency": (
@@ -449,6 +500,7 @@ def _costs_attr(model: InterleavedDetector, measure: bool) -> dict[str, Any]:
         "per_extractor": {
             c.extractor: {**asdict(c), "step_flops": c.step_flops, "step_seconds": c.step_seconds} for c in costs
         },
+        **({"models": extra} if extra else {}),
     }
 
 
@@ -473,6 +525,7 @@ def _existing_differs(out: Path, expected: dict[str, Any]) -> str | None:
         return exc.problem
     actual = {
         "weights_sha256": info.weights_sha256,
+        "model_weights": dict(info.model_weights),
         "sections": list(info.sections),
         "storage": dict(info.storage),
         "dataset": dict(info.dataset),
@@ -491,6 +544,7 @@ def build_cache(
     splits: Sequence[str] = (),
     sections: Sequence[str] = (),
     weights: str | Path | None = None,
+    model_weights: Mapping[str, str | Path] | None = None,
     workers: int = 1,
     ray: str | None = None,
     compression: str = DEFAULT_COMPRESSION,
@@ -507,6 +561,8 @@ def build_cache(
             is recorded).
         sections: Sections to build (default: every section this gistgym knows).
         weights: Detector weights with their JSON sidecar (default: the shipped ones).
+        model_weights: Weights of the sections' extra frozen models by role (default: the
+            shipped ones); a role no requested section needs is an error.
         workers: Local processes (1 = compute in this process); with ``ray="local"`` the
             CPUs of the local Ray instance.
         ray: ``None`` = no Ray; ``"local"`` (or ``""``) = a local Ray instance; otherwise
@@ -535,7 +591,16 @@ def build_cache(
     ds, plan = _plan(Path(videos), splits)
     records = [ds.video(vid) for _, vid in plan]
     source = DetectorSource.from_path(weights)
-    model = source.load()  # also validates the weights before anything is written
+    roles = tuple(dict.fromkeys(r for name in section_names for r in get_section(name).models))
+    given = dict(model_weights or {})
+    unused = sorted(set(given) - set(roles))
+    if unused:
+        raise ConfigError(
+            f"--model-weights names {unused} but the sections {list(section_names)} need only {list(roles) or 'none'}"
+        )
+    sources = ModelSources(source, tuple(DetectorSource.from_path(given.get(r), r) for r in roles))
+    models = sources.load()  # also validates the weights before anything is written
+    model = models.detector
     if len(ds.classes) != model.config.num_classes:
         raise ConfigError(
             f"dataset {videos} has {len(ds.classes)} classes but the detector {source.path} "
@@ -563,6 +628,7 @@ def build_cache(
         schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,
         schema.ATTR_GISTGYM_VERSION: gistgym.__version__,
         schema.ATTR_WEIGHTS_SHA256: source.sha256,
+        schema.ATTR_MODEL_WEIGHTS: {s.role: s.sha256 for s in sources.extra},
         schema.ATTR_SECTIONS: list(section_names),
         schema.ATTR_STORAGE: storage,
     }
@@ -574,6 +640,7 @@ def build_cache(
     if out.exists() and not overwrite:
         expected = {
             "weights_sha256": source.sha256,
+            "model_weights": {s.role: s.sha256 for s in sources.extra},
             "sections": list(section_names),
             "storage": storage,
             "dataset": dataset_attr,
@@ -614,9 +681,9 @@ def build_cache(
         by_id = {r.video_id: (r, e) for r, e in zip(records, index, strict=True)}
 
         results = (
-            _ray_results(pending, source, workers, ray)
+            _ray_results(pending, sources, workers, ray)
             if ray is not None
-            else _local_results(pending, source, model, workers)
+            else _local_results(pending, sources, models, workers)
         )
         # leave=False: the bar is erased when done or on an error (the CLI then prints one line)
         with tqdm(
@@ -640,8 +707,8 @@ def build_cache(
                 results.close()  # stop worker processes / shut down our Ray instance now, also on errors
 
         with _one_torch_thread():
-            costs = _costs_attr(model, measure_latency)
-            embedded = {name: get_section(name).embed(model) for name in section_names}
+            costs = _costs_attr(models, sources, measure_latency)
+            embedded = {name: get_section(name).embed(models) for name in section_names}
         checksums = {
             "videos": {e["video_id"]: shard_checksums[e["video_id"]] for e in index},
             "sections": {
@@ -656,7 +723,7 @@ def build_cache(
             schema.ATTR_DATASET: dataset_attr,
             schema.ATTR_SPLITS: split_names,
             schema.ATTR_VIDEOS: index,
-            schema.ATTR_MODULES: _modules_attr(model, source),
+            schema.ATTR_MODULES: _modules_attr(models, sources),
             schema.ATTR_PREPROCESSING: {
                 "image_size": cfg.image_size,
                 "mean": list(cfg.mean),

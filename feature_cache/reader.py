@@ -186,6 +186,8 @@ class CacheInfo:
     sections: tuple[str, ...]
     weights_sha256: str
     dataset: Mapping[str, Any] = field(repr=False)
+    model_weights: Mapping[str, str] = field(default_factory=dict)
+    """sha256 of the extra frozen models' weights by role (sections other than ``interleave``)."""
     splits: tuple[str, ...] = ()
     videos: tuple[VideoEntry, ...] = field(default=(), repr=False)
     modules: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -377,6 +379,9 @@ class FeatureCache:
             sections=tuple(_json_attr(path, attrs, schema.ATTR_SECTIONS)),
             weights_sha256=str(attrs.get(schema.ATTR_WEIGHTS_SHA256, "")),
             dataset=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_DATASET)),
+            model_weights=ReadOnlyMapping(
+                _json_attr(path, attrs, schema.ATTR_MODEL_WEIGHTS) if schema.ATTR_MODEL_WEIGHTS in attrs else {}
+            ),
             splits=tuple(_json_attr(path, attrs, schema.ATTR_SPLITS)),
             videos=entries,
             modules=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_MODULES)),

@@ -14,7 +14,10 @@ schema version 1::
                           in dataset order (split by split); the index every reader starts from
       sections            JSON ["interleave", ...]
       weights_sha256      sha256 of the detector weights file (as in its sidecar)
-      modules             JSON {"detector": config, "extractors": [...], "memory": {...}, "head": {...}}
+      model_weights       JSON {role: sha256} of the sections' extra frozen models (absent or {}
+                          when no section needs one; ``--model-weights ROLE=PATH``)
+      modules             JSON {"detector": config, "extractors": [...], "memory": {...}, "head": {...},
+                          "models": {role: {"class", "config", "weights"}} (when present)}
       preprocessing       JSON {"image_size", "mean", "std", "input"}
       costs               JSON {"per_extractor": {name: {"extractor_flops", ..., "step_seconds"}}, ...}
       storage             JSON {"compression", "chunk_frames", "feature_dtype"}
@@ -65,6 +68,7 @@ ATTR_SPLITS = "splits"
 ATTR_VIDEOS = "videos"
 ATTR_SECTIONS = "sections"
 ATTR_WEIGHTS_SHA256 = "weights_sha256"
+ATTR_MODEL_WEIGHTS = "model_weights"
 ATTR_MODULES = "modules"
 ATTR_PREPROCESSING = "preprocessing"
 ATTR_COSTS = "costs"
@@ -78,6 +82,7 @@ SHARD_IDENTITY = (
     ATTR_SCHEMA_VERSION,
     ATTR_GISTGYM_VERSION,
     ATTR_WEIGHTS_SHA256,
+    ATTR_MODEL_WEIGHTS,
     ATTR_SECTIONS,
     ATTR_STORAGE,
     ATTR_VIDEO_ID,

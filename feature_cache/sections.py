@@ -1,9 +1,17 @@
 """What each cache section computes per video, and what it embeds once per file.
 
-A section is one environment's view of the frozen video model. The registry
-:data:`SECTIONS` is a plain dict; later issues add ``keyframe`` (Deep Feature Flow) and
-``glimpse`` (AdaFrame) as new entries without changing the schema version, and readers
-accept files with sections they do not know.
+A section is one environment's view of the frozen video models. The registry
+:data:`SECTIONS` is a plain dict; ``keyframe`` (Deep Feature Flow) and ``glimpse``
+(AdaFrame) are added as new entries (each in its own module, registered at the bottom of
+this one) without changing the schema version, and readers accept files with sections
+they do not know.
+
+Every section gets the interleaved detector (its extractors are the suite's heavy and
+light feature networks) plus the extra frozen models it names in :attr:`Section.models`,
+by role, from :data:`FROZEN_MODELS`: the build loads each from its weights file and JSON
+sidecar (the shipped default, or ``--model-weights ROLE=PATH``), records its sha256,
+configuration and costs in the file's identity, and hands them to ``compute`` and
+``embed`` as :class:`FrozenModels`.
 
 ``interleave`` (*Looking Fast and Slow*): for every extractor of the detector, its
 projected features ``(T, C, g, g)`` as fed to the memory, stored float16. Extractors
@@ -19,7 +27,8 @@ configuration, so :func:`interleave_modules` rebuilds them from the cache file a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,10 +40,60 @@ from gistgym.backbones.ssdlite import SSDLiteHead
 from gistgym.errors import ConfigError
 from gistgym.feature_cache import schema
 from gistgym.feature_cache.hdf5 import EmbeddedArrays
+from gistgym.videos.dataset import VideoRecord
 
 FEATURE_BATCH = 256
 """Frames per forward pass of a per-frame extractor (as in ``extract_all``)."""
 FEATURE_DTYPE = np.float16
+
+
+@dataclass(frozen=True, eq=False)
+class FrozenModels:
+    """The frozen models a section computes with (eval mode, gradients off)."""
+
+    detector: InterleavedDetector
+    """The interleaved detector (heavy and light extractors, memory, head)."""
+    extra: Mapping[str, torch.nn.Module] = field(default_factory=dict)
+    """Further frozen models by role (keys of :data:`FROZEN_MODELS`)."""
+
+    def get(self, role: str) -> torch.nn.Module:
+        """The extra model of ``role``.
+
+        Raises:
+            ConfigError: It was not loaded (the section does not list it in ``models``).
+        """
+        if role not in self.extra:
+            raise ConfigError(
+                f"frozen model {role!r} was not loaded (loaded: {sorted(self.extra)}); "
+                "list it in the section's `models`"
+            )
+        return self.extra[role]
+
+
+@dataclass(frozen=True)
+class FrozenModelSpec:
+    """How the build loads, describes and costs one extra frozen model.
+
+    Attributes:
+        role: Name of the model in :data:`FROZEN_MODELS`, the file's ``modules`` and
+            ``costs`` attributes and ``--model-weights ROLE=PATH``.
+        summary: One line for ``gistgym cache info``.
+        default_weights: Path of the shipped weights file (its JSON sidecar beside it, with
+            ``sha256`` and ``config``); called lazily so a missing file only matters to a
+            build that needs it.
+        train_hint: The command that produces the weights (shown when they are missing).
+        load: ``(weights bytes, sidecar, path) -> frozen module``; raises ``WeightsError``.
+        describe: ``module -> {"class": ..., "config": ...}`` for the ``modules`` attribute.
+        costs: ``(module, measure latency) -> {...}`` counted FLOPs (and latency) of its parts.
+    """
+
+    role: str
+    summary: str
+    default_weights: Callable[[], Path]
+    train_hint: str
+    load: Callable[[bytes, Mapping[str, Any], Path], torch.nn.Module]
+    describe: Callable[[torch.nn.Module], dict[str, Any]]
+    costs: Callable[[torch.nn.Module, bool], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -44,15 +103,18 @@ class Section:
     Attributes:
         name: Group name in the file.
         summary: One line for ``gistgym cache info``.
-        compute: ``(model, frames (T, H, W, 3) uint8) -> {name: array}``, the per-video
-            arrays, stored under ``/videos/<id>/<section>/<name>``.
-        embed: ``model -> EmbeddedArrays``, stored once under ``/sections/<section>``.
+        compute: ``(models, frames (T, H, W, 3) uint8, record) -> {name: array}``, the
+            per-video arrays, stored under ``/videos/<id>/<section>/<name>``; ``record``
+            gives the video's annotations and label.
+        embed: ``models -> EmbeddedArrays``, stored once under ``/sections/<section>``.
+        models: Roles of the extra frozen models (:data:`FROZEN_MODELS`) it needs.
     """
 
     name: str
     summary: str
-    compute: Callable[[InterleavedDetector, np.ndarray], dict[str, np.ndarray]]
-    embed: Callable[[InterleavedDetector], EmbeddedArrays]
+    compute: Callable[[FrozenModels, np.ndarray, VideoRecord], dict[str, np.ndarray]]
+    embed: Callable[[FrozenModels], EmbeddedArrays]
+    models: tuple[str, ...] = ()
 
 
 def _check_name(name: str) -> str:
@@ -62,16 +124,18 @@ def _check_name(name: str) -> str:
 
 
 @torch.no_grad()
-def interleave_features(model: InterleavedDetector, frames: np.ndarray) -> dict[str, np.ndarray]:
+def interleave_features(models: FrozenModels, frames: np.ndarray, record: VideoRecord) -> dict[str, np.ndarray]:
     """Projected features of every extractor on one video, float16.
 
     Args:
-        model: The frozen detector.
+        models: The frozen models (only the detector is used).
         frames: (T, H, W, 3) uint8 RGB.
+        record: The video (unused: the features depend on the frames alone).
 
     Returns:
         ``{extractor name: (T, C, g, g) float16}`` in action order.
     """
+    model = models.detector
     video = torch.from_numpy(np.ascontiguousarray(frames))[None]
     feats = extract_video_features(model, video, FEATURE_BATCH)
     return {
@@ -84,8 +148,9 @@ def _state_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
 
 
-def interleave_embedded(model: InterleavedDetector) -> EmbeddedArrays:
+def interleave_embedded(models: FrozenModels) -> EmbeddedArrays:
     """The frozen memory and head tensors plus the detector configuration."""
+    model = models.detector
     g = model.grid
     return EmbeddedArrays(
         attrs={
@@ -109,6 +174,40 @@ SECTIONS: dict[str, Section] = {
     ),
 }
 """Every section this gistgym can build, by name."""
+
+FROZEN_MODELS: dict[str, FrozenModelSpec] = {}
+"""Every extra frozen model a section can ask for, by role."""
+
+
+def register_section(section: Section, *models: FrozenModelSpec) -> None:
+    """Add a section (and the frozen models it brings) to the registries.
+
+    Raises:
+        ConfigError: A name or role is taken, or the section needs a role nobody registered.
+    """
+    if section.name in SECTIONS:
+        raise ConfigError(f"cache section {section.name!r} is registered twice")
+    for spec in models:
+        if spec.role in FROZEN_MODELS or spec.role == "detector":
+            raise ConfigError(f"frozen model role {spec.role!r} is registered twice")
+        FROZEN_MODELS[spec.role] = spec
+    missing = [r for r in section.models if r not in FROZEN_MODELS]
+    if missing:
+        raise ConfigError(f"cache section {section.name!r} needs frozen models {missing} that nobody registered")
+    SECTIONS[section.name] = section
+
+
+def get_model_spec(role: str) -> FrozenModelSpec:
+    """The frozen model spec of ``role``.
+
+    Raises:
+        ConfigError: No such role.
+    """
+    if role not in FROZEN_MODELS:
+        raise ConfigError(
+            f"unknown frozen model role {role!r}; this gistgym knows: {', '.join(FROZEN_MODELS) or '(none)'}"
+        )
+    return FROZEN_MODELS[role]
 
 
 def list_sections() -> tuple[str, ...]:

@@ -33,6 +33,8 @@ class CacheBuildArgs:
     """Sections to build (default: every section this gistgym knows)."""
     weights: str = ""
     """Detector weights (.pt with its .json sidecar); empty = the shipped weights."""
+    model_weights: tuple[str, ...] = ()
+    """Weights of the sections' other frozen models as ROLE=PATH (default: the shipped ones)."""
     workers: int = 1
     """Local worker processes (1 = in this process); with --ray and no address, the local Ray instance's CPUs."""
     ray: str | None = None
@@ -69,6 +71,18 @@ def _expected_sha(weights: str) -> str | None:
     return str(read_sidecar(Path(weights)).get("sha256"))
 
 
+def _role_paths(items: tuple[str, ...]) -> dict[str, str]:
+    from gistgym.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in items:
+        role, sep, path = item.partition("=")
+        if not sep or not role or not path:
+            raise ConfigError(f"--model-weights takes ROLE=PATH (e.g. dff=weights/dff.pt), got {item!r}")
+        out[role] = path
+    return out
+
+
 def cmd_cache_build(ns: argparse.Namespace) -> int:
     """Build or resume a feature cache."""
     from gistgym.errors import ConfigError
@@ -89,6 +103,7 @@ def cmd_cache_build(ns: argparse.Namespace) -> int:
         splits=ns.split or (),
         sections=ns.sections or (),
         weights=ns.weights or None,
+        model_weights=_role_paths(ns.model_weights or ()),
         workers=ns.workers,
         ray=ns.ray,
         compression=ns.compression,
@@ -141,6 +156,7 @@ def cache_summary(path: str | Path, *, weights: str = "", sections: tuple[str, .
         "storage": dict(info.storage),
         "dataset": dict(info.dataset),
         "weights_sha256": info.weights_sha256,
+        "model_weights": dict(info.model_weights),
         "modules": dict(info.modules),
         "preprocessing": dict(info.preprocessing),
         "costs": dict(info.costs),
@@ -171,6 +187,8 @@ def cmd_cache_info(ns: argparse.Namespace) -> int:
     classes = len(ds.get("classes", []))
     print(f"dataset: {ds.get('name')} ({classes} classes; generator {gen.get('name')} seed {gen.get('seed')})")
     print(f"weights sha256: {s['weights_sha256']}")
+    for role, sha in s["model_weights"].items():
+        print(f"  {role} weights sha256: {sha}")
     for e in s["modules"].get("extractors", []):
         c = s["costs"].get("per_extractor", {}).get(e["name"], {})
         print(
@@ -214,6 +232,9 @@ def register_cache_commands(sub: Any) -> None:
     p.add_argument("--split", action="extend", nargs="+", default=None, metavar="SPLIT", help=docs["split"])
     p.add_argument("--sections", action="extend", nargs="+", default=None, metavar="SECTION", help=docs["sections"])
     p.add_argument("--weights", default="", help=docs["weights"])
+    p.add_argument(
+        "--model-weights", action="extend", nargs="+", default=None, metavar="ROLE=PATH", help=docs["model_weights"]
+    )
     p.add_argument("--workers", type=int, default=1, help=docs["workers"])
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=docs["ray"])
     p.add_argument("--compression", default="none", choices=("none", "lzf", "gzip"), help=docs["compression"])
