@@ -20,3 +20,16 @@ register(
         "history_len": 20,
     },
 )
+
+register(
+    id="gistgym/Keyframe-v0",
+    entry_point="gistgym.envs.keyframe:KeyframeEnv",
+    vector_entry_point="gistgym.envs.keyframe_vector:KeyframeVectorEnv",
+    kwargs={
+        "split": "train",
+        "clip_len": 48,
+        "max_distance": 20,
+        "speed_reward": (0.0, 0.3),
+        "history_len": 20,
+    },
+)

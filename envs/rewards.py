@@ -27,3 +27,23 @@ def interleave_reward(losses: np.ndarray, actions: np.ndarray, speed_reward: np.
     """
     rows = np.arange(len(actions))
     return (losses.min(axis=1) - losses[rows, actions]) + speed_reward[actions]
+
+
+def keyframe_reward(
+    loss_key: np.ndarray, loss_prop: np.ndarray, actions: np.ndarray, speed_reward: np.ndarray
+) -> np.ndarray:
+    """Eq. 2's form for Deep Feature Flow: ``R(a) = min(L_key, L_prop) - L_a + speed_reward[a]``.
+
+    Args:
+        loss_key: (B,) float64 loss of the frame as a keyframe, ``L(t, 0)``.
+        loss_prop: (B,) float64 loss of the frame propagated from its keyframe, ``L(t, d)``.
+        actions: (B,) integer action that ran (0 = keyframe, 1 = propagate).
+        speed_reward: (2,) float64 speed reward of each action.
+
+    Returns:
+        (B,) float64 rewards, computed as ``(min - L_a) + speed_reward[a]`` in float64, the
+        same operations in the same order as ``min(info["loss_key"], info["loss_prop"]) -
+        L_a + speed_reward[a]`` on Python floats, so the two agree exactly.
+    """
+    chosen = np.where(actions == 0, loss_key, loss_prop)
+    return (np.minimum(loss_key, loss_prop) - chosen) + speed_reward[actions]

@@ -258,3 +258,6 @@ def interleave_modules(attrs: Mapping[str, Any], tensors: Mapping[str, Mapping[s
         module.load_state_dict(state, strict=True)
         module.eval().requires_grad_(False)
     return InterleaveModules(config, tuple(attrs[schema.INTERLEAVE_EXTRACTORS]), memory, head)
+
+
+from gistgym.feature_cache import keyframe as _keyframe  # noqa: E402,F401  (registers the keyframe section)

@@ -36,7 +36,8 @@ from gistgym.feature_cache.sections import interleave_modules
 CLIP = 8
 """Clip length for the tiny cache (its videos have 24 frames)."""
 
-GISTGYM_IDS = sorted(i for i in gym.registry if i.startswith("gistgym/"))
+GISTGYM_IDS = sorted(i for i in gym.registry if i.startswith("gistgym/Interleave"))
+"""The Interleave ids (the other environments have their own test modules and caches)."""
 
 # SB3 reads a 3-D float Box as an image and says so; the state maps are (4H, g, g) feature
 # maps on purpose (the paper's policy net convolves them), SB3's MultiInputPolicy flattens them.

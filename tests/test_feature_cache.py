@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -21,8 +22,12 @@ from gistgym.backbones.weights import sha256_file
 from gistgym.errors import CacheError
 from gistgym.feature_cache import FeatureCache, verify_cache
 from gistgym.feature_cache import build as build_module
-from gistgym.feature_cache.build import build_cache
+from gistgym.feature_cache.build import build_cache as _build_cache
 from gistgym.feature_cache.sections import interleave_modules
+
+# These tests are about the cache machinery; they build the interleave section only, like the
+# session's ``tiny_cache`` (the keyframe section has its own tests in test_keyframe_cache.py).
+build_cache = functools.partial(_build_cache, sections=("interleave",))
 from gistgym.scripts.cli import main
 from gistgym.videos.dataset import load_dataset
 
@@ -310,7 +315,7 @@ def test_verify_reports_changed_bytes_and_exits_1(
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--sections", "keyframe"], "unknown cache section 'keyframe'"),
+        (["--sections", "segmentation"], "unknown cache section 'segmentation'"),
         (["--split", "holdout"], "split(s) ['holdout'] not in"),
         (["--compression", "gzip", "--workers", "0"], "--workers must be >= 1"),
     ],
@@ -339,6 +344,7 @@ def test_cli_build_gzip_round_trip(
     out = tmp_path / "gz.h5"
     argv = ["cache", "build", "--videos", str(tiny_bench), "--out", str(out), "--split", "val"]
     argv += ["--weights", str(weights_of(tiny_cache)), "--compression", "gzip", "--no-latency", "--no-progress"]
+    argv += ["--sections", "interleave"]
     assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     gz, plain = FeatureCache(out), FeatureCache(tiny_cache)

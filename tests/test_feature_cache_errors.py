@@ -101,10 +101,10 @@ def test_schema_version(
 def test_missing_section(copy_of: Callable[[str], Path], capsys: pytest.CaptureFixture[str]) -> None:
     path = copy_of("sections.h5")
     with pytest.raises(
-        CacheSectionError, match=r"\['keyframe'\] not in the cache \(present: \['interleave'\]\)"
+        CacheSectionError, match=r"\['segmentation'\] not in the cache \(present: \['interleave'\]\)"
     ) as err:
-        FeatureCache(path, sections=("interleave", "keyframe"))
-    assert "--sections interleave keyframe" in str(err.value)
+        FeatureCache(path, sections=("interleave", "segmentation"))
+    assert "--sections interleave segmentation" in str(err.value)
     with h5py.File(path, "a") as f:
         f.attrs["sections"] = json.dumps([])
     with pytest.raises(CacheSectionError, match=r"present: \[\]"):
@@ -117,11 +117,11 @@ def test_extra_unknown_sections_are_accepted(copy_of: Callable[[str], Path]) -> 
     """A v1 reader opens files that also hold sections added by later versions."""
     path = copy_of("future.h5")
     with h5py.File(path, "a") as f:
-        f.attrs["sections"] = json.dumps(["interleave", "keyframe"])
-        f.create_group("sections/keyframe").attrs["note"] = "added later"
-        f["videos/val_0000/keyframe/loss"] = np.zeros((24, 8), np.float32)
+        f.attrs["sections"] = json.dumps(["interleave", "segmentation"])
+        f.create_group("sections/segmentation").attrs["note"] = "added later"
+        f["videos/val_0000/segmentation/loss"] = np.zeros((24, 8), np.float32)
     cache = FeatureCache(path, sections=("interleave",))
-    assert cache.info.sections == ("interleave", "keyframe")
+    assert cache.info.sections == ("interleave", "segmentation")
     assert cache.load_episode("val_0000").features["heavy"].shape == (24, 64, 8, 8)
 
 
