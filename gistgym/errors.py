@@ -98,3 +98,19 @@ class InvalidActionError(GistgymError, ValueError):
 
 class EnvStateError(GistgymError, RuntimeError):
     """An environment method was called in the wrong state (``step`` before ``reset`` or after the episode ended)."""
+
+
+class PolicyFileError(InputFileError):
+    """An exported policy file or its JSON sidecar is missing, corrupt, or not a gistgym export."""
+
+
+class PolicyMismatchError(PolicyFileError):
+    """An exported policy was made for another environment (or version), cache or detector than the caller's."""
+
+
+class OnnxOpsetError(PolicyFileError):
+    """An ONNX policy file uses another opset than its sidecar records or this gistgym loads."""
+
+
+class OutputDirError(InputFileError):
+    """An output folder cannot be written or would replace something that is not a previous output."""

@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     from gistgym.scripts.cache_commands import register_cache_commands
 
     register_cache_commands(sub)
+    from gistgym.scripts.keyframe_commands import register_keyframe_commands
+
+    register_keyframe_commands(sub)
+    from gistgym.scripts.runtime_commands import register_runtime_commands
+
+    register_runtime_commands(sub)
     return parser
 
 

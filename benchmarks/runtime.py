@@ -1,0 +1,202 @@
+"""Frames/s and per-frame latency of the online runtime: heavy, light, tau=9, adaptive, async, in one run.
+
+Usage::
+
+    python benchmarks/runtime.py [--video FILE ...] [--policy EXPORTED] [--repeats N] [--json] [--plot PNG]
+
+For each video (default: the first val video of ``data/bench`` and, if it can be obtained,
+the real sample ``bikes.mp4``, see :mod:`gistgym.runtime.sample_video`) the frames are
+decoded and resized once, then every configuration runs over them ``--repeats`` times,
+round-robin (heavy, light, tau=9, ..., heavy, light, ...) so that a change in the machine's
+load hits every configuration alike. Configurations (the JSON keys):
+
+* ``heavy``, ``light``: one extractor on every frame (sync);
+* ``tau=9``: the fixed schedule (sync); ``tau=9+async``: the same requests in async mode;
+* ``adaptive``, ``adaptive+async``: an exported policy (``--policy``), sync and async.
+
+Latency is the main thread's time per frame from the resized frame to its detections and
+the next decision (:mod:`gistgym.runtime.online`); frames are fed back to back (throughput
+mode, not paced at the video's frame rate), so in async mode the heavy job competes with
+the following light frames for the CPU. Per configuration the statistics of each repeat are
+computed and the median over repeats reported (fps, p50, p95, max), with the ratios the
+issue asks for: fps / heavy's fps and max latency / light's max latency, from the same run.
+One torch thread per thread (``OMP_NUM_THREADS=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gistgym.errors import GistgymError
+from gistgym.runtime.detect import action_extractor_indices
+from gistgym.runtime.online import AsyncStats, OnlineMemory, percentiles_ms, run_async, run_sync
+from gistgym.runtime.schedules import ScheduleChoice, parse_policy
+from gistgym.runtime.video_source import VideoSource
+
+STATS = ("fps", "p50_ms", "p95_ms", "max_ms")
+
+
+def _default_videos() -> list[Path]:
+    videos = []
+    bench = Path("data/bench")
+    if (bench / "dataset.json").is_file():
+        from gistgym.videos.dataset import load_dataset
+
+        videos.append(load_dataset(bench).split("val")[0].path)
+    try:
+        from gistgym.runtime.sample_video import obtain_sample_video
+
+        videos.append(obtain_sample_video("runs/sample"))
+    except GistgymError as exc:
+        print(f"(no real sample video: {exc})", file=sys.stderr)
+    return videos
+
+
+def _configs(policy: str | None) -> list[tuple[str, str, bool]]:
+    out = [("heavy", "heavy", False), ("light", "light", False), ("tau=9", "fixed:9", False)]
+    out.append(("tau=9+async", "fixed:9", True))
+    if policy:
+        out += [("adaptive", policy, False), ("adaptive+async", policy, True)]
+    return out
+
+
+def run_once(model: Any, choice: ScheduleChoice, frames: list[np.ndarray], async_mode: bool) -> dict[str, Any]:
+    """One pass over ``frames``: fps over the summed latencies, latency percentiles, heavy fraction."""
+    indices = action_extractor_indices(choice, model, choice.spec)
+    history_len = choice.exported.history_len if choice.exported is not None else 20
+    memory = OnlineMemory(model, indices, history_len=history_len)
+    names = choice.action_meanings
+    stats = AsyncStats()
+    if async_mode:
+        results = list(run_async(memory, iter(frames), choice.policy, action_names=names, stats=stats))
+    else:
+        results = list(run_sync(memory, iter(frames), choice.policy, action_names=names))
+    lat = [r.latency_s for r in results]
+    return {
+        "fps": len(lat) / float(np.sum(lat)),
+        **percentiles_ms(lat),
+        "heavy_fraction": float(np.mean([r.heavy for r in results])),
+        **({"heavy_jobs_fused": stats.fused} if async_mode else {}),
+    }
+
+
+def bench_video(model: Any, meta: dict[str, Any], video: Path, policy: str | None, repeats: int) -> dict[str, Any]:
+    """Every configuration on one video, round-robin over ``repeats``."""
+    source = VideoSource(video, model.config.image_size)
+    frames = [small for _, small in source.frames()]
+    configs = _configs(policy)
+    choices = {
+        key: parse_policy(
+            spec,
+            model.extractor_names,
+            weights_sha256=str(meta.get("sha256")),
+            hidden_channels=model.config.hidden_channels,
+            grid=model.grid,
+        )
+        for key, spec, _ in configs
+    }
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in configs}
+    run_once(model, choices["heavy"], frames[:10], False)  # warm-up (allocator, lazy init)
+    for _ in range(repeats):
+        for key, _, async_mode in configs:
+            runs[key].append(run_once(model, choices[key], frames, async_mode))
+    report: dict[str, Any] = {}
+    for key, per_repeat in runs.items():
+        report[key] = {k: float(np.median([r[k] for r in per_repeat])) for k in per_repeat[0]}
+    heavy_fps = report["heavy"]["fps"]
+    light_max = report["light"]["max_ms"]
+    for r in report.values():
+        r["fps_vs_heavy"] = r["fps"] / heavy_fps
+        r["max_vs_light"] = r["max_ms"] / light_max
+    return {
+        "video": str(video),
+        "frames": len(frames),
+        "size": [source.info.width, source.info.height],
+        "repeats": repeats,
+        "configs": report,
+    }
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """PNG: frames/s (left) and p50/p95/max latency (right) per configuration and video."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
+    for row, res in zip(axes, results, strict=True):
+        keys = list(res["configs"])
+        x = np.arange(len(keys))
+        row[0].bar(x, [res["configs"][k]["fps"] for k in keys], color="tab:blue")
+        row[0].set_ylabel("frames/s")
+        w = 0.27
+        for j, (stat, colour) in enumerate((("p50_ms", "tab:green"), ("p95_ms", "tab:orange"), ("max_ms", "tab:red"))):
+            row[1].bar(x + (j - 1) * w, [res["configs"][k][stat] for k in keys], w, label=stat, color=colour)
+        row[1].set_ylabel("latency per frame (ms)")
+        row[1].legend(fontsize=8)
+        for ax in row:
+            ax.set_xticks(x, keys, rotation=20, fontsize=8)
+            ax.set_title(f"{Path(res['video']).name} ({res['frames']} frames {res['size'][0]}x{res['size'][1]})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--video", action="append", default=None, help="video file (repeatable)")
+    parser.add_argument("--policy", default=None, help="exported policy for the adaptive rows")
+    parser.add_argument("--weights", default=None, help="detector weights (default: the shipped ones)")
+    parser.add_argument("--repeats", type=int, default=5, help="passes over each video per configuration")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", default="runs/runtime/benchmark.png", help="PNG to write ('' = none)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from gistgym.backbones.weights import load_detector
+
+    try:
+        model, meta = load_detector(args.weights)
+        videos = [Path(v) for v in args.video] if args.video else _default_videos()
+        results = [bench_video(model, meta, v, args.policy, args.repeats) for v in videos]
+    except GistgymError as exc:
+        print(f"benchmarks/runtime.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:
+        plot(results, Path(args.plot))
+    if args.json:
+        out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "videos": results}
+        if results:  # the first video's table under the issue's top-level keys
+            out.update(results[0]["configs"])
+        print(json.dumps(out))
+        return 0
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}")
+    for res in results:
+        print(f"\n{res['video']}: {res['frames']} frames {res['size'][0]}x{res['size'][1]}, median of {res['repeats']}")
+        print("| config | frames/s | x heavy | p50 ms | p95 ms | max ms | max / light max | heavy fraction |")
+        print("|---|---|---|---|---|---|---|---|")
+        for key, r in res["configs"].items():
+            print(
+                f"| {key} | {r['fps']:.1f} | {r['fps_vs_heavy']:.2f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+                f"{r['max_ms']:.2f} | {r['max_vs_light']:.2f} | {r['heavy_fraction']:.3f} |"
+            )
+    if args.plot:
+        print(f"\nwrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

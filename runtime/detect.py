@@ -1,0 +1,281 @@
+"""``gistgym detect``: the interleaved detector on any video file, driven by a policy, sync or async.
+
+:func:`detect_video` reads the video with PyAV (resized as :mod:`gistgym.runtime.video_source`
+documents), runs :func:`gistgym.runtime.online.run_sync` or
+:func:`~gistgym.runtime.online.run_async` with the chosen policy and writes
+``detections.jsonl``, the annotated video and ``summary.json`` atomically
+(:mod:`gistgym.runtime.outputs`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import gistgym
+from gistgym.backbones.detector import InterleavedDetector
+from gistgym.errors import ConfigError, PolicyMismatchError
+from gistgym.runtime.online import AsyncStats, FrameResult, OnlineMemory, percentiles_ms, run_async, run_sync
+from gistgym.runtime.outputs import DETECTIONS_FILE, SUMMARY_FILE, SUMMARY_FORMAT, Annotator, AtomicOutputDir
+from gistgym.runtime.outputs import detection_line as _line
+from gistgym.runtime.schedules import ScheduleChoice, parse_policy
+from gistgym.runtime.video_source import VideoSource
+from gistgym.videos.dataset import atomic_write_json
+
+ANNOTATE_CHOICES = ("mp4", "gif", "none")
+
+
+@dataclass(frozen=True)
+class DetectArgs:
+    """Arguments of ``gistgym detect``."""
+
+    video: str
+    """The video file (any container/codec PyAV decodes)."""
+    policy: str = "fixed:9"
+    """heavy, light, fixed:TAU or an exported policy file (with its .json sidecar)."""
+    out: str = "runs/detect"
+    """Output folder (written atomically; a previous detect output is replaced)."""
+    async_mode: bool = False
+    """The paper's asynchronous mode: light on every frame, heavy in a background thread."""
+    weights: str = ""
+    """Detector weights (.pt with its .json sidecar); empty = the shipped weights."""
+    annotate: str = "mp4"
+    """Annotated output: mp4, gif or none."""
+    max_frames: int = 0
+    """Process only the first N frames (0 = all)."""
+    heavy_delay_frames: int = 0
+    """Async only: fuse each heavy job exactly this many frames after its launch (0 = when it finishes)."""
+    draw_threshold: float = 0.5
+    """Detections scoring at least this are drawn on the annotated video."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def class_names_for(meta: dict[str, Any], num_classes: int) -> tuple[str, ...]:
+    """Label names: the weights sidecar's ``classes``, else the synthetic benchmark's, else ``class<i>``."""
+    names = meta.get("classes")
+    if isinstance(names, list) and len(names) == num_classes:
+        return tuple(str(n) for n in names)
+    from gistgym.videos.synthetic import CLASS_NAMES
+
+    if num_classes == len(CLASS_NAMES):
+        return CLASS_NAMES
+    return tuple(f"class{i}" for i in range(num_classes))
+
+
+def action_extractor_indices(choice: ScheduleChoice, detector: InterleavedDetector, source: str) -> tuple[int, ...]:
+    """Detector extractor index of each of the policy's actions (by name).
+
+    Raises:
+        PolicyMismatchError: The policy names an extractor the detector does not have, or its
+            action 0 is not the detector's heavy extractor.
+    """
+    names = detector.extractor_names
+    missing = [a for a in choice.action_meanings if a not in names]
+    if missing or choice.action_meanings[0] != names[0]:
+        raise PolicyMismatchError(
+            source,
+            f"policy actions {list(choice.action_meanings)} do not fit the detector's extractors {list(names)} "
+            "(action 0 must be its heavy extractor)",
+            field="action_meanings",
+        )
+    return tuple(names.index(a) for a in choice.action_meanings)
+
+
+def build_runtime(
+    policy_spec: str, weights: str | Path | None = None
+) -> tuple[InterleavedDetector, dict[str, Any], ScheduleChoice, OnlineMemory]:
+    """Load the detector and the policy, check they fit, and make the online memory."""
+    from gistgym.backbones.weights import load_detector
+
+    detector, meta = load_detector(weights or None)
+    choice = parse_policy(
+        policy_spec,
+        detector.extractor_names,
+        weights_sha256=str(meta.get("sha256")),
+        hidden_channels=detector.config.hidden_channels,
+        grid=detector.grid,
+    )
+    indices = action_extractor_indices(choice, detector, policy_spec)
+    history_len = choice.exported.history_len if choice.exported is not None else 20
+    memory = OnlineMemory(detector, indices, history_len=history_len)
+    return detector, meta, choice, memory
+
+
+def run_frames(
+    memory: OnlineMemory,
+    choice: ScheduleChoice,
+    frames: Iterator[np.ndarray],
+    *,
+    async_mode: bool,
+    heavy_delay_frames: int = 0,
+    stats: AsyncStats | None = None,
+) -> Iterator[FrameResult]:
+    """The sync or async runner over resized frames."""
+    if async_mode:
+        return run_async(
+            memory,
+            frames,
+            choice.policy,
+            action_names=choice.action_meanings,
+            heavy_delay_frames=heavy_delay_frames or None,
+            stats=stats,
+        )
+    if heavy_delay_frames:
+        raise ConfigError("--heavy-delay-frames only applies with --async")
+    return run_sync(memory, frames, choice.policy, action_names=choice.action_meanings)
+
+
+def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | None = None) -> dict[str, Any]:
+    """Run ``gistgym detect`` and return its summary (also written to ``OUT/summary.json``).
+
+    Summary keys: ``format``, ``gistgym_version``, ``video`` (path, size, fps, codec, resize),
+    ``policy``, ``mode`` (sync/async), ``frames``, ``fps`` (frames over the summed per-frame
+    latencies), ``fps_wall`` (frames over the wall time including decoding and writing),
+    ``heavy_fraction`` (frames the heavy extractor ran on, or was launched on in async mode),
+    ``p50_ms``, ``p95_ms``, ``max_ms``, ``mean_ms`` (per-frame latency), ``detections_from``
+    (frames per extractor that produced the detections), ``async`` (heavy jobs launched,
+    fused, dropped, fuse delays), ``weights_sha256``, ``outputs``.
+
+    Raises:
+        VideoError: Missing, corrupt, unsupported or empty video (nothing is written).
+        ConfigError, PolicyFileError, PolicyMismatchError, OnnxOpsetError, WeightsError:
+            Bad arguments, policy or weights (nothing is written).
+        OutputDirError: ``--out`` cannot be written or is not a previous detect output.
+    """
+    if args.annotate not in ANNOTATE_CHOICES:
+        raise ConfigError(f"--annotate must be one of {', '.join(ANNOTATE_CHOICES)}, got {args.annotate!r}")
+    if args.max_frames < 0 or args.heavy_delay_frames < 0:
+        raise ConfigError("--max-frames and --heavy-delay-frames must be >= 0")
+    detector, meta, choice, memory = build_runtime(args.policy, args.weights or None)
+    source = VideoSource(args.video, detector.config.image_size, max_frames=args.max_frames or None)
+    classes = class_names_for(meta, detector.config.num_classes)
+    out = AtomicOutputDir(args.out)
+    stats = AsyncStats()
+    latencies: list[float] = []
+    heavy: list[bool] = []
+    used: dict[str, int] = {}
+    annotated = None if args.annotate == "none" else f"annotated.{args.annotate}"
+    wall0 = time.perf_counter()
+    try:
+        annotator = (
+            Annotator(out.path(annotated), source.info.fps, classes, draw_threshold=args.draw_threshold)
+            if annotated
+            else None
+        )
+        originals: list[np.ndarray] = []
+
+        def resized() -> Iterator[np.ndarray]:
+            for original, small in source.frames():
+                originals.append(original)
+                yield small
+
+        total = args.max_frames or source.info.frames or None
+        bar = tqdm(total=total, desc=f"detect {source.path.name}", unit="frame", disable=not args.progress)
+        results = run_frames(
+            memory,
+            choice,
+            resized(),
+            async_mode=args.async_mode,
+            heavy_delay_frames=args.heavy_delay_frames,
+            stats=stats,
+        )
+        with open(out.path(DETECTIONS_FILE), "w") as lines:
+            for r in results:
+                original = originals.pop(0)
+                boxes = source.to_source_boxes(r.detections.boxes)
+                lines.write(
+                    _line(
+                        r.index,
+                        r.extractor,
+                        r.heavy,
+                        r.fused_from,
+                        boxes,
+                        r.detections.scores,
+                        r.detections.labels,
+                        classes,
+                    )
+                    + "\n"
+                )
+                if annotator is not None:
+                    caption = _caption(r, args.async_mode)
+                    annotator.add(
+                        annotator.draw(original, boxes, r.detections.scores, r.detections.labels, caption, r.heavy)
+                    )
+                latencies.append(r.latency_s)
+                heavy.append(r.heavy)
+                used[r.extractor] = used.get(r.extractor, 0) + 1
+                if on_frame is not None:
+                    on_frame(r)
+                bar.update(1)
+        bar.close()
+        if annotator is not None:
+            annotator.close()
+        n = len(latencies)
+        busy = float(np.sum(latencies))
+        summary: dict[str, Any] = {
+            "format": SUMMARY_FORMAT,
+            "gistgym_version": gistgym.__version__,
+            "video": source.describe(),
+            "policy": args.policy,
+            "policy_name": choice.policy.name,
+            "action_meanings": list(choice.action_meanings),
+            "mode": "async" if args.async_mode else "sync",
+            "frames": n,
+            "fps": n / busy if busy > 0 else None,
+            "fps_wall": n / (time.perf_counter() - wall0),
+            "heavy_fraction": float(np.mean(heavy)) if n else None,
+            **percentiles_ms(latencies),
+            "detections_from": used,
+            "async": {**stats.to_dict(), "heavy_delay_frames": args.heavy_delay_frames or None}
+            if args.async_mode
+            else None,
+            "weights": str(args.weights or "shipped"),
+            "weights_sha256": meta.get("sha256"),
+            "outputs": [DETECTIONS_FILE, *([annotated] if annotated else []), SUMMARY_FILE],
+        }
+        atomic_write_json(out.path(SUMMARY_FILE), summary)
+    except BaseException:
+        out.abort()
+        raise
+    out.commit()
+    summary["out"] = str(Path(args.out))
+    return summary
+
+
+def _caption(r: FrameResult, async_mode: bool) -> str:
+    if not async_mode:
+        return f"frame {r.index}: {r.extractor}"
+    text = f"frame {r.index}: {r.extractor}"
+    if r.heavy:
+        text += ", heavy launched"
+    if r.fused_from is not None:
+        text += f", heavy of frame {r.fused_from} fused"
+    return text
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The printed summary of a ``gistgym detect`` run."""
+    v = summary["video"]
+    lines = [
+        f"{v['path']}: {summary['frames']} frames {v['width']}x{v['height']} @ {v['fps']:.2f} fps "
+        f"(resized to {v['resized_to'][0]}x{v['resized_to'][1]})",
+        f"policy {summary['policy']} ({summary['mode']}): heavy fraction {summary['heavy_fraction']:.3f}, "
+        f"detections from {summary['detections_from']}",
+        f"{summary['fps']:.1f} frames/s (detector + policy; {summary['fps_wall']:.1f} including decode and outputs), "
+        f"latency p50 {summary['p50_ms']:.2f} ms, p95 {summary['p95_ms']:.2f} ms, max {summary['max_ms']:.2f} ms",
+    ]
+    if summary.get("async"):
+        a = summary["async"]
+        lines.append(
+            f"heavy jobs: {a['heavy_jobs_launched']} launched, {a['heavy_jobs_fused']} fused "
+            f"(mean delay {a['fuse_delay_frames_mean']} frames), {a['heavy_jobs_dropped_at_end']} dropped at the end"
+        )
+    lines.append(f"wrote {summary['out']}/" + ", ".join(summary["outputs"]))
+    return "\n".join(lines)

