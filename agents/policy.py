@@ -43,3 +43,27 @@ class Policy(Protocol):
             (num_envs,) int64 actions (or float32 for continuous action spaces).
         """
         ...
+
+
+class SB3Policy:
+    """A Stable-Baselines3 model as a :class:`Policy`: its greedy (deterministic) action.
+
+    Args:
+        model: A trained SB3 model (DQN, DoubleDQN, PPO) over the environment's observation.
+        name: The policy's name in comparisons (a run directory's name).
+    """
+
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.name = name
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Stateless (feed-forward policies)."""
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Stateless."""
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``model.predict(obs, deterministic=True)``."""
+        actions, _ = self.model.predict(dict(obs), deterministic=True)
+        return np.asarray(actions, dtype=np.int64).reshape(len(infos))

@@ -301,6 +301,8 @@ class InterleaveCore:
         self.memory = modules.memory
         self.head = modules.head
         cfg = modules.config
+        self.image_size = cfg.image_size
+        self.num_classes = cfg.num_classes
         self.hidden = cfg.hidden_channels
         self.grid = cfg.anchors.grid
         self.channels = cfg.memory_channels
@@ -321,6 +323,10 @@ class InterleaveCore:
         self._start = np.zeros(n, dtype=np.int64)
         self._video: list[str] = [""] * n
         self._history = np.zeros((n, self.history_len), dtype=np.int8)
+        self.record_outputs = False
+        """When True, :meth:`advance` keeps the executed extractor's head outputs in ``last_outputs``."""
+        self.last_outputs: tuple[Tensor, Tensor] | None = None
+        """(loc (n, A, 4), conf (n, A, K + 1)) of the last :meth:`advance`, if ``record_outputs``."""
 
     # --- spaces -----------------------------------------------------------------------------
     @property
@@ -447,6 +453,60 @@ class InterleaveCore:
         """``(video_id, start, clip step of the frame last processed)`` of ``slot``."""
         return self._video[slot], int(self._start[slot]), int(self._t[slot])
 
+    def _next_frame(self, slots: np.ndarray) -> np.ndarray:
+        """Clip step of every slot's next frame.
+
+        Raises:
+            EnvStateError: A slot was never loaded or its clip is over.
+        """
+        t = self._t[slots] + 1
+        if not self._loaded[slots].all() or (t >= self.clip_len).any():
+            raise EnvStateError("the episode is over (or never started); call reset() before step()")
+        return t
+
+    def _every_extractor(
+        self, slots: np.ndarray, t: np.ndarray
+    ) -> tuple[Tensor, Tensor, LSTMState, Tensor, Tensor, Tensor]:
+        """Frame ``t`` of every slot through the memory (from the carried state) and the head, per extractor.
+
+        Returns:
+            ``(c_prev, h_prev, new, loc, conf, losses)``: the consumed state (n, H, g, g), the
+            new states, box offsets and class logits (n * m rows, slot-major) and the (n, m)
+            float32 losses.
+        """
+        n, m = len(slots), self.num_actions
+        sl = torch.from_numpy(slots)
+        # one flat index per (slot, clip step): index_select is much cheaper than 2-D fancy indexing
+        frame = torch.from_numpy(slots * self.clip_len + t)
+        C, g = self.channels, self.grid
+        x = self._features.view(-1, m * C, g, g).index_select(0, frame).view(n * m, C, g, g).float()
+        c_prev, h_prev = self._c.index_select(0, sl), self._h.index_select(0, sl)
+        state = LSTMState(c_prev.repeat_interleave(m, dim=0), h_prev.repeat_interleave(m, dim=0))
+        out, new = self.memory(x, state)
+        loc, conf = self.head(out)
+        labels = self._labels.view(-1, self._labels.shape[-1]).index_select(0, frame)
+        offsets = self._offsets.view(-1, *self._offsets.shape[-2:]).index_select(0, frame)
+        targets = DetectionTargets(labels.repeat_interleave(m, dim=0), offsets.repeat_interleave(m, dim=0))
+        losses = frame_detection_loss(loc, conf, targets).view(n, m)
+        return c_prev, h_prev, new, loc, conf, losses
+
+    def peek_losses(self, slots: np.ndarray) -> np.ndarray:
+        """Every extractor's loss on each slot's **next** frame, without advancing anything.
+
+        What a myopic oracle looks at: the losses :meth:`advance` will report for that frame,
+        whatever the action (they all start from the same carried state).
+
+        Returns:
+            (n, m) float64 losses.
+
+        Raises:
+            EnvStateError: A slot was never loaded or its clip is over.
+        """
+        t = self._next_frame(slots)
+        with torch.inference_mode():
+            losses = self._every_extractor(slots, t)[-1]
+        return losses.numpy().astype(np.float64)
+
     def advance(self, slots: np.ndarray, actions: np.ndarray) -> Transition:
         """Process the next frame of every slot in ``slots`` (one batched torch call).
 
@@ -460,28 +520,17 @@ class InterleaveCore:
         Raises:
             EnvStateError: A slot was never loaded or its clip is over.
         """
-        t = self._t[slots] + 1
-        if not self._loaded[slots].all() or (t >= self.clip_len).any():
-            raise EnvStateError("the episode is over (or never started); call reset() before step()")
+        t = self._next_frame(slots)
         first = t == 0
         executed = np.where(first, 0, actions).astype(np.int64)
-        n, m = len(slots), self.num_actions
+        n = len(slots)
         sl = torch.from_numpy(slots)
-        # one flat index per (slot, clip step): index_select is much cheaper than 2-D fancy indexing
-        frame = torch.from_numpy(slots * self.clip_len + t)
-        C, g = self.channels, self.grid
         with torch.inference_mode():
-            x = self._features.view(-1, m * C, g, g).index_select(0, frame).view(n * m, C, g, g).float()
-            c_prev, h_prev = self._c.index_select(0, sl), self._h.index_select(0, sl)
-            state = LSTMState(c_prev.repeat_interleave(m, dim=0), h_prev.repeat_interleave(m, dim=0))
-            out, new = self.memory(x, state)
-            loc, conf = self.head(out)
-            labels = self._labels.view(-1, self._labels.shape[-1]).index_select(0, frame)
-            offsets = self._offsets.view(-1, *self._offsets.shape[-2:]).index_select(0, frame)
-            targets = DetectionTargets(labels.repeat_interleave(m, dim=0), offsets.repeat_interleave(m, dim=0))
-            losses = frame_detection_loss(loc, conf, targets).view(n, m)
-            rows = torch.from_numpy(np.arange(n) * m + executed)
+            c_prev, h_prev, new, loc, conf, losses = self._every_extractor(slots, t)
+            rows = torch.from_numpy(np.arange(n) * self.num_actions + executed)
             c_hat, h_hat = new.c.index_select(0, rows), new.h.index_select(0, rows)
+            if self.record_outputs:
+                self.last_outputs = (loc.index_select(0, rows), conf.index_select(0, rows))
             written = first | (executed == 0) | (not self.skip_light_updates)
             if written.all():
                 self._c.index_copy_(0, sl, c_hat)

@@ -114,3 +114,7 @@ class OnnxOpsetError(PolicyFileError):
 
 class OutputDirError(InputFileError):
     """An output folder cannot be written or would replace something that is not a previous output."""
+
+
+class RunError(InputFileError):
+    """A training run directory is missing, incomplete, or not a gistgym run."""

@@ -16,64 +16,14 @@ Every choice is a :class:`~gistgym.agents.policy.Policy` over the runtime's obse
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from gistgym.agents.baselines import ConstantPolicy, FixedTauPolicy
 from gistgym.agents.policy import Policy
 from gistgym.errors import ConfigError
-
-
-@dataclass
-class ConstantPolicy:
-    """Always the same action."""
-
-    action: int
-    name: str
-
-    def reset(self, num_envs: int, seed: int | None = None) -> None:
-        """Stateless."""
-
-    def episode_started(self, rows: np.ndarray) -> None:
-        """Stateless."""
-
-    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """``action`` for every row."""
-        return np.full(len(infos), self.action, dtype=np.int64)
-
-
-@dataclass
-class FixedTauPolicy:
-    """Heavy (action 0) after the light extractor (action ``light``) ran ``tau`` times in a row."""
-
-    tau: int
-    light: int = 1
-    name: str = ""
-    _since_heavy: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False)
-
-    def __post_init__(self) -> None:
-        if self.tau < 0:
-            raise ConfigError(f"fixed:TAU needs TAU >= 0, got {self.tau}")
-        self.name = self.name or f"tau={self.tau}"
-
-    def reset(self, num_envs: int, seed: int | None = None) -> None:
-        """Zero counters for ``num_envs`` rows."""
-        self._since_heavy = np.zeros(num_envs, dtype=np.int64)
-
-    def episode_started(self, rows: np.ndarray) -> None:
-        """Zero those rows' counters (their first frame runs the heavy extractor)."""
-        self._since_heavy[rows] = 0
-
-    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Count the light frames since the last heavy one (from ``info["action"]``) and decide."""
-        if len(self._since_heavy) != len(infos):
-            self.reset(len(infos))
-        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
-        self._since_heavy = np.where(executed == 0, 0, self._since_heavy + 1)
-        return np.where(self._since_heavy >= self.tau, 0, self.light).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -121,6 +71,8 @@ def parse_policy(
             tau = int(spec[len("fixed:") :])
         except ValueError as exc:
             raise ConfigError(f"--policy {spec!r}: TAU must be an integer, e.g. fixed:9") from exc
+        if tau < 0:
+            raise ConfigError(f"--policy {spec!r}: TAU must be >= 0, e.g. fixed:9")
         return ScheduleChoice(FixedTauPolicy(tau), names, spec)
     path = Path(spec)
     if not path.exists() and path.suffix not in (".pt", ".onnx", ".ts"):

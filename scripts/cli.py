@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gistgym.scripts.runtime_commands import register_runtime_commands
 
     register_runtime_commands(sub)
+    from gistgym.scripts.agent_commands import register_agent_commands
+
+    register_agent_commands(sub)
     return parser
 
 

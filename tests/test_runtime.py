@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from gistgym.agents.baselines import FixedTauPolicy
 from gistgym.backbones.weights import load_detector
 from gistgym.errors import OutputDirError, PolicyMismatchError, VideoError
 from gistgym.runtime.detect import DetectArgs, detect_video
 from gistgym.runtime.online import AsyncStats, FrameResult, OnlineMemory, run_async, run_sync
-from gistgym.runtime.schedules import FixedTauPolicy
 from gistgym.scripts.cli import main
 from gistgym.videos.dataset import load_dataset, write_video_file
 

@@ -1,0 +1,165 @@
+"""The baseline schedules every learned ``Interleave`` policy is compared against.
+
+All implement :class:`~gistgym.agents.policy.Policy` over the environment's observation and
+``info`` (action 0 = the heavy extractor, 1 = the light one the fixed schedules use):
+
+* :class:`ConstantPolicy`: ``heavy`` (always 0) or ``light`` (always 1);
+* :class:`FixedTauPolicy`: ``tau=N``, the heavy extractor on every (N + 1)-th frame
+  (frame 0 and then after N light frames), the paper's fixed interleaving;
+* :class:`RandomPolicy`: ``random@F``, the heavy extractor with probability F on every frame,
+  seeded: the control for a learned policy that runs the heavy model on a fraction F of
+  the frames, but without choosing *which* frames;
+* :class:`OraclePolicy`: ``oracle``, the myopic oracle: it looks at every extractor's loss
+  on the next frame (which the cached features give away) and takes the action with the
+  best Eq. 2 reward, ``argmax_a speed_reward[a] - L^a``. It is greedy, not optimal over the
+  episode: it ignores what an action does to the memory for later frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gistgym.errors import ConfigError
+
+NEXT_LOSSES = "next_losses"
+"""``info`` key a lookahead policy reads: (m,) losses of every extractor on the next frame."""
+
+
+@dataclass
+class ConstantPolicy:
+    """Always the same action."""
+
+    action: int
+    name: str
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Stateless."""
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Stateless."""
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``action`` for every row."""
+        return np.full(len(infos), self.action, dtype=np.int64)
+
+
+@dataclass
+class FixedTauPolicy:
+    """Heavy (action 0) after the light extractor (action ``light``) ran ``tau`` times in a row.
+
+    The schedule ``tau=N`` of :mod:`gistgym.backbones.evaluation`: heavy on frames t with
+    ``t % (N + 1) == 0`` of an episode. It counts the light frames since the last heavy one
+    from ``info["action"]``, so it needs no frame indices and behaves the same in the
+    environment and the online runtime.
+    """
+
+    tau: int
+    light: int = 1
+    name: str = ""
+    _since_heavy: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tau < 0:
+            raise ConfigError(f"a fixed schedule needs tau >= 0, got {self.tau}")
+        self.name = self.name or f"tau={self.tau}"
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Zero counters for ``num_envs`` rows."""
+        self._since_heavy = np.zeros(num_envs, dtype=np.int64)
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Zero those rows' counters (their first frame runs the heavy extractor)."""
+        self._since_heavy[rows] = 0
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Count the light frames since the last heavy one (from ``info["action"]``) and decide."""
+        if len(self._since_heavy) != len(infos):
+            self.reset(len(infos))
+        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
+        self._since_heavy = np.where(executed == 0, 0, self._since_heavy + 1)
+        return np.where(self._since_heavy >= self.tau, 0, self.light).astype(np.int64)
+
+
+@dataclass
+class RandomPolicy:
+    """The heavy extractor with probability ``fraction`` on every frame, else action ``light``."""
+
+    fraction: float
+    light: int = 1
+    name: str = ""
+    _rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0), repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError(f"random@F needs 0 <= F <= 1, got {self.fraction}")
+        self.name = self.name or f"random@{self.fraction:.2f}"
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Seed the draws (``None``: seed 0, so evaluations repeat)."""
+        self._rng = np.random.default_rng(0 if seed is None else seed)
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Stateless per row."""
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """One Bernoulli draw per row."""
+        heavy = self._rng.random(len(infos)) < self.fraction
+        return np.where(heavy, 0, self.light).astype(np.int64)
+
+
+@dataclass
+class OraclePolicy:
+    """The myopic oracle: ``argmax_a speed_reward[a] - L^a`` on the next frame's cached losses.
+
+    Needs ``info["next_losses"]`` (:data:`NEXT_LOSSES`), which the evaluation loop adds for
+    policies with ``lookahead = True``. Ties go to the lower action (the heavier extractor).
+    """
+
+    speed_reward: Sequence[float]
+    name: str = "oracle"
+    lookahead: bool = True
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Stateless."""
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Stateless."""
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Greedy on the next frame's losses."""
+        try:
+            losses = np.stack([np.asarray(i[NEXT_LOSSES], dtype=np.float64) for i in infos])
+        except KeyError as exc:
+            raise ConfigError(
+                "the oracle needs info['next_losses'] (every extractor's loss on the next frame); "
+                "run it through gistgym.agents.evaluation.evaluate_policy"
+            ) from exc
+        speed = np.asarray(self.speed_reward, dtype=np.float64)
+        if losses.shape[1] != len(speed):
+            raise ConfigError(f"the oracle has {len(speed)} speed rewards but the losses have {losses.shape[1]}")
+        return np.argmax(speed[None, :] - losses, axis=1).astype(np.int64)
+
+
+def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
+    """A baseline from its comparison name: ``heavy``, ``light``, ``tau=N``, ``random@F``, ``oracle``.
+
+    Raises:
+        ConfigError: Anything else, or a bad number.
+    """
+    if spec == "heavy":
+        return ConstantPolicy(0, "heavy")
+    if spec == "light":
+        return ConstantPolicy(1, "light")
+    if spec == "oracle":
+        return OraclePolicy(tuple(speed_reward))
+    for prefix, make in (("tau=", lambda x: FixedTauPolicy(int(x))), ("random@", lambda x: RandomPolicy(float(x)))):
+        if spec.startswith(prefix):
+            try:
+                return make(spec[len(prefix) :])
+            except ValueError as exc:
+                raise ConfigError(f"baseline {spec!r}: {spec[len(prefix) :]!r} is not a number") from exc
+    raise ConfigError(f"unknown baseline {spec!r}; expected heavy, light, tau=N, random@F or oracle")

@@ -1,0 +1,166 @@
+"""Training run directories: what ``gistgym train`` writes and ``compare``/``export`` read.
+
+A run directory ``RUNS/NAME`` holds::
+
+    config.json        the resolved configuration: env id and arguments, the cache path and
+                       identity, the algorithm and every hyperparameter, the command
+    model.zip          the final model (Stable-Baselines3 format)
+    checkpoints/       model_<steps>_steps.zip every ``checkpoint_every`` env steps
+    tb/                TensorBoard logs (train/q_mean, eval/map50, eval/heavy_fraction, ...)
+    eval.json          the evaluations made during training (the data of the Fig. 8 plot)
+    training.png       eval mAP and heavy fraction over training steps
+
+A run is trained in ``RUNS/.NAME.partial-XXXX`` and renamed to ``RUNS/NAME`` only once
+everything is written, so a directory named like a run is always a complete one.
+
+The cache identity recorded is what the observations depend on: the schema version and the
+sha256 of the detector weights the cache was built from (its memory and head produce the
+observations and rewards). A run may be evaluated on another cache with the same identity
+(other videos of the same benchmark, another seed); another detector is refused with
+:class:`~gistgym.errors.CacheMismatchError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gistgym.errors import CacheMismatchError, RunError
+from gistgym.feature_cache import FeatureCache
+
+RUN_FORMAT = "gistgym-run"
+RUN_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.zip"
+EVAL_FILE = "eval.json"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tb"
+
+
+def cache_identity(cache_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The identity of a cache a run records: schema version, detector sha256, dataset, size.
+
+    Raises:
+        CacheError: The cache is missing or unreadable.
+    """
+    cache = FeatureCache(Path(cache_path))
+    try:
+        info = cache.info
+        return {
+            "schema_version": int(info.schema_version),
+            "weights_sha256": str(info.weights_sha256),
+            "model_weights": dict(info.model_weights),
+            "sections": list(info.sections),
+            "dataset": json.loads(json.dumps(dict(info.dataset), default=str)),
+            "num_videos": info.num_videos,
+        }
+    finally:
+        cache.close()
+
+
+def check_cache_identity(recorded: Mapping[str, Any], cache_path: str | os.PathLike[str], *, what: str) -> None:
+    """Refuse a cache whose observations differ from the ones ``what`` was trained on.
+
+    Raises:
+        CacheMismatchError: Other schema version or other detector weights.
+    """
+    actual = cache_identity(cache_path)
+    for key, label in (("schema_version", "schema version"), ("weights_sha256", "detector weights sha256")):
+        if recorded.get(key) != actual[key]:
+            raise CacheMismatchError(
+                Path(cache_path),
+                f"{what} was trained on a cache with {label} {recorded.get(key)!r}, this one has {actual[key]!r}; "
+                "its observations come from another detector. Evaluate it on the cache it was trained on, "
+                "or retrain it on this one",
+                field=key,
+            )
+
+
+@dataclass
+class Run:
+    """A loaded run directory."""
+
+    path: Path
+    config: dict[str, Any]
+    model: Any
+    """The Stable-Baselines3 model."""
+
+    @property
+    def name(self) -> str:
+        """The run's name: its directory name (the key in comparisons)."""
+        return self.path.name
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a run directory.
+
+    Raises:
+        RunError: Missing directory or config, unreadable or foreign config.
+    """
+    path = Path(run_dir)
+    cfg_path = path / CONFIG_FILE
+    if not path.is_dir():
+        raise RunError(path, "no such run directory (gistgym train --out RUNS writes RUNS/NAME)")
+    if not cfg_path.is_file():
+        raise RunError(cfg_path, "missing: this is not a complete gistgym run directory")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(cfg_path, f"unreadable JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
+        raise RunError(cfg_path, f"not a gistgym run config (expected format {RUN_FORMAT!r})", field="format")
+    if config.get("format_version") != RUN_FORMAT_VERSION:
+        raise RunError(
+            cfg_path,
+            f"run format version {config.get('format_version')!r}, this gistgym reads {RUN_FORMAT_VERSION}",
+            field="format_version",
+        )
+    return config
+
+
+def load_run(run_dir: str | os.PathLike[str], *, cache: str | os.PathLike[str] | None = None) -> Run:
+    """Load a run's config and final model.
+
+    Args:
+        run_dir: The run directory.
+        cache: If given, check that the run was trained on a cache with this one's identity.
+
+    Raises:
+        RunError: Not a complete run, or the model does not load.
+        CacheMismatchError: ``cache`` has another identity than the run's.
+    """
+    from gistgym.agents.train import ALGORITHMS
+
+    path = Path(run_dir)
+    config = read_run_config(path)
+    if cache is not None:
+        check_cache_identity(config.get("cache_identity", {}), cache, what=f"run {path}")
+    algo = config.get("algo")
+    if algo not in ALGORITHMS:
+        raise RunError(path / CONFIG_FILE, f"unknown algo {algo!r}; expected one of {sorted(ALGORITHMS)}", field="algo")
+    model_path = path / MODEL_FILE
+    if not model_path.is_file():
+        raise RunError(model_path, "missing: the run did not finish")
+    try:
+        model = ALGORITHMS[algo].load(model_path, device="cpu")
+    except Exception as exc:  # SB3 raises many types for a damaged zip
+        raise RunError(model_path, f"cannot load the model ({type(exc).__name__}: {exc})") from exc
+    return Run(path, config, model)
+
+
+def find_runs(runs_dir: str | os.PathLike[str]) -> list[Path]:
+    """Complete run directories directly under ``runs_dir``, sorted by name (partial ones skipped).
+
+    Raises:
+        RunError: ``runs_dir`` does not exist.
+    """
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise RunError(root, "no such runs directory")
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
+    )

@@ -1,0 +1,400 @@
+"""``gistgym train``: Double DQN (or DQN, PPO) on ``gistgym/Interleave-v0``, one run directory per gamma.
+
+The agent of *Looking Fast and Slow* is Double DQN with the Fig. 4 policy network
+(:class:`~gistgym.agents.policy_nets.InterleavePolicyNet`) on Eq. 1 observations and the
+Eq. 2 reward with speed reward ``gamma`` for the light extractor(s). ``--gamma-sweep``
+trains one run per gamma of ``--gammas``: larger gamma pays more for skipping the heavy
+extractor, so the runs span the accuracy/cost trade-off (the adaptive curve of Fig. 7).
+
+Training steps a batch of ``num_envs`` episodes of the ``train`` split with the native
+batched environment (:class:`~gistgym.envs.interleave_sb3.InterleaveSB3VecEnv`). Every
+``eval_every`` env steps the greedy policy runs over the first ``eval_videos`` whole videos
+of ``eval_split`` (:class:`~gistgym.agents.evaluation.InterleaveEvaluator`) and
+``eval/map50``, ``eval/heavy_fraction``, ``eval/mean_reward`` go to TensorBoard and
+``eval.json`` beside ``train/q_mean`` (Fig. 8). The final model is the last one: there is no
+selection on the evaluation split, so comparing runs on it stays fair.
+
+The run directory layout is in :mod:`gistgym.agents.runs`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.logger import configure
+from tqdm.auto import tqdm
+
+import gistgym
+from gistgym.agents.ddqn import DoubleDQN
+from gistgym.agents.evaluation import InterleaveEvaluator
+from gistgym.agents.policy import SB3Policy
+from gistgym.agents.policy_nets import InterleavePolicyNet, MLPExtractor, count_macs, count_parameters
+from gistgym.agents.runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    EVAL_FILE,
+    MODEL_FILE,
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    TENSORBOARD_DIR,
+    cache_identity,
+)
+from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
+from gistgym.errors import ConfigError, OutputDirError
+from gistgym.videos.dataset import atomic_write_json
+
+INTERLEAVE_ENV_ID = "gistgym/Interleave-v0"
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO}
+"""``--algo`` name -> SB3 class."""
+FEATURE_EXTRACTORS: dict[str, type] = {"paper": InterleavePolicyNet, "mlp": MLPExtractor}
+"""``--extractor`` name -> features extractor."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Arguments of ``gistgym train`` (every hyperparameter of a run; saved in its config.json)."""
+
+    cache: str = ""
+    """Feature cache file (gistgym cache build). Required."""
+    out: str = "runs/train"
+    """Folder the run directories go into (OUT/NAME)."""
+    env: str = INTERLEAVE_ENV_ID
+    """Environment id."""
+    algo: str = "ddqn"
+    """ddqn (Double DQN, the paper's), dqn (SB3's vanilla DQN) or ppo."""
+    extractor: str = "paper"
+    """Policy network: paper (Fig. 4: grouped + depthwise-separable conv, max pool, history) or mlp."""
+    name: str = ""
+    """Run name (default: ALGO-gGAMMA, e.g. ddqn-g1)."""
+    gamma: float = 1.0
+    """Speed reward of the light extractor(s) in Eq. 2 (the paper's gamma)."""
+    gamma_sweep: bool = False
+    """Train one run per gamma of --gammas (names ALGO-gGAMMA)."""
+    gammas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.5)
+    """The gammas of --gamma-sweep."""
+    extractors: tuple[str, ...] = ("heavy", "light")
+    """Cache extractors in action order, heavy first (e.g. heavy light light+shift)."""
+    clip_len: int = 40
+    """Frames per training episode."""
+    history_len: int = 20
+    """Length of the action history in the observation."""
+    split: str = "train"
+    """Split the training clips come from."""
+    num_envs: int = 16
+    """Episodes stepped side by side (one batched torch call per step)."""
+    total_timesteps: int = 60_000
+    """Environment steps to train for."""
+    seed: int = 0
+    """Seed of the agent, the environment and the evaluations."""
+    learning_rate: float = 5e-4
+    """Adam learning rate."""
+    discount: float = 0.9
+    """RL discount factor of returns (SB3's gamma; named so to keep gamma for the speed reward)."""
+    batch_size: int = 64
+    """Minibatch size (DQN) or PPO minibatch size."""
+    buffer_size: int = 20_000
+    """Replay buffer transitions (DQN); one observation is 4H x g x g float32 (64 kB by default)."""
+    learning_starts: int = 2_000
+    """Env steps of random actions before DQN learns."""
+    train_freq: int = 1
+    """DQN: update every this many vector steps (of num_envs env steps)."""
+    gradient_steps: int = 2
+    """DQN: gradient steps per update."""
+    target_update_interval: int = 2_000
+    """DQN: env steps between target network updates."""
+    exploration_fraction: float = 0.3
+    """DQN: fraction of training over which epsilon decays from 1."""
+    exploration_final_eps: float = 0.02
+    """DQN: final epsilon."""
+    n_steps: int = 64
+    """PPO: steps per env per rollout."""
+    eval_every: int = 10_000
+    """Env steps between evaluations (0: only at the end)."""
+    eval_videos: int = 8
+    """Whole videos of --eval-split per evaluation during training."""
+    eval_split: str = "val"
+    """Split of the evaluations during training."""
+    checkpoint_every: int = 20_000
+    """Env steps between checkpoints (0: none)."""
+    overwrite: bool = False
+    """Replace an existing run directory of the same name."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def speed_rewards(config: TrainConfig) -> tuple[float, ...]:
+    """Eq. 2's per-action speed reward: 0 for the heavy extractor, gamma for each light one."""
+    return (0.0,) + (float(config.gamma),) * (len(config.extractors) - 1)
+
+
+def env_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """The environment arguments of a run (without the cache path)."""
+    return {
+        "split": config.split,
+        "clip_len": config.clip_len,
+        "extractors": list(config.extractors),
+        "speed_reward": list(speed_rewards(config)),
+        "skip_light_updates": None,
+        "history_len": config.history_len,
+    }
+
+
+def run_name(config: TrainConfig) -> str:
+    """``NAME`` or ``ALGO-gGAMMA``."""
+    return config.name or f"{config.algo}-g{config.gamma:g}"
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse bad arguments before anything is built.
+
+    Raises:
+        ConfigError: Which argument and what it should be.
+    """
+    if not config.cache:
+        raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
+    if config.env != INTERLEAVE_ENV_ID:
+        raise ConfigError(f"--env {config.env!r}: gistgym train supports {INTERLEAVE_ENV_ID}")
+    if config.algo not in ALGORITHMS:
+        raise ConfigError(f"--algo {config.algo!r}: expected one of {', '.join(ALGORITHMS)}")
+    if config.extractor not in FEATURE_EXTRACTORS:
+        raise ConfigError(f"--extractor {config.extractor!r}: expected one of {', '.join(FEATURE_EXTRACTORS)}")
+    for field_name in ("total_timesteps", "num_envs", "batch_size", "buffer_size", "n_steps", "eval_videos"):
+        if getattr(config, field_name) < 1:
+            raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")
+    if not 0.0 < config.discount <= 1.0:
+        raise ConfigError(f"--discount must be in (0, 1], got {config.discount}")
+    gammas = config.gammas if config.gamma_sweep else (config.gamma,)
+    if not gammas or not all(math.isfinite(g) for g in gammas):
+        raise ConfigError(f"gammas must be finite numbers, got {list(gammas)}")
+    if config.gamma_sweep and config.name:
+        raise ConfigError("--name names one run; --gamma-sweep names its runs ALGO-gGAMMA")
+
+
+def make_model(config: TrainConfig, venv: InterleaveSB3VecEnv) -> BaseAlgorithm:
+    """The SB3 model of ``config`` on ``venv`` (policy network, hyperparameters, seed)."""
+    extractor = FEATURE_EXTRACTORS[config.extractor]
+    common: dict[str, Any] = {
+        "learning_rate": config.learning_rate,
+        "gamma": config.discount,
+        "seed": config.seed,
+        "device": "cpu",
+        "verbose": 0,
+    }
+    if config.algo in ("ddqn", "dqn"):
+        dqn_class: Any = ALGORITHMS[config.algo]
+        return dqn_class(
+            "MultiInputPolicy",
+            venv,
+            policy_kwargs={"features_extractor_class": extractor, "net_arch": [], "normalize_images": False},
+            buffer_size=config.buffer_size,
+            learning_starts=config.learning_starts,
+            batch_size=config.batch_size,
+            train_freq=config.train_freq,
+            gradient_steps=config.gradient_steps,
+            target_update_interval=max(1, config.target_update_interval // config.num_envs),
+            exploration_fraction=config.exploration_fraction,
+            exploration_final_eps=config.exploration_final_eps,
+            **common,
+        )
+    return PPO(
+        "MultiInputPolicy",
+        venv,
+        policy_kwargs={
+            "features_extractor_class": extractor,
+            "net_arch": {"pi": [64], "vf": [64]},
+            "normalize_images": False,
+        },
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=4,
+        ent_coef=0.01,
+        **common,
+    )
+
+
+class _TrainingCallback(BaseCallback):
+    """Progress bar, training heavy fraction, and periodic greedy evaluations (eval/*)."""
+
+    def __init__(self, config: TrainConfig, evaluator: InterleaveEvaluator, name: str) -> None:
+        super().__init__()
+        self.config = config
+        self.evaluator = evaluator
+        self.run_name = name
+        self.history: list[dict[str, Any]] = []
+        self._next_eval = config.eval_every if config.eval_every > 0 else math.inf
+        self._heavy = 0
+        self._actions = 0
+        self._bar: Any = None
+
+    def _on_training_start(self) -> None:
+        total, desc = self.config.total_timesteps, f"train {self.run_name}"
+        self._bar = tqdm(total=total, desc=desc, unit="step", disable=not self.config.progress)
+
+    def _on_step(self) -> bool:
+        actions = np.asarray(self.locals.get("actions", ()))
+        self._heavy += int((actions == 0).sum())
+        self._actions += actions.size
+        if self._bar is not None:
+            self._bar.update(self.training_env.num_envs)
+        if self.num_timesteps >= self._next_eval:
+            self.evaluate()
+            while self._next_eval <= self.num_timesteps:
+                self._next_eval += self.config.eval_every
+        return True
+
+    def evaluate(self) -> dict[str, Any]:
+        """Greedy evaluation now; logged to TensorBoard and kept for eval.json."""
+        result = self.evaluator.evaluate(SB3Policy(self.model, self.run_name), seed=self.config.seed)
+        row = {"timesteps": int(self.num_timesteps), **result.summary()}
+        if self._actions:
+            row["train_heavy_fraction"] = self._heavy / self._actions
+            self.logger.record("rollout/heavy_fraction", row["train_heavy_fraction"])
+            self._heavy = self._actions = 0
+        for key in ("map50", "heavy_fraction", "mean_reward", "gflops_per_frame"):
+            self.logger.record(f"eval/{key}", row[key])
+        self.logger.dump(self.num_timesteps)
+        self.history.append(row)
+        if self._bar is not None:
+            self._bar.set_postfix(map50=f"{row['map50']:.3f}", heavy=f"{row['heavy_fraction']:.2f}")
+        return row
+
+    def _on_training_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def plot_training(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Evaluation mAP and heavy fraction over training steps (the paper's Fig. 8), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["timesteps"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, [h["map50"] for h in history], "o-", color="tab:blue", label="eval mAP@0.5")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mAP@0.5", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [h["heavy_fraction"] for h in history], "s--", color="tab:red", label="heavy fraction")
+    ax2.set_ylabel("heavy fraction", color="tab:red")
+    ax2.set_ylim(0, 1)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _prepare_target(out: Path, name: str, overwrite: bool) -> Path:
+    target = out / name
+    if target.exists() and not overwrite:
+        raise OutputDirError(target, "a run of this name exists; pass --overwrite to replace it or --name to rename")
+    out.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
+    """Train one run (``config.gamma``) into ``config.out/NAME``; returns the run directory.
+
+    Raises:
+        ConfigError: Bad arguments.
+        OutputDirError: The run exists (without ``overwrite``).
+        CacheError, CacheSectionError, EnvArgumentError: A bad cache or environment argument.
+    """
+    check_config(config)
+    name = run_name(config)
+    out = Path(config.out)
+    target = _prepare_target(out, name, config.overwrite)
+    kwargs = env_kwargs(config)
+    identity = cache_identity(config.cache)
+    venv = InterleaveSB3VecEnv(config.cache, num_envs=config.num_envs, **kwargs)
+    eval_kwargs = {k: kwargs[k] for k in ("extractors", "speed_reward", "skip_light_updates", "history_len")}
+    evaluator = InterleaveEvaluator(config.cache, config.eval_split, eval_kwargs, max_videos=config.eval_videos)
+    partial = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out))  # renamed to OUT/NAME once complete
+    try:
+        venv.seed(config.seed)
+        model = make_model(config, venv)
+        model.set_logger(configure(str(partial / TENSORBOARD_DIR), ["tensorboard", "csv"]))
+        tracker = _TrainingCallback(config, evaluator, name)
+        callbacks: list[BaseCallback] = [tracker]
+        if config.checkpoint_every > 0:
+            every = max(1, config.checkpoint_every // config.num_envs)
+            callbacks.append(CheckpointCallback(every, str(partial / CHECKPOINT_DIR), name_prefix="model"))
+        started = time.perf_counter()
+        model.learn(config.total_timesteps, callback=CallbackList(callbacks), log_interval=4 * config.num_envs)
+        seconds = time.perf_counter() - started
+        if not tracker.history or tracker.history[-1]["timesteps"] != model.num_timesteps:
+            tracker.evaluate()
+        model.save(partial / MODEL_FILE)
+        history = {"split": config.eval_split, "videos": list(evaluator.video_ids), "history": tracker.history}
+        atomic_write_json(partial / EVAL_FILE, history)
+        plot_training(tracker.history, partial / "training.png", f"{name} on {config.eval_split}")
+        policy = model.policy
+        q_net = getattr(policy, "q_net", None)
+        atomic_write_json(
+            partial / CONFIG_FILE,
+            {
+                "format": RUN_FORMAT,
+                "format_version": RUN_FORMAT_VERSION,
+                "name": name,
+                "env_id": config.env,
+                "algo": config.algo,
+                "algorithm": type(model).__name__,
+                "env_kwargs": kwargs,
+                "cache_path": str(Path(config.cache).resolve()),
+                "cache_identity": identity,
+                "train": {**asdict(config), "gamma_sweep": False, "name": name},
+                "policy_network": {
+                    "extractor": config.extractor,
+                    "parameters": count_parameters(q_net if q_net is not None else policy),
+                    "macs": count_macs(q_net, venv.observation_space) if q_net is not None else None,
+                },
+                "train_seconds": round(seconds, 2),
+                "timesteps": int(model.num_timesteps),
+                "gistgym_version": gistgym.__version__,
+                "command": list(command),
+            },
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        venv.close()
+        evaluator.close()
+    return target
+
+
+def train(config: TrainConfig, *, command: Sequence[str] = (), log: Callable[[str], None] = print) -> list[Path]:
+    """``gistgym train``: one run, or one per gamma with ``gamma_sweep``; returns the run directories."""
+    check_config(config)
+    if not config.gamma_sweep:
+        return [train_one(config, command=command)]
+    configs = [replace(config, gamma=float(g), gamma_sweep=False) for g in config.gammas]
+    for c in configs:  # refuse before the first hour of training, not after
+        _prepare_target(Path(c.out), run_name(c), c.overwrite)
+    runs = []
+    for c in configs:
+        runs.append(train_one(c, command=command))
+        log(f"wrote {runs[-1]}")
+    return runs
+
+
+def main_command() -> list[str]:
+    """The command line, for config.json."""
+    return ["gistgym", *sys.argv[1:]]
