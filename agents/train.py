@@ -1,4 +1,4 @@
-"""``gistgym train``: Double DQN (or DQN, PPO) on ``gistgym/Interleave-v0``, one run directory per gamma.
+"""``gistgym train``: Double DQN (or DQN, PPO) on a gistgym environment, one run directory per gamma.
 
 The agent of *Looking Fast and Slow* is Double DQN with the Fig. 4 policy network
 (:class:`~gistgym.agents.policy_nets.InterleavePolicyNet`) on Eq. 1 observations and the
@@ -6,11 +6,15 @@ Eq. 2 reward with speed reward ``gamma`` for the light extractor(s). ``--gamma-s
 trains one run per gamma of ``--gammas``: larger gamma pays more for skipping the heavy
 extractor, so the runs span the accuracy/cost trade-off (the adaptive curve of Fig. 7).
 
+``--env gistgym/Keyframe-v0`` trains the same agents on Deep Feature Flow's keyframe
+decision (gamma is then the speed reward of propagating; the observation is the flow cues,
+so the policy network is an MLP). Environment specifics live in :mod:`gistgym.agents.backends`.
+
 Training steps a batch of ``num_envs`` episodes of the ``train`` split with the native
-batched environment (:class:`~gistgym.envs.interleave_sb3.InterleaveSB3VecEnv`). Every
+batched environment (e.g. :class:`~gistgym.envs.interleave_sb3.InterleaveSB3VecEnv`). Every
 ``eval_every`` env steps the greedy policy runs over the first ``eval_videos`` whole videos
 of ``eval_split`` (:class:`~gistgym.agents.evaluation.InterleaveEvaluator`) and
-``eval/map50``, ``eval/heavy_fraction``, ``eval/mean_reward`` go to TensorBoard and
+``eval/map50``, ``eval/heavy_fraction`` (or ``eval/key_fraction``), ``eval/mean_reward`` go to TensorBoard and
 ``eval.json`` beside ``train/q_mean`` (Fig. 8). The final model is the last one: there is no
 selection on the evaluation split, so comparing runs on it stays fair.
 
@@ -38,10 +42,10 @@ from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
 import gistgym
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, KEYFRAME_ENV_ID, EnvBackend, get_backend, speed_rewards
 from gistgym.agents.ddqn import DoubleDQN
-from gistgym.agents.evaluation import InterleaveEvaluator
 from gistgym.agents.policy import SB3Policy
-from gistgym.agents.policy_nets import InterleavePolicyNet, MLPExtractor, count_macs, count_parameters
+from gistgym.agents.policy_nets import count_macs, count_parameters
 from gistgym.agents.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -52,15 +56,11 @@ from gistgym.agents.runs import (
     TENSORBOARD_DIR,
     cache_identity,
 )
-from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
 from gistgym.errors import ConfigError, OutputDirError
 from gistgym.videos.dataset import atomic_write_json
 
-INTERLEAVE_ENV_ID = "gistgym/Interleave-v0"
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO}
 """``--algo`` name -> SB3 class."""
-FEATURE_EXTRACTORS: dict[str, type] = {"paper": InterleavePolicyNet, "mlp": MLPExtractor}
-"""``--extractor`` name -> features extractor."""
 
 
 @dataclass(frozen=True)
@@ -72,21 +72,23 @@ class TrainConfig:
     out: str = "runs/train"
     """Folder the run directories go into (OUT/NAME)."""
     env: str = INTERLEAVE_ENV_ID
-    """Environment id."""
+    """Environment id (gistgym/Interleave-v0 or gistgym/Keyframe-v0)."""
     algo: str = "ddqn"
     """ddqn (Double DQN, the paper's), dqn (SB3's vanilla DQN) or ppo."""
-    extractor: str = "paper"
-    """Policy network: paper (Fig. 4: grouped + depthwise-separable conv, max pool, history) or mlp."""
+    extractor: str = ""
+    """Policy network (default: the env's first): Interleave paper (Fig. 4) or mlp; Keyframe mlp."""
     name: str = ""
     """Run name (default: ALGO-gGAMMA, e.g. ddqn-g1)."""
     gamma: float = 1.0
-    """Speed reward of the light extractor(s) in Eq. 2 (the paper's gamma)."""
+    """Speed reward of the cheap action(s) in Eq. 2 (the paper's gamma): light extractors, propagation."""
     gamma_sweep: bool = False
     """Train one run per gamma of --gammas (names ALGO-gGAMMA)."""
     gammas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.5)
     """The gammas of --gamma-sweep."""
     extractors: tuple[str, ...] = ("heavy", "light")
-    """Cache extractors in action order, heavy first (e.g. heavy light light+shift)."""
+    """Interleave: cache extractors in action order, heavy first (e.g. heavy light light+shift)."""
+    max_distance: int = 20
+    """Keyframe: a keyframe is forced at this distance (D_max)."""
     clip_len: int = 40
     """Frames per training episode."""
     history_len: int = 20
@@ -135,21 +137,22 @@ class TrainConfig:
     """Show a progress bar."""
 
 
-def speed_rewards(config: TrainConfig) -> tuple[float, ...]:
-    """Eq. 2's per-action speed reward: 0 for the heavy extractor, gamma for each light one."""
-    return (0.0,) + (float(config.gamma),) * (len(config.extractors) - 1)
-
-
 def env_kwargs(config: TrainConfig) -> dict[str, Any]:
     """The environment arguments of a run (without the cache path)."""
+    common = {"split": config.split, "clip_len": config.clip_len, "history_len": config.history_len}
+    if config.env == KEYFRAME_ENV_ID:
+        return {**common, "max_distance": config.max_distance, "speed_reward": list(speed_rewards(2, config.gamma))}
     return {
-        "split": config.split,
-        "clip_len": config.clip_len,
+        **common,
         "extractors": list(config.extractors),
-        "speed_reward": list(speed_rewards(config)),
+        "speed_reward": list(speed_rewards(len(config.extractors), config.gamma)),
         "skip_light_updates": None,
-        "history_len": config.history_len,
     }
+
+
+def extractor_name(config: TrainConfig, backend: EnvBackend) -> str:
+    """``--extractor``, or the environment's default."""
+    return config.extractor or next(iter(backend.extractors))
 
 
 def run_name(config: TrainConfig) -> str:
@@ -165,12 +168,10 @@ def check_config(config: TrainConfig) -> None:
     """
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
-    if config.env != INTERLEAVE_ENV_ID:
-        raise ConfigError(f"--env {config.env!r}: gistgym train supports {INTERLEAVE_ENV_ID}")
+    backend = get_backend(config.env)
     if config.algo not in ALGORITHMS:
         raise ConfigError(f"--algo {config.algo!r}: expected one of {', '.join(ALGORITHMS)}")
-    if config.extractor not in FEATURE_EXTRACTORS:
-        raise ConfigError(f"--extractor {config.extractor!r}: expected one of {', '.join(FEATURE_EXTRACTORS)}")
+    backend.policy_kwargs(extractor_name(config, backend), config.algo)  # raises for a misfit extractor
     for field_name in ("total_timesteps", "num_envs", "batch_size", "buffer_size", "n_steps", "eval_videos"):
         if getattr(config, field_name) < 1:
             raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")
@@ -183,9 +184,10 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError("--name names one run; --gamma-sweep names its runs ALGO-gGAMMA")
 
 
-def make_model(config: TrainConfig, venv: InterleaveSB3VecEnv) -> BaseAlgorithm:
+def make_model(config: TrainConfig, venv: Any) -> BaseAlgorithm:
     """The SB3 model of ``config`` on ``venv`` (policy network, hyperparameters, seed)."""
-    extractor = FEATURE_EXTRACTORS[config.extractor]
+    backend = get_backend(config.env)
+    policy_kwargs = backend.policy_kwargs(extractor_name(config, backend), config.algo)
     common: dict[str, Any] = {
         "learning_rate": config.learning_rate,
         "gamma": config.discount,
@@ -198,7 +200,7 @@ def make_model(config: TrainConfig, venv: InterleaveSB3VecEnv) -> BaseAlgorithm:
         return dqn_class(
             "MultiInputPolicy",
             venv,
-            policy_kwargs={"features_extractor_class": extractor, "net_arch": [], "normalize_images": False},
+            policy_kwargs=policy_kwargs,
             buffer_size=config.buffer_size,
             learning_starts=config.learning_starts,
             batch_size=config.batch_size,
@@ -212,11 +214,7 @@ def make_model(config: TrainConfig, venv: InterleaveSB3VecEnv) -> BaseAlgorithm:
     return PPO(
         "MultiInputPolicy",
         venv,
-        policy_kwargs={
-            "features_extractor_class": extractor,
-            "net_arch": {"pi": [64], "vf": [64]},
-            "normalize_images": False,
-        },
+        policy_kwargs=policy_kwargs,
         n_steps=config.n_steps,
         batch_size=config.batch_size,
         n_epochs=4,
@@ -228,9 +226,10 @@ def make_model(config: TrainConfig, venv: InterleaveSB3VecEnv) -> BaseAlgorithm:
 class _TrainingCallback(BaseCallback):
     """Progress bar, training heavy fraction, and periodic greedy evaluations (eval/*)."""
 
-    def __init__(self, config: TrainConfig, evaluator: InterleaveEvaluator, name: str) -> None:
+    def __init__(self, config: TrainConfig, evaluator: Any, name: str, fraction: str) -> None:
         super().__init__()
         self.config = config
+        self.fraction = fraction
         self.evaluator = evaluator
         self.run_name = name
         self.history: list[dict[str, Any]] = []
@@ -260,15 +259,16 @@ class _TrainingCallback(BaseCallback):
         result = self.evaluator.evaluate(SB3Policy(self.model, self.run_name), seed=self.config.seed)
         row = {"timesteps": int(self.num_timesteps), **result.summary()}
         if self._actions:
-            row["train_heavy_fraction"] = self._heavy / self._actions
-            self.logger.record("rollout/heavy_fraction", row["train_heavy_fraction"])
+            row[f"train_{self.fraction}"] = self._heavy / self._actions
+            self.logger.record(f"rollout/{self.fraction}", row[f"train_{self.fraction}"])
             self._heavy = self._actions = 0
-        for key in ("map50", "heavy_fraction", "mean_reward", "gflops_per_frame"):
-            self.logger.record(f"eval/{key}", row[key])
+        for key, value in result.summary().items():
+            if key != "frames":
+                self.logger.record(f"eval/{key}", value)
         self.logger.dump(self.num_timesteps)
         self.history.append(row)
         if self._bar is not None:
-            self._bar.set_postfix(map50=f"{row['map50']:.3f}", heavy=f"{row['heavy_fraction']:.2f}")
+            self._bar.set_postfix(map50=f"{row['map50']:.3f}", fraction=f"{row[self.fraction]:.2f}")
         return row
 
     def _on_training_end(self) -> None:
@@ -276,8 +276,8 @@ class _TrainingCallback(BaseCallback):
             self._bar.close()
 
 
-def plot_training(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    """Evaluation mAP and heavy fraction over training steps (the paper's Fig. 8), as a PNG."""
+def plot_training(history: Sequence[dict[str, Any]], path: Path, title: str, fraction: str = "heavy_fraction") -> None:
+    """Evaluation mAP and the expensive action's share over training steps (the paper's Fig. 8), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,8 +289,9 @@ def plot_training(history: Sequence[dict[str, Any]], path: Path, title: str) -> 
     ax.set_xlabel("environment steps")
     ax.set_ylabel("mAP@0.5", color="tab:blue")
     ax2 = ax.twinx()
-    ax2.plot(steps, [h["heavy_fraction"] for h in history], "s--", color="tab:red", label="heavy fraction")
-    ax2.set_ylabel("heavy fraction", color="tab:red")
+    label = fraction.replace("_", " ")
+    ax2.plot(steps, [h[fraction] for h in history], "s--", color="tab:red", label=label)
+    ax2.set_ylabel(label, color="tab:red")
     ax2.set_ylim(0, 1)
     ax.set_title(title)
     fig.tight_layout()
@@ -318,17 +319,19 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
     name = run_name(config)
     out = Path(config.out)
     target = _prepare_target(out, name, config.overwrite)
+    backend = get_backend(config.env)
     kwargs = env_kwargs(config)
     identity = cache_identity(config.cache)
-    venv = InterleaveSB3VecEnv(config.cache, num_envs=config.num_envs, **kwargs)
-    eval_kwargs = {k: kwargs[k] for k in ("extractors", "speed_reward", "skip_light_updates", "history_len")}
-    evaluator = InterleaveEvaluator(config.cache, config.eval_split, eval_kwargs, max_videos=config.eval_videos)
+    venv = backend.make_vec(config.cache, config.num_envs, **kwargs)
+    evaluator = backend.make_evaluator(
+        config.cache, config.eval_split, backend.eval_kwargs(kwargs), max_videos=config.eval_videos
+    )
     partial = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out))  # renamed to OUT/NAME once complete
     try:
         venv.seed(config.seed)
         model = make_model(config, venv)
         model.set_logger(configure(str(partial / TENSORBOARD_DIR), ["tensorboard", "csv"]))
-        tracker = _TrainingCallback(config, evaluator, name)
+        tracker = _TrainingCallback(config, evaluator, name, backend.fraction)
         callbacks: list[BaseCallback] = [tracker]
         if config.checkpoint_every > 0:
             every = max(1, config.checkpoint_every // config.num_envs)
@@ -341,7 +344,7 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
         model.save(partial / MODEL_FILE)
         history = {"split": config.eval_split, "videos": list(evaluator.video_ids), "history": tracker.history}
         atomic_write_json(partial / EVAL_FILE, history)
-        plot_training(tracker.history, partial / "training.png", f"{name} on {config.eval_split}")
+        plot_training(tracker.history, partial / "training.png", f"{name} on {config.eval_split}", backend.fraction)
         policy = model.policy
         q_net = getattr(policy, "q_net", None)
         atomic_write_json(
@@ -358,7 +361,7 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
                 "cache_identity": identity,
                 "train": {**asdict(config), "gamma_sweep": False, "name": name},
                 "policy_network": {
-                    "extractor": config.extractor,
+                    "extractor": extractor_name(config, backend),
                     "parameters": count_parameters(q_net if q_net is not None else policy),
                     "macs": count_macs(q_net, venv.observation_space) if q_net is not None else None,
                 },

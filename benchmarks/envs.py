@@ -20,7 +20,12 @@ Env and bare compute are timed next to each other in ``--rounds`` rounds and eac
 the median of the rounds' ratios: on a shared machine speed drifts by tens of percent from
 minute to minute, which adjacent measurements cancel. Videos are prepared (read and
 matched to the anchors) before timing, as they are after an environment's first pass over
-its split. DDQN training steps/s belong to the agents' benchmark (not measured here).
+its split.
+
+* Double DQN training throughput (``gistgym train``'s defaults: Fig. 4 policy net, N = 16,
+  2 gradient steps of batch 64 per vector step) in env steps/s and gradient steps/s, and as
+  a ratio of the bare native env at N = 16 measured just before it (how much of training
+  time the environment is not).
 """
 
 from __future__ import annotations
@@ -136,6 +141,37 @@ def bare_calls(core: InterleaveCore) -> tuple[Callable[[], object], Callable[[],
     return memory_head, memory_head_loss
 
 
+def ddqn_benchmark(cache: Path, args: argparse.Namespace) -> None:
+    """Double DQN training env steps/s with gistgym train's defaults, against the bare env at N = 16."""
+    from gistgym.agents.train import TrainConfig, env_kwargs, make_model
+    from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
+
+    config = TrainConfig(cache=str(cache), split=args.split, clip_len=args.clip_len, learning_starts=256)
+    kwargs = env_kwargs(config)
+    venv = InterleaveSB3VecEnv(str(cache), num_envs=config.num_envs, **kwargs)
+    venv.seed(0)
+    model = make_model(config, venv)
+    model.learn(config.learning_starts + 16 * config.num_envs)  # fill the buffer past learning_starts, warm up
+    env = InterleaveVectorEnv(cache_path=str(cache), num_envs=config.num_envs, **kwargs)
+    env.reset(seed=0)
+    step = env_stepper(env, seed=0)
+    pairs = []
+    for _ in range(args.rounds):
+        env_rate = rate(step, args.seconds) * config.num_envs
+        before, t0 = model.num_timesteps, time.perf_counter()
+        model.learn(64 * config.num_envs, reset_num_timesteps=False)
+        pairs.append(((model.num_timesteps - before) / (time.perf_counter() - t0), env_rate))
+    train_rate = statistics.median(a for a, _ in pairs)
+    grad_rate = train_rate / config.num_envs * config.gradient_steps / config.train_freq
+    print(
+        f"\nDouble DQN training (gistgym train defaults, N = {config.num_envs}): {train_rate:.0f} env steps/s, "
+        f"{grad_rate:.0f} gradient steps/s (batch {config.batch_size}); "
+        f"{statistics.median(a / b for a, b in pairs):.2f}x the bare native env at N = {config.num_envs}"
+    )
+    env.close()
+    venv.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", default=None, help="feature cache to use (default: build a small one)")
@@ -215,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         sync.close()
         for env in envs.values():
             env.close()
-    print("DDQN training steps/s: not measured here (agents/, issue 4 item 3)")
+        ddqn_benchmark(cache, args)
     print(f"total {time.perf_counter() - begin:.0f} s")
     return 0
 

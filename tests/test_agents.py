@@ -19,7 +19,7 @@ from gistgym.agents.baselines import (
     parse_baseline,
 )
 from gistgym.agents.compare import CompareConfig, compare, dominance
-from gistgym.agents.evaluation import InterleaveEvaluator, PolicyEvaluation
+from gistgym.agents.evaluation import InterleaveEvaluator
 from gistgym.agents.runs import CONFIG_FILE, find_runs, load_run
 from gistgym.agents.train import TrainConfig, train
 from gistgym.backbones.detector import InterleavedDetector
@@ -120,34 +120,20 @@ def test_evaluator_refuses_unknown_arguments(tiny_cache: Path) -> None:
         InterleaveEvaluator(tiny_cache, "val", max_videos=0)
 
 
-def _evaluation(name: str, fraction: float, map50: float) -> PolicyEvaluation:
-    return PolicyEvaluation(name, map50, fraction, 0.0, 0.0, 0.0, 100, [])
-
-
 def test_dominance_on_hand_made_curves() -> None:
-    base = {
-        "heavy": _evaluation("heavy", 1.0, 0.90),
-        "light": _evaluation("light", 0.0, 0.40),
-        "tau=1": _evaluation("tau=1", 0.5, 0.80),
-        "tau=9": _evaluation("tau=9", 0.1, 0.70),
-    }
-    good = {
-        **base,
-        "a": _evaluation("a", 0.04, 0.66),
-        "b": _evaluation("b", 0.10, 0.74),
-        "c": _evaluation("c", 0.5, 0.81),
-    }
-    v = dominance(good, ["a", "b", "c"])
+    fixed = [(1.0, 0.90), (0.0, 0.40), (0.5, 0.80), (0.1, 0.70)]  # heavy, light, tau=1, tau=9
+    good = [(0.04, 0.66, "a"), (0.10, 0.74, "b"), (0.5, 0.81, "c")]
+    v = dominance(fixed, good)
     assert v["dominates"] and v["covered"]
     assert v["best_run"] == "b" and v["best_margin"] == pytest.approx(0.04)
     # smallest gap at 0.5: adaptive 0.81 (run c) against tau=1's 0.80
     assert v["min_gap"] == pytest.approx(0.01) and v["at_fraction"] == 0.5
-    bad = {**good, "b": _evaluation("b", 0.10, 0.60)}
-    v = dominance(bad, ["a", "b", "c"])
+    bad = [(0.04, 0.66, "a"), (0.10, 0.60, "b"), (0.5, 0.81, "c")]
+    v = dominance(fixed, bad)
     assert not v["dominates"] and v["min_gap"] == pytest.approx(-0.10, abs=1e-9) and v["at_fraction"] == 0.1
-    short = {**base, "b": _evaluation("b", 0.10, 0.74)}  # ends at 0.10: the curve does not reach 0.5
-    assert not dominance(short, ["b"])["covered"]
-    assert dominance(base, []) == {}
+    short = dominance(fixed, [(0.10, 0.74, "b")])  # one run at 0.10: the curve does not reach 5% or 50%
+    assert not short["covered"] and not short["dominates"]
+    assert dominance(fixed, []) == {} and dominance([], good) == {}
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +243,34 @@ def test_cli_compare_json_and_bad_input(
     assert "greedy" in capsys.readouterr().err
     assert main(["train", "--cache", str(tiny_cache), "--algo", "sarsa", "--out", str(tmp_path)]) == 2
     assert "--algo 'sarsa'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_cli_export_of_a_trained_run_matches_its_policy(
+    fmt: str, trained_runs: Path, tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gistgym.agents.export import load_exported_policy
+    from gistgym.agents.policy import SB3Policy
+
+    out = tmp_path / ("policy.onnx" if fmt == "onnx" else "policy.pt")
+    assert main(["export", "--run", str(trained_runs / "ddqn-g2"), "--format", fmt, "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    exported = load_exported_policy(out, cache=tiny_cache)
+    assert exported.sidecar["algorithm"] == "DoubleDQN"
+    run = load_run(trained_runs / "ddqn-g2")
+    with InterleaveEvaluator(tiny_cache, "train") as ev:  # states a policy meets, not random ones
+        rollouts, _ = ev.rollout(RandomPolicy(0.5))
+        core = next(iter(ev._cores.values()))
+        core.load(0, rollouts[0].video_id, 0)
+        core.load(1, rollouts[1].video_id, 0)
+        states, histories = [], []
+        tr = core.advance(np.array([0, 1]), np.zeros(2, dtype=np.int64))
+        for a in rollouts[0].actions[1:]:
+            states.append(tr.state)
+            histories.append(tr.history)
+            tr = core.advance(np.array([0, 1]), np.array([a, 1 - a]))
+    obs = {"state": np.concatenate(states), "history": np.concatenate(histories)}
+    q_python = run.model.q_net(run.model.policy.obs_to_tensor(obs)[0]).detach().numpy()
+    q_exported, actions = exported.scores_and_actions(obs["state"], obs["history"])
+    np.testing.assert_allclose(q_exported, q_python, atol=1e-5)
+    assert np.array_equal(actions, SB3Policy(run.model, "x").act(obs, [{}] * len(actions)))

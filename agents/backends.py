@@ -1,0 +1,149 @@
+"""What ``gistgym train`` and ``gistgym compare`` need to know about each environment.
+
+One :class:`EnvBackend` per registered id: how to build its SB3 vector env and its
+whole-video evaluator, which environment arguments a run records, which policy networks
+fit its observation, and, for comparisons, its baselines and reference curves. Adding an
+environment to the agents' machinery is adding one entry to :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gistgym.errors import ConfigError
+
+INTERLEAVE_ENV_ID = "gistgym/Interleave-v0"
+KEYFRAME_ENV_ID = "gistgym/Keyframe-v0"
+
+
+@dataclass(frozen=True)
+class EnvBackend:
+    """The agents' view of one environment.
+
+    Attributes:
+        env_id: The registered id.
+        fraction: Summary key of the expensive action's share (``heavy_fraction``, ``key_fraction``).
+        fraction_label: The same for plots.
+        make_vec: ``(cache, num_envs, **env_kwargs) -> SB3 VecEnv`` (the native batched one).
+        make_evaluator: ``(cache, split, eval_kwargs, max_videos=N) -> evaluator`` over whole videos.
+        eval_arguments: The environment arguments the evaluator takes.
+        extractors: ``--extractor`` name -> ``(algo) -> policy_kwargs``; the first is the default.
+        ends: Baselines that end the reference curves (only-expensive, only-cheap).
+        references: Reference curve name -> name prefix of its baselines.
+    """
+
+    env_id: str
+    fraction: str
+    fraction_label: str
+    make_vec: Callable[..., Any]
+    make_evaluator: Callable[..., Any]
+    eval_arguments: tuple[str, ...]
+    extractors: Mapping[str, Callable[[str], dict[str, Any]]]
+    ends: tuple[str, ...]
+    references: Mapping[str, str]
+
+    def eval_kwargs(self, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The evaluator's share of a run's environment arguments."""
+        return {k: env_kwargs[k] for k in self.eval_arguments if k in env_kwargs}
+
+    def policy_kwargs(self, extractor: str, algo: str) -> dict[str, Any]:
+        """SB3 ``policy_kwargs`` of ``--extractor`` for ``--algo``.
+
+        Raises:
+            ConfigError: The extractor does not fit this environment's observation.
+        """
+        if extractor not in self.extractors:
+            raise ConfigError(
+                f"--extractor {extractor!r} does not fit {self.env_id}; expected one of {', '.join(self.extractors)}"
+            )
+        return self.extractors[extractor](algo)
+
+
+def _interleave_extractor(name: str) -> Callable[[str], dict[str, Any]]:
+    def kwargs(algo: str) -> dict[str, Any]:
+        from gistgym.agents.policy_nets import InterleavePolicyNet, MLPExtractor
+
+        cls = InterleavePolicyNet if name == "paper" else MLPExtractor
+        # The paper's Q head is one fully connected layer on the extractor's features.
+        net_arch: Any = {"pi": [64], "vf": [64]} if algo == "ppo" else []
+        return {"features_extractor_class": cls, "net_arch": net_arch, "normalize_images": False}
+
+    return kwargs
+
+
+def _flat_mlp(algo: str) -> dict[str, Any]:
+    net_arch: Any = {"pi": [64, 64], "vf": [64, 64]} if algo == "ppo" else [64, 64]
+    return {"net_arch": net_arch}
+
+
+def _interleave_vec(cache: str, num_envs: int, **kwargs: Any) -> Any:
+    from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
+
+    return InterleaveSB3VecEnv(cache, num_envs=num_envs, **kwargs)
+
+
+def _interleave_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, max_videos: int | None) -> Any:
+    from gistgym.agents.evaluation import InterleaveEvaluator
+
+    return InterleaveEvaluator(cache, split, kwargs, max_videos=max_videos)
+
+
+def _keyframe_vec(cache: str, num_envs: int, **kwargs: Any) -> Any:
+    from gistgym.envs.keyframe_vector import KeyframeSB3VecEnv
+
+    return KeyframeSB3VecEnv(cache, num_envs=num_envs, **kwargs)
+
+
+def _keyframe_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, max_videos: int | None) -> Any:
+    from gistgym.agents.keyframe_eval import KeyframeEvaluator
+
+    return KeyframeEvaluator(cache, split, kwargs, max_videos=max_videos)
+
+
+BACKENDS: dict[str, EnvBackend] = {
+    INTERLEAVE_ENV_ID: EnvBackend(
+        env_id=INTERLEAVE_ENV_ID,
+        fraction="heavy_fraction",
+        fraction_label="heavy fraction (frames the heavy extractor ran on)",
+        make_vec=_interleave_vec,
+        make_evaluator=_interleave_evaluator,
+        eval_arguments=("extractors", "speed_reward", "skip_light_updates", "history_len"),
+        extractors={"paper": _interleave_extractor("paper"), "mlp": _interleave_extractor("mlp")},
+        ends=("heavy", "light"),
+        references={"fixed tau": "tau="},
+    ),
+    KEYFRAME_ENV_ID: EnvBackend(
+        env_id=KEYFRAME_ENV_ID,
+        fraction="key_fraction",
+        fraction_label="keyframe fraction (frames N_feat ran on)",
+        make_vec=_keyframe_vec,
+        make_evaluator=_keyframe_evaluator,
+        eval_arguments=("max_distance", "speed_reward", "history_len"),
+        extractors={"mlp": _flat_mlp},
+        ends=("every-frame",),
+        references={"fixed l": "key=", "flow threshold": "flow-threshold@"},
+    ),
+}
+
+
+def get_backend(env_id: str) -> EnvBackend:
+    """The backend of ``env_id``.
+
+    Raises:
+        ConfigError: gistgym's agents do not support that environment.
+    """
+    if env_id not in BACKENDS:
+        raise ConfigError(f"--env {env_id!r}: the agents support {', '.join(BACKENDS)}")
+    return BACKENDS[env_id]
+
+
+def speed_rewards(num_actions: int, gamma: float) -> tuple[float, ...]:
+    """Per-action speed reward: 0 for the expensive action 0, gamma for every cheaper one."""
+    return (0.0,) + (float(gamma),) * (num_actions - 1)
+
+
+def fixed_names(results: Sequence[str], prefix: str) -> list[str]:
+    """The names in ``results`` of one reference curve's baselines."""
+    return [n for n in results if n.startswith(prefix)]
