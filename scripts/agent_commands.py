@@ -46,7 +46,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
         print(json.dumps({**result.as_json(), "verdict": result.verdict}))
     else:
         print(format_table(result))
-        print(format_verdict(result.verdict))
+        print(format_verdict(result.verdict, result.backend.fraction.replace("_", " ")))
         print(f"wrote table.md, results.csv, results.json, pareto.png and timeline.png to {config.out}")
     return 0
 
