@@ -72,7 +72,5 @@ def tiny_cache(
     weights = folder / "detector.pt"
     save_detector(weights, nontrivial_model, {"command": "tests/conftest.py::nontrivial_model"})
     out = folder / "tiny.h5"
-    build_cache(
-        tiny_bench, out, weights=weights, sections=("interleave",), measure_latency=False, progress=False
-    )
+    build_cache(tiny_bench, out, weights=weights, sections=("interleave",), measure_latency=False, progress=False)
     return out

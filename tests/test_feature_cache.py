@@ -24,12 +24,12 @@ from gistgym.feature_cache import FeatureCache, verify_cache
 from gistgym.feature_cache import build as build_module
 from gistgym.feature_cache.build import build_cache as _build_cache
 from gistgym.feature_cache.sections import interleave_modules
+from gistgym.scripts.cli import main
+from gistgym.videos.dataset import load_dataset
 
 # These tests are about the cache machinery; they build the interleave section only, like the
 # session's ``tiny_cache`` (the keyframe section has its own tests in test_keyframe_cache.py).
 build_cache = functools.partial(_build_cache, sections=("interleave",))
-from gistgym.scripts.cli import main
-from gistgym.videos.dataset import load_dataset
 
 
 def all_datasets(path: Path) -> dict[str, np.ndarray]:
