@@ -39,6 +39,8 @@ def build_command(tiny_bench: Path, out: Path, weights: Path) -> list[str]:
         "1",
         "--no-latency",
         "--no-progress",
+        "--sections",
+        "interleave",  # like the session's tiny_cache it is compared with
     ]
 
 
