@@ -26,6 +26,8 @@ its split.
   2 gradient steps of batch 64 per vector step) in env steps/s and gradient steps/s, and as
   a ratio of the bare native env at N = 16 measured just before it (how much of training
   time the environment is not).
+* Keyframe-v0 (``benchmarks/keyframe.py``): batched env steps/s at N = 1 ... 4096 and the
+  ratios to a ``SyncVectorEnv`` and to Interleave-v0.
 """
 
 from __future__ import annotations
@@ -172,6 +174,22 @@ def ddqn_benchmark(cache: Path, args: argparse.Namespace) -> None:
     venv.close()
 
 
+def keyframe_benchmark(cache: Path, args: argparse.Namespace) -> None:
+    """Keyframe-v0's numbers (benchmarks/keyframe.py, beside this script) on the same cache if it can."""
+    from keyframe import main as keyframe_main  # the script's folder is on sys.path
+
+    from gistgym.feature_cache import FeatureCache
+    from gistgym.feature_cache.keyframe import SECTION_KEYFRAME
+
+    with FeatureCache(cache) as c:
+        has_section = SECTION_KEYFRAME in c.info.sections
+    rest = ["--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+    if has_section:
+        keyframe_main(["--cache", str(cache), "--split", args.split, *rest])
+    else:  # it builds its own small cache with both sections
+        keyframe_main(["--videos", args.videos, "--count", str(args.count), *rest])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", default=None, help="feature cache to use (default: build a small one)")
@@ -252,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         for env in envs.values():
             env.close()
         ddqn_benchmark(cache, args)
+        print()
+        keyframe_benchmark(cache, args)
     print(f"total {time.perf_counter() - begin:.0f} s")
     return 0
 
