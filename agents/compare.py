@@ -107,11 +107,7 @@ class Comparison:
 
     def as_json(self) -> dict[str, dict[str, Any]]:
         """``{policy: {map50, heavy_fraction | key_fraction, gflops_per_frame, mean_reward, ...}}``."""
-        out = {}
-        for name, r in self.results.items():
-            extra = {k: getattr(r, k) for k in ("speedup_flops", "speedup_eq7") if hasattr(r, k)}
-            out[name] = {**r.summary(), **extra, "adaptive": name in self.adaptive}
-        return out
+        return {name: {**r.summary(), "adaptive": name in self.adaptive} for name, r in self.results.items()}
 
 
 def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:

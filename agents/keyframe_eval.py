@@ -101,6 +101,8 @@ class KeyframeEvaluation:
             "key_fraction": self.key_fraction,
             "gflops_per_frame": self.gflops_per_frame,
             "mean_reward": self.mean_reward,
+            "speedup_flops": self.speedup_flops,
+            "speedup_eq7": self.speedup_eq7,
             "frames": self.frames,
         }
 

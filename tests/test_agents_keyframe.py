@@ -116,7 +116,8 @@ def test_every_frame_equals_key_1_and_evaluation_is_deterministic(
     every = evaluator.evaluate(EveryFramePolicy())
     one = evaluator.evaluate(FixedDurationPolicy(1))
     assert every.key_fraction == 1.0 and every.summary() == one.summary() and every.frames == 2 * 24
-    assert list(every.summary()) == ["map50", "key_fraction", "gflops_per_frame", "mean_reward", "frames"]
+    keys = ["map50", "key_fraction", "gflops_per_frame", "mean_reward", "speedup_flops", "speedup_eq7", "frames"]
+    assert list(every.summary()) == keys
     assert every.gflops_per_frame == evaluator.key_flops / 1e9 and every.speedup_flops == 1.0
     p = FlowThresholdPolicy(0.9)
     a, b = evaluator.evaluate(p), evaluator.evaluate(p)
