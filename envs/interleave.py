@@ -16,9 +16,9 @@ from gistgym.envs.interleave_core import (
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     Transition,
-    check_no_unknown_kwargs,
+    check_env_kwargs,
 )
-from gistgym.errors import EnvArgumentError, InvalidActionError
+from gistgym.errors import InvalidActionError
 
 ENV_ARGUMENTS = (
     "cache_path",
@@ -208,9 +208,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
-        check_no_unknown_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS)
-        if render_mode is not None:
-            raise EnvArgumentError(f"render_mode={render_mode!r} is not supported (this environment has no rendering)")
+        check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode)
         self.render_mode = None
         self.core = InterleaveCore(
             1,

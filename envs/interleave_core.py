@@ -64,6 +64,18 @@ def check_no_unknown_kwargs(owner: str, unknown: Mapping[str, Any], valid: Seque
         )
 
 
+def check_env_kwargs(owner: str, unknown: Mapping[str, Any], valid: Sequence[str], render_mode: str | None) -> None:
+    """Refuse keyword arguments an environment does not have, and any ``render_mode``.
+
+    Raises:
+        UnknownEnvArgumentError: ``unknown`` is not empty (the message lists ``valid``).
+        EnvArgumentError: ``render_mode`` is not None (no environment renders).
+    """
+    check_no_unknown_kwargs(owner, unknown, valid)
+    if render_mode is not None:
+        raise EnvArgumentError(f"render_mode={render_mode!r} is not supported (this environment has no rendering)")
+
+
 # --- prepared videos and their memo ---------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class PreparedVideo:
@@ -223,7 +235,98 @@ class Transition:
     """(n,) bool: the row processed a clip's first frame (a reset)."""
 
 
-class InterleaveCore:
+# --- clips ----------------------------------------------------------------------------------
+class ClipSource:
+    """Clip choice and ``reset(options=...)`` validation, shared by every core.
+
+    A core sets ``cache``, ``split``, ``clip_len``, ``eligible`` (the videos of the split
+    with at least ``clip_len`` frames) and ``_lengths`` (frames per video of the split).
+    """
+
+    cache: FeatureCache
+    split: str
+    clip_len: int
+    eligible: tuple[str, ...]
+    _lengths: Mapping[str, int]
+    none_start_draws = False
+    """Whether ``options["start"] = None`` draws the start (as an absent ``start``) or is refused."""
+
+    def _set_split(self, split: object, path: Path) -> None:
+        """Set ``split``, ``eligible`` and ``_lengths`` from ``self.cache`` (``clip_len`` already set).
+
+        Raises:
+            EnvArgumentError: ``split`` is not a string, or no video of it is ``clip_len`` long.
+        """
+        if not isinstance(split, str):
+            raise EnvArgumentError(f"split must be a split name such as 'train', got {split!r}")
+        self.split = split
+        ids = self.cache.video_ids(split)
+        lengths = {v: self.cache.entry(v).num_frames for v in ids}
+        self.eligible = tuple(v for v in ids if lengths[v] >= self.clip_len)
+        self._lengths = lengths
+        if not self.eligible:
+            longest = max(lengths.values(), default=0)
+            raise EnvArgumentError(
+                f"clip_len={self.clip_len} is longer than every video of split {split!r} in {path} "
+                f"({len(ids)} videos, the longest has {longest} frames); pass clip_len <= {longest}"
+            )
+
+    def choose_clip(self, rng: np.random.Generator) -> tuple[str, int]:
+        """A uniformly random eligible video of the split, then a uniformly random clip start."""
+        video_id = self.eligible[int(rng.integers(len(self.eligible)))]
+        start = int(rng.integers(self._lengths[video_id] - self.clip_len + 1))
+        return video_id, start
+
+    def check_clip(self, video_id: object, start: object) -> tuple[str, int]:
+        """Validate a clip requested through ``reset(options=...)``.
+
+        Raises:
+            EnvArgumentError: Not a video of the split, or the clip does not fit in it.
+        """
+        if not isinstance(video_id, str) or video_id not in self._lengths:
+            some = ", ".join(self.eligible[:3])
+            raise EnvArgumentError(
+                f"reset option video_id={video_id!r} is not a video of split {self.split!r} in {self.cache.path} "
+                f"(e.g. {some})"
+            )
+        if video_id not in self.eligible:
+            raise EnvArgumentError(
+                f"video {video_id!r} has {self._lengths[video_id]} frames, fewer than clip_len={self.clip_len}"
+            )
+        last = self._lengths[video_id] - self.clip_len
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= int(start) <= last:
+            raise EnvArgumentError(
+                f"reset option start={start!r} must be an integer in [0, {last}] for video {video_id!r} "
+                f"({self._lengths[video_id]} frames, clip_len={self.clip_len})"
+            )
+        return video_id, int(start)
+
+    def clip_from_options(self, options: Mapping[str, Any] | None, rng: np.random.Generator) -> tuple[str, int]:
+        """The clip a ``reset`` starts: random, or fixed by ``options`` ``video_id`` (and ``start``).
+
+        With only ``video_id`` the start is drawn with ``rng``.
+
+        Raises:
+            EnvArgumentError: Unknown option keys, ``start`` without ``video_id``, or a bad clip.
+        """
+        if not options:
+            return self.choose_clip(rng)
+        if not isinstance(options, Mapping):
+            raise EnvArgumentError(f"reset options must be a dict, got {options!r}")
+        unknown = sorted(set(options) - {"video_id", "start"})
+        if unknown:
+            raise EnvArgumentError(f"unknown reset option(s) {unknown}; valid options: video_id, start")
+        if "video_id" not in options:
+            raise EnvArgumentError("reset option start needs video_id as well")
+        video_id = options["video_id"]
+        start = options.get("start")
+        if "start" in options and (start is not None or not self.none_start_draws):
+            return self.check_clip(video_id, start)
+        self.check_clip(video_id, 0)
+        return video_id, int(rng.integers(self._lengths[video_id] - self.clip_len + 1))
+
+
+class InterleaveCore(ClipSource):
     """``num_slots`` Interleave episodes advanced together with one torch call per step.
 
     Args:
@@ -273,19 +376,7 @@ class InterleaveCore:
         self.skip_light_updates = (
             self.trained_skip_light_updates if skip_light_updates is None else bool(skip_light_updates)
         )
-        if not isinstance(split, str):
-            raise EnvArgumentError(f"split must be a split name such as 'train', got {split!r}")
-        self.split = split
-        ids = self.cache.video_ids(split)
-        lengths = {v: self.cache.entry(v).num_frames for v in ids}
-        self.eligible = tuple(v for v in ids if lengths[v] >= self.clip_len)
-        self._lengths = lengths
-        if not self.eligible:
-            longest = max(lengths.values(), default=0)
-            raise EnvArgumentError(
-                f"clip_len={self.clip_len} is longer than every video of split {split!r} in {path} "
-                f"({len(ids)} videos, the longest has {longest} frames); pass clip_len <= {longest}"
-            )
+        self._set_split(split, path)
         per_extractor = dict(self.cache.info.costs).get("per_extractor", {})
         try:
             self.step_flops = np.array([int(per_extractor[n]["step_flops"]) for n in self.extractors], dtype=np.int64)
@@ -360,59 +451,6 @@ class InterleaveCore:
         return spaces.Discrete(self.num_actions)
 
     # --- episodes ---------------------------------------------------------------------------
-    def choose_clip(self, rng: np.random.Generator) -> tuple[str, int]:
-        """A uniformly random eligible video of the split, then a uniformly random clip start."""
-        video_id = self.eligible[int(rng.integers(len(self.eligible)))]
-        start = int(rng.integers(self._lengths[video_id] - self.clip_len + 1))
-        return video_id, start
-
-    def check_clip(self, video_id: object, start: object) -> tuple[str, int]:
-        """Validate a clip requested through ``reset(options=...)``.
-
-        Raises:
-            EnvArgumentError: Not a video of the split, or the clip does not fit in it.
-        """
-        if not isinstance(video_id, str) or video_id not in self._lengths:
-            some = ", ".join(self.eligible[:3])
-            raise EnvArgumentError(
-                f"reset option video_id={video_id!r} is not a video of split {self.split!r} in {self.cache.path} "
-                f"(e.g. {some})"
-            )
-        if video_id not in self.eligible:
-            raise EnvArgumentError(
-                f"video {video_id!r} has {self._lengths[video_id]} frames, fewer than clip_len={self.clip_len}"
-            )
-        last = self._lengths[video_id] - self.clip_len
-        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= int(start) <= last:
-            raise EnvArgumentError(
-                f"reset option start={start!r} must be an integer in [0, {last}] for video {video_id!r} "
-                f"({self._lengths[video_id]} frames, clip_len={self.clip_len})"
-            )
-        return video_id, int(start)
-
-    def clip_from_options(self, options: Mapping[str, Any] | None, rng: np.random.Generator) -> tuple[str, int]:
-        """The clip a ``reset`` starts: random, or fixed by ``options`` ``video_id`` (and ``start``).
-
-        With only ``video_id`` the start is drawn with ``rng``.
-
-        Raises:
-            EnvArgumentError: Unknown option keys, ``start`` without ``video_id``, or a bad clip.
-        """
-        if not options:
-            return self.choose_clip(rng)
-        if not isinstance(options, Mapping):
-            raise EnvArgumentError(f"reset options must be a dict, got {options!r}")
-        unknown = sorted(set(options) - {"video_id", "start"})
-        if unknown:
-            raise EnvArgumentError(f"unknown reset option(s) {unknown}; valid options: video_id, start")
-        if "video_id" not in options:
-            raise EnvArgumentError("reset option start needs video_id as well")
-        video_id = options["video_id"]
-        if "start" in options:
-            return self.check_clip(video_id, options["start"])
-        self.check_clip(video_id, 0)
-        return video_id, int(rng.integers(self._lengths[video_id] - self.clip_len + 1))
-
     def prepared(self, video_id: str) -> PreparedVideo:
         """The video's features and targets, from the memo or read and matched now."""
         key: MemoKey = (*self._identity, self.extractors, video_id)

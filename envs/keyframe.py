@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from gistgym.envs.interleave_core import check_no_unknown_kwargs
+from gistgym.envs.interleave_core import ClipSource, _check_int, check_env_kwargs
 from gistgym.envs.rewards import keyframe_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, InvalidActionError
 from gistgym.feature_cache import FeatureCache
@@ -53,12 +53,6 @@ INFO_KEYS = ("loss_key", "loss_prop", "distance", "forced", "action", "cost_flop
 """Keys of ``info``, the same at reset and at every step."""
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise EnvArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_speed_reward(value: object) -> tuple[float, float]:
     example = DEFAULT_SPEED_REWARD
     if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray) or len(value) != 2:
@@ -73,7 +67,7 @@ def _check_speed_reward(value: object) -> tuple[float, float]:
     return out[0], out[1]
 
 
-class KeyframeCore:
+class KeyframeCore(ClipSource):
     """``num_slots`` Keyframe episodes advanced together with numpy.
 
     Args:
@@ -90,6 +84,8 @@ class KeyframeCore:
         CacheSectionError: The cache has no ``keyframe`` section.
         EnvArgumentError: Any other bad argument (e.g. ``max_distance`` beyond what is cached).
     """
+
+    none_start_draws = True
 
     def __init__(
         self,
@@ -129,19 +125,7 @@ class KeyframeCore:
         self.speed_reward_array = np.array(self.speed_reward, dtype=np.float64)
         self.clip_len = _check_int("clip_len", clip_len, 2)
         self.history_len = _check_int("history_len", history_len, 1)
-        if not isinstance(split, str):
-            raise EnvArgumentError(f"split must be a split name such as 'train', got {split!r}")
-        self.split = split
-        ids = self.cache.video_ids(split)
-        lengths = {v: self.cache.entry(v).num_frames for v in ids}
-        self.eligible = tuple(v for v in ids if lengths[v] >= self.clip_len)
-        self._lengths = lengths
-        if not self.eligible:
-            longest = max(lengths.values(), default=0)
-            raise EnvArgumentError(
-                f"clip_len={self.clip_len} is longer than every video of split {split!r} in {path} "
-                f"({len(ids)} videos, the longest has {longest} frames); pass clip_len <= {longest}"
-            )
+        self._set_split(split, path)
         self._tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         n, L, D1, Q = self.num_slots, self.clip_len, self.max_distance + 1, len(self.cue_names)
@@ -174,48 +158,6 @@ class KeyframeCore:
         return spaces.Discrete(2)
 
     # --- episodes ---------------------------------------------------------------------------
-    def choose_clip(self, rng: np.random.Generator) -> tuple[str, int]:
-        """A uniformly random eligible video of the split, then a uniformly random clip start."""
-        video_id = self.eligible[int(rng.integers(len(self.eligible)))]
-        start = int(rng.integers(self._lengths[video_id] - self.clip_len + 1))
-        return video_id, start
-
-    def clip_from_options(self, options: Mapping[str, Any] | None, rng: np.random.Generator) -> tuple[str, int]:
-        """The clip a ``reset`` starts: random, or fixed by ``options`` ``video_id`` (and ``start``).
-
-        Raises:
-            EnvArgumentError: Unknown option keys, ``start`` without ``video_id``, or a bad clip.
-        """
-        if not options:
-            return self.choose_clip(rng)
-        if not isinstance(options, Mapping):
-            raise EnvArgumentError(f"reset options must be a dict, got {options!r}")
-        unknown = sorted(set(options) - {"video_id", "start"})
-        if unknown:
-            raise EnvArgumentError(f"unknown reset option(s) {unknown}; valid options: video_id, start")
-        if "video_id" not in options:
-            raise EnvArgumentError("reset option start needs video_id as well")
-        video_id = options["video_id"]
-        if not isinstance(video_id, str) or video_id not in self._lengths:
-            raise EnvArgumentError(
-                f"reset option video_id={video_id!r} is not a video of split {self.split!r} in {self.cache.path} "
-                f"(e.g. {', '.join(self.eligible[:3])})"
-            )
-        if video_id not in self.eligible:
-            raise EnvArgumentError(
-                f"video {video_id!r} has {self._lengths[video_id]} frames, fewer than clip_len={self.clip_len}"
-            )
-        last = self._lengths[video_id] - self.clip_len
-        start = options.get("start")
-        if start is None:
-            return video_id, int(rng.integers(last + 1))
-        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= int(start) <= last:
-            raise EnvArgumentError(
-                f"reset option start={start!r} must be an integer in [0, {last}] for video {video_id!r} "
-                f"({self._lengths[video_id]} frames, clip_len={self.clip_len})"
-            )
-        return video_id, int(start)
-
     def tables(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """``(loss (T, D+1) float64, cues (T, D+1, Q) float32)`` of a video, read once per core."""
         if video_id not in self._tables:
@@ -451,9 +393,7 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
-        check_no_unknown_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS)
-        if render_mode is not None:
-            raise EnvArgumentError(f"render_mode={render_mode!r} is not supported (this environment has no rendering)")
+        check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode)
         self.render_mode = None
         self.core = KeyframeCore(
             1,
