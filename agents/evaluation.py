@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -50,7 +50,7 @@ from gistgym.feature_cache.schema import SECTION_INTERLEAVE
 from gistgym.metrics import detection_map50
 
 EVAL_ENV_ARGUMENTS = ("extractors", "speed_reward", "skip_light_updates", "history_len")
-"""The environment arguments an evaluation takes (the split is its own; clips are whole videos)."""
+"""The environment arguments an Interleave evaluation takes (the split is its own; clips are whole videos)."""
 
 
 @dataclass
@@ -93,8 +93,80 @@ class PolicyEvaluation:
         }
 
 
-class InterleaveEvaluator:
-    """Every video of one split, ready to evaluate any number of policies on.
+EvaluatorT = TypeVar("EvaluatorT", bound="SplitEvaluator")
+
+
+class SplitEvaluator:
+    """What every whole-video evaluator shares: the split's videos and ground truth, per-length cores.
+
+    Subclasses set :attr:`arguments` (the environment arguments they take) and implement
+    ``evaluate(policy, *, seed, name)``.
+    """
+
+    arguments: tuple[str, ...] = ()
+    video_ids: tuple[str, ...]
+    groups: list[tuple[int, tuple[str, ...]]]
+    """(length, video ids) of the split's videos of at least 2 frames, by length."""
+    ground_truth: dict[str, list[FrameAnnotation]]
+    _cores: dict[int, Any]
+
+    def _check_kwargs(self, env_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        kwargs = dict(env_kwargs or {})
+        unknown = {k: v for k, v in kwargs.items() if k not in self.arguments}
+        check_no_unknown_kwargs(type(self).__name__, unknown, self.arguments)
+        return kwargs
+
+    def _read_split(self, cache: FeatureCache, split: str, max_videos: int | None) -> None:
+        """Set ``video_ids``, ``groups`` and ``ground_truth`` from an open cache.
+
+        Raises:
+            CacheError: Unknown split.
+            ConfigError: The split has no video of at least 2 frames.
+        """
+        ids = cache.video_ids(split)[:max_videos]
+        by_len: dict[int, list[str]] = {}
+        self.ground_truth = {}
+        for v in ids:
+            by_len.setdefault(cache.entry(v).num_frames, []).append(v)
+            episode = cache.load_episode(v, sections=())
+            self.ground_truth[v] = [episode.ground_truth(t) for t in range(episode.num_frames)]
+        self.video_ids = tuple(ids)
+        self.groups = [(T, tuple(vids)) for T, vids in sorted(by_len.items()) if T >= 2]
+        self._cores = {}
+        if not self.groups:
+            raise ConfigError(f"split {split!r} of {cache.path} has no video of at least 2 frames to evaluate on")
+
+    def evaluate(self, policy: Policy, *, seed: int = 0, name: str | None = None) -> Any:
+        """A policy's scores on the split."""
+        raise NotImplementedError
+
+    def evaluate_many(self, policies: Sequence[Policy], *, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+        """:meth:`evaluate` for each policy, keyed by name (names must be distinct)."""
+        names = [p.name for p in policies]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"two policies are named {duplicates}; give each a distinct name")
+        split = getattr(self, "split", "")
+        return {
+            p.name: self.evaluate(p, seed=seed)
+            for p in tqdm(policies, desc=f"evaluate {split}", unit="policy", disable=not progress)
+        }
+
+    def close(self) -> None:
+        """Release the cores' cache file handles."""
+        for core in self._cores.values():
+            core.close()
+        self._cores.clear()
+
+    def __enter__(self: EvaluatorT) -> EvaluatorT:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InterleaveEvaluator(SplitEvaluator):
+    """Every video of one split, ready to evaluate any number of Interleave policies on.
 
     Args:
         cache_path: Feature cache with the ``interleave`` section.
@@ -110,6 +182,8 @@ class InterleaveEvaluator:
         ConfigError: The split has no videos.
     """
 
+    arguments = EVAL_ENV_ARGUMENTS
+
     def __init__(
         self,
         cache_path: str | os.PathLike[str],
@@ -118,9 +192,7 @@ class InterleaveEvaluator:
         *,
         max_videos: int | None = None,
     ) -> None:
-        kwargs = dict(env_kwargs or {})
-        unknown = {k: v for k, v in kwargs.items() if k not in EVAL_ENV_ARGUMENTS}
-        check_no_unknown_kwargs(type(self).__name__, unknown, EVAL_ENV_ARGUMENTS)
+        kwargs = self._check_kwargs(env_kwargs)
         self.cache_path = Path(cache_path)
         self.split = split
         self.env_kwargs: dict[str, Any] = {
@@ -129,26 +201,9 @@ class InterleaveEvaluator:
             "skip_light_updates": kwargs.get("skip_light_updates"),
             "history_len": int(kwargs.get("history_len", DEFAULT_HISTORY_LEN)),
         }
-        cache = FeatureCache(self.cache_path, sections=(SECTION_INTERLEAVE,))
-        try:
-            ids = cache.video_ids(split)[:max_videos]
-            if not ids:
-                raise ConfigError(f"split {split!r} of {self.cache_path} has no videos to evaluate on")
-            by_len: dict[int, list[str]] = {}
-            for v in ids:
-                by_len.setdefault(cache.entry(v).num_frames, []).append(v)
-            self.ground_truth: dict[str, list[FrameAnnotation]] = {}
-            for v in ids:
-                episode = cache.load_episode(v, sections=())
-                self.ground_truth[v] = [episode.ground_truth(t) for t in range(episode.num_frames)]
+        with FeatureCache(self.cache_path, sections=(SECTION_INTERLEAVE,)) as cache:
+            self._read_split(cache, split, max_videos)
             per_extractor = dict(cache.info.costs).get("per_extractor", {})
-        finally:
-            cache.close()
-        self.video_ids = tuple(ids)
-        self.groups = [(T, vids) for T, vids in sorted(by_len.items()) if T >= 2]
-        if not self.groups:
-            raise ConfigError(f"every video of split {split!r} of {self.cache_path} has fewer than 2 frames")
-        self._cores: dict[int, InterleaveCore] = {}
         names = self.env_kwargs["extractors"]
         self.step_seconds = np.array(
             [float(per_extractor.get(n, {}).get("step_seconds", 0.0)) for n in names], dtype=np.float64
@@ -226,28 +281,3 @@ class InterleaveEvaluator:
             frames=len(acts),
             videos=rollouts,
         )
-
-    def evaluate_many(
-        self, policies: Sequence[Policy], *, seed: int = 0, progress: bool = False
-    ) -> dict[str, PolicyEvaluation]:
-        """:meth:`evaluate` for each policy, keyed by name (names must be distinct)."""
-        names = [p.name for p in policies]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError(f"two policies are named {duplicates}; give each a distinct name")
-        out: dict[str, PolicyEvaluation] = {}
-        for p in tqdm(policies, desc=f"evaluate {self.split}", unit="policy", disable=not progress):
-            out[p.name] = self.evaluate(p, seed=seed)
-        return out
-
-    def close(self) -> None:
-        """Release the cache file handles."""
-        for core in self._cores.values():
-            core.close()
-        self._cores.clear()
-
-    def __enter__(self) -> InterleaveEvaluator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

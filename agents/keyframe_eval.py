@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from gistgym.agents.baselines import NEXT_LOSSES
+from gistgym.agents.evaluation import SplitEvaluator
 from gistgym.agents.policy import Policy
 from gistgym.backbones.ssdlite import Detections
-from gistgym.envs.interleave_core import check_no_unknown_kwargs
 from gistgym.envs.interleave_vector import check_actions
 from gistgym.envs.keyframe import (
     DEFAULT_HISTORY_LEN,
@@ -44,10 +43,8 @@ from gistgym.envs.keyframe import (
     KeyframeCore,
     single_info,
 )
-from gistgym.errors import ConfigError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.keyframe import ATTR_DFF_COSTS, SECTION_KEYFRAME, schedule_detections
-from gistgym.feature_cache.reader import FrameAnnotation
 from gistgym.metrics import detection_map50
 
 EVAL_ENV_ARGUMENTS = ("max_distance", "speed_reward", "history_len")
@@ -107,7 +104,7 @@ class KeyframeEvaluation:
         }
 
 
-class KeyframeEvaluator:
+class KeyframeEvaluator(SplitEvaluator):
     """Every video of one split, ready to evaluate any number of keyframe policies on.
 
     Args:
@@ -124,6 +121,8 @@ class KeyframeEvaluator:
         ConfigError: The split has no videos of at least 2 frames.
     """
 
+    arguments = EVAL_ENV_ARGUMENTS
+
     def __init__(
         self,
         cache_path: str | os.PathLike[str],
@@ -132,9 +131,7 @@ class KeyframeEvaluator:
         *,
         max_videos: int | None = None,
     ) -> None:
-        kwargs = dict(env_kwargs or {})
-        unknown = {k: v for k, v in kwargs.items() if k not in EVAL_ENV_ARGUMENTS}
-        check_no_unknown_kwargs(type(self).__name__, unknown, EVAL_ENV_ARGUMENTS)
+        kwargs = self._check_kwargs(env_kwargs)
         self.cache_path = Path(cache_path)
         self.split = split
         self.env_kwargs: dict[str, Any] = {
@@ -142,28 +139,13 @@ class KeyframeEvaluator:
             "speed_reward": kwargs.get("speed_reward", DEFAULT_SPEED_REWARD),
             "history_len": kwargs.get("history_len", DEFAULT_HISTORY_LEN),
         }
-        cache = FeatureCache(self.cache_path, sections=(SECTION_KEYFRAME,))
-        try:
-            ids = cache.video_ids(split)[:max_videos]
-            by_len: dict[int, list[str]] = {}
-            for v in ids:
-                by_len.setdefault(cache.entry(v).num_frames, []).append(v)
-            self.ground_truth: dict[str, list[FrameAnnotation]] = {}
-            for v in ids:
-                episode = cache.load_episode(v, sections=())
-                self.ground_truth[v] = [episode.ground_truth(t) for t in range(episode.num_frames)]
+        with FeatureCache(self.cache_path, sections=(SECTION_KEYFRAME,)) as cache:
+            self._read_split(cache, split, max_videos)
             info = cache.info
             self.num_classes = len(info.dataset["classes"])
             size = int(dict(info.modules.get("models", {}).get("dff", {}).get("config", {})).get("image_size", 0))
             self.image_size = size or int(info.preprocessing["image_size"])
             self.costs: dict[str, Any] = dict(cache.section(SECTION_KEYFRAME).attrs.get(ATTR_DFF_COSTS, {}))
-        finally:
-            cache.close()
-        self.video_ids = tuple(ids)
-        self.groups = [(T, tuple(vids)) for T, vids in sorted(by_len.items()) if T >= 2]
-        if not self.groups:
-            raise ConfigError(f"split {split!r} of {self.cache_path} has no video of at least 2 frames to evaluate on")
-        self._cores: dict[int, KeyframeCore] = {}
         self._det_tables: dict[str, dict[str, np.ndarray]] = {}
         first = self._core(*self.groups[0])  # bad environment arguments fail here, not mid-evaluation
         self.speed_reward = first.speed_reward
@@ -247,28 +229,3 @@ class KeyframeEvaluator:
             speedup_flops=self.key_flops / mean_flops,
             speedup_eq7=speedup_eq7(key_fraction, self.cost_ratio),
         )
-
-    def evaluate_many(
-        self, policies: Sequence[Policy], *, seed: int = 0, progress: bool = False
-    ) -> dict[str, KeyframeEvaluation]:
-        """:meth:`evaluate` for each policy, keyed by name (names must be distinct)."""
-        names = [p.name for p in policies]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError(f"two policies are named {duplicates}; give each a distinct name")
-        return {
-            p.name: self.evaluate(p, seed=seed)
-            for p in tqdm(policies, desc=f"evaluate {self.split}", unit="policy", disable=not progress)
-        }
-
-    def close(self) -> None:
-        """Release the cache file handles."""
-        for core in self._cores.values():
-            core.close()
-        self._cores.clear()
-
-    def __enter__(self) -> KeyframeEvaluator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

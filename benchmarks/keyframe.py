@@ -25,70 +25,24 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
+from bench_common import env_stepper, rate, small_cache  # beside this script
 
 import gistgym.envs  # noqa: F401 (registers the ids)
-from gistgym.backbones.weights import DEFAULT_WEIGHTS
 from gistgym.envs.interleave_vector import InterleaveVectorEnv
 from gistgym.envs.keyframe_vector import KeyframeVectorEnv
 from gistgym.errors import GistgymError
-from gistgym.feature_cache.build import build_cache
 
 SIZES = (1, 64, 1024, 4096)
-
-
-def small_cache(videos: Path, count: int, tmp: Path) -> tuple[Path, str]:
-    """A two-section cache of the first ``count`` val videos of ``videos``."""
-    index = json.loads((videos / "dataset.json").read_text())
-    ids = list(index["splits"].get("val", []))[:count]
-    folder = tmp / "videos"
-    folder.mkdir()
-    for vid in ids:
-        (folder / vid).symlink_to((videos / vid).resolve(), target_is_directory=True)
-    index["splits"] = {"val": ids}
-    (folder / "dataset.json").write_text(json.dumps(index))
-    out = tmp / "bench.h5"
-    start = time.perf_counter()
-    build_cache(folder, out, weights=DEFAULT_WEIGHTS, measure_latency=False, progress=False)
-    return out, f"{len(ids)} val videos of {videos}, built in {time.perf_counter() - start:.1f} s"
-
-
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second of ``fn`` over about ``seconds`` (after 2 warm-up calls)."""
-    for _ in range(2):
-        fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-6)
-    reps = max(5, int(seconds / once))
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return reps / (time.perf_counter() - start)
-
-
-def stepper(env: gym.vector.VectorEnv, seed: int) -> Callable[[], object]:
-    """One ``env.step`` with uniformly random actions per call."""
-    rng = np.random.default_rng(seed)
-    m = int(env.single_action_space.n)  # type: ignore[attr-defined]
-    actions = rng.integers(0, m, size=(256, env.num_envs))
-    counter = iter(range(10**12))
-
-    def step() -> object:
-        return env.step(actions[next(counter) % len(actions)])
-
-    return step
 
 
 def compare(
@@ -138,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nnative KeyframeVectorEnv: N, env steps/s (= N x vector steps/s)")
         for n in SIZES:
             envs[n].reset(seed=0)
-            r = statistics.median(rate(stepper(envs[n], n), args.seconds) for _ in range(args.rounds)) * n
+            r = statistics.median(rate(env_stepper(envs[n], n), args.seconds) for _ in range(args.rounds)) * n
             results[f"native_N{n}"] = r
             print(f"{n:>6} {r:>14,.0f}")
         best = max(results.values())
@@ -148,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         sync = gym.make_vec("gistgym/Keyframe-v0", num_envs=n, vectorization_mode="sync", **kwargs)
         sync.reset(seed=0)
         envs[n].reset(seed=0)
-        native, other, ratio = compare(stepper(envs[n], 1), stepper(sync, 1), args.rounds, args.seconds)
+        native, other, ratio = compare(env_stepper(envs[n], 1), env_stepper(sync, 1), args.rounds, args.seconds)
         print(
             f"\nN = {n}: native {native * n:,.0f} vs SyncVectorEnv of {n} single envs {other * n:,.0f} "
             f"env steps/s: native is {ratio:.1f}x"
@@ -160,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Interleave-v0 not comparable on this cache: {exc}")
         else:
             inter.reset(seed=0)
-            native, other, ratio = compare(stepper(envs[n], 2), stepper(inter, 2), args.rounds, args.seconds)
+            native, other, ratio = compare(env_stepper(envs[n], 2), env_stepper(inter, 2), args.rounds, args.seconds)
             print(
                 f"N = {n}: Keyframe-v0 {native * n:,.0f} vs Interleave-v0 {other * n:,.0f} env steps/s: "
                 f"Keyframe-v0 is {ratio:.0f}x"

@@ -116,7 +116,7 @@ def test_evaluation_rewards_are_eq2_and_the_oracle_is_greedy(tiny_cache: Path) -
 def test_evaluator_refuses_unknown_arguments(tiny_cache: Path) -> None:
     with pytest.raises(UnknownEnvArgumentError, match="clip_lenn"):
         InterleaveEvaluator(tiny_cache, "val", {"clip_lenn": 4})
-    with pytest.raises(ConfigError, match="no videos"):
+    with pytest.raises(ConfigError, match="no video of at least 2 frames"):
         InterleaveEvaluator(tiny_cache, "val", max_videos=0)
 
 
