@@ -136,7 +136,7 @@ class OraclePolicy:
         except KeyError as exc:
             raise ConfigError(
                 "the oracle needs info['next_losses'] (every extractor's loss on the next frame); "
-                "run it through gistgym.agents.evaluation.evaluate_policy"
+                "evaluate it with InterleaveEvaluator or KeyframeEvaluator (gistgym compare does)"
             ) from exc
         speed = np.asarray(self.speed_reward, dtype=np.float64)
         if losses.shape[1] != len(speed):
