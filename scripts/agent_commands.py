@@ -21,9 +21,21 @@ def _set_threads() -> None:
     torch.set_num_threads(1)
 
 
+def _exit_on_sigterm() -> None:
+    # SIGTERM (a scheduler stopping the job) raises SystemExit in the main thread, so the run
+    # in progress removes its hidden .partial directory like it does on Ctrl-C or an error.
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
     """Train one run, or a gamma sweep."""
     _set_threads()
+    _exit_on_sigterm()
     from gistgym.agents.train import TrainConfig, main_command, train
 
     config = dataclass_from_args(TrainConfig, ns)

@@ -274,3 +274,26 @@ def test_cli_export_of_a_trained_run_matches_its_policy(
     q_exported, actions = exported.scores_and_actions(obs["state"], obs["history"])
     np.testing.assert_allclose(q_exported, q_python, atol=1e-5)
     assert np.array_equal(actions, SB3Policy(run.model, "x").act(obs, [{}] * len(actions)))
+
+
+def test_sigterm_during_training_leaves_no_partial_run(tiny_cache: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "gistgym.scripts.cli", "train", "--cache", str(tiny_cache), "--out", str(out)]
+    cmd += ["--clip-len", "8", "--num-envs", "2", "--total-timesteps", "10000000", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(out.iterdir())):  # the hidden .partial directory appears
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        time.sleep(1.0)  # training is under way
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert list(out.iterdir()) == []
