@@ -74,3 +74,25 @@ def tiny_cache(
     out = folder / "tiny.h5"
     build_cache(tiny_bench, out, weights=weights, sections=("interleave",), measure_latency=False, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def keyframe_cache(
+    tiny_bench: Path, nontrivial_model: InterleavedDetector, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A cache of ``tiny_bench`` with the ``interleave`` and ``keyframe`` sections (shipped DFF weights).
+
+    Separate from ``tiny_cache`` (interleave only, for the cache machinery tests). The
+    detector sits beside it as ``detector.pt``. Session-scoped: copy it before modifying it.
+    """
+    from gistgym.backbones.weights import save_detector
+    from gistgym.feature_cache.build import build_cache
+
+    folder = tmp_path_factory.mktemp("keyframe")
+    weights = folder / "detector.pt"
+    save_detector(weights, nontrivial_model, {"command": "tests/conftest.py::nontrivial_model"})
+    out = folder / "tiny.h5"
+    build_cache(
+        tiny_bench, out, sections=("interleave", "keyframe"), weights=weights, measure_latency=False, progress=False
+    )
+    return out

@@ -19,32 +19,14 @@ from gistgym.agents.keyframe_baselines import (
     parse_keyframe_baseline,
 )
 from gistgym.agents.keyframe_eval import KeyframeEvaluation, KeyframeEvaluator, speedup_eq7
-from gistgym.backbones.detector import InterleavedDetector
 from gistgym.backbones.dff import speedup_fixed
-from gistgym.backbones.weights import save_detector
 from gistgym.errors import ConfigError, EnvArgumentError, UnknownEnvArgumentError
 from gistgym.feature_cache import FeatureCache
-from gistgym.feature_cache.build import build_cache
 from gistgym.feature_cache.keyframe import schedule_detections
 from gistgym.metrics import detection_map50
 
 D = 5
 """max_distance of the evaluations (the tiny videos have 24 frames)."""
-
-
-@pytest.fixture(scope="module")
-def keyframe_cache(
-    tiny_bench: Path, nontrivial_model: InterleavedDetector, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The ``val`` split of ``tiny_bench`` with the ``keyframe`` section (shipped DFF weights)."""
-    folder = tmp_path_factory.mktemp("keyframe_agents")
-    weights = folder / "detector.pt"
-    save_detector(weights, nontrivial_model, {"command": "tests::nontrivial_model"})
-    out = folder / "tiny.h5"
-    build_cache(
-        tiny_bench, out, splits=("val",), sections=("keyframe",), weights=weights, measure_latency=False, progress=False
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,6 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import gistgym.envs  # noqa: F401  (registers the ids)
-from gistgym.backbones.detector import InterleavedDetector
-from gistgym.backbones.weights import save_detector
 from gistgym.envs.keyframe import INFO_KEYS, KeyframeEnv
 from gistgym.envs.keyframe_vector import KeyframeSB3VecEnv, KeyframeVectorEnv
 from gistgym.errors import (
@@ -32,30 +30,10 @@ from gistgym.errors import (
     UnknownEnvArgumentError,
 )
 from gistgym.feature_cache import FeatureCache
-from gistgym.feature_cache.build import build_cache
 
 ENV_ID = "gistgym/Keyframe-v0"
 CLIP = 12
 """Clip length for the tiny cache (its videos have 24 frames)."""
-
-
-@pytest.fixture(scope="module")
-def keyframe_cache(
-    tiny_bench: Path, nontrivial_model: InterleavedDetector, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A cache of ``tiny_bench`` with the ``interleave`` and ``keyframe`` sections (shipped DFF weights).
-
-    Built here rather than taken from ``tiny_cache`` so these tests do not depend on which
-    sections the shared fixture builds. The detector sits beside it as ``detector.pt``.
-    """
-    folder = tmp_path_factory.mktemp("keyframe")
-    weights = folder / "detector.pt"
-    save_detector(weights, nontrivial_model, {"command": "tests::nontrivial_model"})
-    out = folder / "tiny.h5"
-    build_cache(
-        tiny_bench, out, sections=("interleave", "keyframe"), weights=weights, measure_latency=False, progress=False
-    )
-    return out
 
 
 @pytest.fixture

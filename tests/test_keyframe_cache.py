@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from gistgym.backbones.detector import InterleavedDetector
 from gistgym.backbones.dff import DeepFeatureFlow, feature_net_digest, load_dff, save_dff
 from gistgym.backbones.dff_training import evaluate_key_durations, video_detections
 from gistgym.backbones.ssdlite import build_targets, frame_detection_loss
-from gistgym.backbones.weights import save_detector, sha256_file
+from gistgym.backbones.weights import sha256_file
 from gistgym.errors import ConfigError, WeightsError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.build import build_cache
@@ -28,25 +27,6 @@ from gistgym.feature_cache.keyframe import (
 from gistgym.feature_cache.sections import FROZEN_MODELS, list_sections
 from gistgym.metrics import detection_map50
 from gistgym.videos.dataset import load_dataset
-
-
-@pytest.fixture(scope="module")
-def keyframe_cache(
-    tiny_bench: Path, nontrivial_model: InterleavedDetector, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A cache of ``tiny_bench`` with the ``interleave`` and ``keyframe`` sections (shipped DFF weights).
-
-    Built here rather than taken from ``tiny_cache`` so these tests do not depend on which
-    sections the shared fixture builds. The detector sits beside it as ``detector.pt``.
-    """
-    folder = tmp_path_factory.mktemp("keyframe")
-    weights = folder / "detector.pt"
-    save_detector(weights, nontrivial_model, {"command": "tests::nontrivial_model"})
-    out = folder / "tiny.h5"
-    build_cache(
-        tiny_bench, out, sections=("interleave", "keyframe"), weights=weights, measure_latency=False, progress=False
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
