@@ -8,7 +8,7 @@ environment to the agents' machinery is adding one entry to :data:`BACKENDS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,10 @@ class EnvBackend:
         extractors: ``--extractor`` name -> ``(algo) -> policy_kwargs``; the first is the default.
         ends: Baselines that end the reference curves (only-expensive, only-cheap).
         references: Reference curve name -> name prefix of its baselines.
+        run_env_kwargs: ``(TrainConfig) -> env kwargs`` a run trains with (cache path aside).
+        compare_settings: ``(CompareConfig) -> evaluator kwargs`` of the baselines (incl. speed_reward).
+        baselines: ``(CompareConfig, speed_reward) -> policies`` of a comparison.
+        matched_random: Also compare ``random@F`` at each run's expensive fraction.
     """
 
     env_id: str
@@ -43,6 +47,10 @@ class EnvBackend:
     extractors: Mapping[str, Callable[[str], dict[str, Any]]]
     ends: tuple[str, ...]
     references: Mapping[str, str]
+    run_env_kwargs: Callable[[Any], dict[str, Any]]
+    compare_settings: Callable[[Any], dict[str, Any]]
+    baselines: Callable[[Any, tuple[float, ...]], list[Any]]
+    matched_random: bool
 
     def eval_kwargs(self, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The evaluator's share of a run's environment arguments."""
@@ -102,6 +110,67 @@ def _keyframe_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, ma
     return KeyframeEvaluator(cache, split, kwargs, max_videos=max_videos)
 
 
+def _named_baselines(config: Any) -> list[str]:
+    return [s for s in config.policies if is_baseline(s)]
+
+
+def is_baseline(spec: str) -> bool:
+    """Whether a ``--policies`` entry names a baseline (else it is a run directory)."""
+    return spec in ("heavy", "light", "oracle", "every-frame") or spec.startswith(
+        ("tau=", "random@", "key=", "flow-threshold@")
+    )
+
+
+def _interleave_run_kwargs(config: Any) -> dict[str, Any]:
+    return {
+        "split": config.split,
+        "clip_len": config.clip_len,
+        "history_len": config.history_len,
+        "extractors": list(config.extractors),
+        "speed_reward": list(speed_rewards(len(config.extractors), config.gamma)),
+        "skip_light_updates": None,
+    }
+
+
+def _interleave_compare_settings(config: Any) -> dict[str, Any]:
+    if len(config.extractors) < 2:
+        raise ConfigError(f"--extractors needs the heavy one and at least one light one, got {config.extractors}")
+    return {
+        "extractors": tuple(config.extractors),
+        "speed_reward": speed_rewards(len(config.extractors), config.gamma),
+    }
+
+
+def _interleave_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
+    from gistgym.agents.baselines import FixedTauPolicy, parse_baseline
+
+    out: list[Any] = [parse_baseline(s, speed) for s in ("heavy", "light")]
+    out += [FixedTauPolicy(int(t)) for t in config.taus]
+    return out + [parse_baseline(s, speed) for s in ("oracle", *_named_baselines(config))]
+
+
+def _keyframe_run_kwargs(config: Any) -> dict[str, Any]:
+    return {
+        "split": config.split,
+        "clip_len": config.clip_len,
+        "history_len": config.history_len,
+        "max_distance": config.max_distance,
+        "speed_reward": list(speed_rewards(2, config.gamma)),
+    }
+
+
+def _keyframe_compare_settings(config: Any) -> dict[str, Any]:
+    return {"speed_reward": speed_rewards(2, config.gamma)}
+
+
+def _keyframe_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
+    from gistgym.agents.keyframe_baselines import parse_keyframe_baseline
+
+    specs = ["every-frame", *(f"key={int(x)}" for x in config.durations)]
+    specs += [f"flow-threshold@{x:g}" for x in config.flow_thresholds] + ["oracle", *_named_baselines(config)]
+    return [parse_keyframe_baseline(s, speed) for s in specs]
+
+
 BACKENDS: dict[str, EnvBackend] = {
     INTERLEAVE_ENV_ID: EnvBackend(
         env_id=INTERLEAVE_ENV_ID,
@@ -113,6 +182,10 @@ BACKENDS: dict[str, EnvBackend] = {
         extractors={"paper": _interleave_extractor("paper"), "mlp": _interleave_extractor("mlp")},
         ends=("heavy", "light"),
         references={"fixed tau": "tau="},
+        run_env_kwargs=_interleave_run_kwargs,
+        compare_settings=_interleave_compare_settings,
+        baselines=_interleave_baselines,
+        matched_random=True,
     ),
     KEYFRAME_ENV_ID: EnvBackend(
         env_id=KEYFRAME_ENV_ID,
@@ -124,6 +197,10 @@ BACKENDS: dict[str, EnvBackend] = {
         extractors={"mlp": _flat_mlp},
         ends=("every-frame",),
         references={"fixed l": "key=", "flow threshold": "flow-threshold@"},
+        run_env_kwargs=_keyframe_run_kwargs,
+        compare_settings=_keyframe_compare_settings,
+        baselines=_keyframe_baselines,
+        matched_random=False,
     ),
 }
 
@@ -142,8 +219,3 @@ def get_backend(env_id: str) -> EnvBackend:
 def speed_rewards(num_actions: int, gamma: float) -> tuple[float, ...]:
     """Per-action speed reward: 0 for the expensive action 0, gamma for every cheaper one."""
     return (0.0,) + (float(gamma),) * (num_actions - 1)
-
-
-def fixed_names(results: Sequence[str], prefix: str) -> list[str]:
-    """The names in ``results`` of one reference curve's baselines."""
-    return [n for n in results if n.startswith(prefix)]

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from gistgym.agents.backends import INTERLEAVE_ENV_ID, KEYFRAME_ENV_ID, EnvBackend, get_backend, speed_rewards
-from gistgym.agents.baselines import FixedTauPolicy, parse_baseline
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, EnvBackend, get_backend, is_baseline, speed_rewards
+from gistgym.agents.baselines import parse_baseline
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.runs import find_runs, load_run, read_run_config
 from gistgym.errors import ConfigError
@@ -303,30 +303,11 @@ def plot_timeline(comparison: Comparison, path: Path, *, videos: int = 4) -> Non
     plt.close(fig)
 
 
-def _is_baseline(spec: str) -> bool:
-    return spec in ("heavy", "light", "oracle", "every-frame") or spec.startswith(
-        ("tau=", "random@", "key=", "flow-threshold@")
-    )
-
-
 def _run_settings(backend: EnvBackend, run_config: Mapping[str, Any], gamma: float) -> dict[str, Any]:
     """A run's evaluation arguments, with the comparison's gamma (the same reward for every policy)."""
     kw = backend.eval_kwargs(dict(run_config.get("env_kwargs") or {}))
     num_actions = len(kw.get("extractors") or ("heavy", "light"))
     return {**kw, "speed_reward": speed_rewards(num_actions, gamma)}
-
-
-def _baselines(config: CompareConfig, speed: tuple[float, ...]) -> list[Any]:
-    named = [s for s in config.policies if _is_baseline(s)]
-    if config.env == KEYFRAME_ENV_ID:
-        from gistgym.agents.keyframe_baselines import parse_keyframe_baseline
-
-        specs = ["every-frame", *(f"key={int(x)}" for x in config.durations)]
-        specs += [f"flow-threshold@{x:g}" for x in config.flow_thresholds] + ["oracle", *named]
-        return [parse_keyframe_baseline(s, speed) for s in specs]
-    out: list[Any] = [parse_baseline(s, speed) for s in ("heavy", "light")]
-    out += [FixedTauPolicy(int(t)) for t in config.taus]
-    return out + [parse_baseline(s, speed) for s in ("oracle", *named)]
 
 
 def compare(config: CompareConfig) -> Comparison:
@@ -340,17 +321,12 @@ def compare(config: CompareConfig) -> Comparison:
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
     backend = get_backend(config.env)
-    if config.env == INTERLEAVE_ENV_ID and len(config.extractors) < 2:
-        raise ConfigError(f"--extractors needs the heavy one and at least one light one, got {config.extractors}")
     max_videos = config.max_videos or None
-    num_actions = len(config.extractors) if config.env == INTERLEAVE_ENV_ID else 2
-    speed = speed_rewards(num_actions, config.gamma)
-    base_settings: dict[str, Any] = {"speed_reward": speed}
-    if config.env == INTERLEAVE_ENV_ID:
-        base_settings["extractors"] = tuple(config.extractors)
+    base_settings = backend.compare_settings(config)
+    speed = base_settings["speed_reward"]
     found = find_runs(config.runs) if config.runs else []
     run_dirs = [d for d in found if read_run_config(d).get("env_id") == config.env]  # other envs' runs are skipped
-    run_dirs += [Path(p) for p in config.policies if not _is_baseline(p)]
+    run_dirs += [Path(p) for p in config.policies if not is_baseline(p)]
     trained: list[tuple[Policy, dict[str, Any]]] = []
     for d in run_dirs:
         run = load_run(d, cache=config.cache)
@@ -358,7 +334,7 @@ def compare(config: CompareConfig) -> Comparison:
             raise ConfigError(f"run {d} was trained on {run.config.get('env_id')}, not --env {config.env}")
         trained.append((SB3Policy(run.model, run.name), _run_settings(backend, run.config, config.gamma)))
     groups: dict[str, tuple[dict[str, Any], list[Any]]] = {
-        repr(sorted(base_settings.items())): (base_settings, _baselines(config, speed))
+        repr(sorted(base_settings.items())): (base_settings, backend.baselines(config, speed))
     }
     for policy, settings in trained:
         groups.setdefault(repr(sorted(settings.items())), (settings, []))[1].append(policy)
@@ -378,7 +354,7 @@ def compare(config: CompareConfig) -> Comparison:
         evaluate(settings, policies)
     adaptive = [p.name for p, _ in trained]
     comparison = Comparison(results, adaptive, backend)
-    if config.env == INTERLEAVE_ENV_ID:  # random at each run's heavy fraction
+    if backend.matched_random:  # random at each run's expensive fraction
         matched = sorted({round(comparison.fraction(n), 2) for n in adaptive} - {0.0, 1.0})
         randoms = [p for p in (parse_baseline(f"random@{f:.2f}", speed) for f in matched) if p.name not in results]
         if randoms:

@@ -104,6 +104,7 @@ class SplitEvaluator:
     """
 
     arguments: tuple[str, ...] = ()
+    split: str
     video_ids: tuple[str, ...]
     groups: list[tuple[int, tuple[str, ...]]]
     """(length, video ids) of the split's videos of at least 2 frames, by length."""
@@ -146,10 +147,9 @@ class SplitEvaluator:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"two policies are named {duplicates}; give each a distinct name")
-        split = getattr(self, "split", "")
         return {
             p.name: self.evaluate(p, seed=seed)
-            for p in tqdm(policies, desc=f"evaluate {split}", unit="policy", disable=not progress)
+            for p in tqdm(policies, desc=f"evaluate {self.split}", unit="policy", disable=not progress)
         }
 
     def close(self) -> None:

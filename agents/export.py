@@ -669,11 +669,6 @@ def _load_onnx(path: Path, meta: Mapping[str, Any]) -> Any:
     return run
 
 
-def context_as_dict(ctx: PolicyContext) -> dict[str, Any]:
-    """JSON-ready form of a context (for run configs and reports)."""
-    return _jsonable(asdict(ctx))
-
-
 def _config_dict(config: Any) -> dict[str, Any]:
     if is_dataclass(config) and not isinstance(config, type):
         return asdict(config)

@@ -42,7 +42,7 @@ from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
 import gistgym
-from gistgym.agents.backends import INTERLEAVE_ENV_ID, KEYFRAME_ENV_ID, EnvBackend, get_backend, speed_rewards
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, EnvBackend, get_backend
 from gistgym.agents.ddqn import DoubleDQN
 from gistgym.agents.policy import SB3Policy
 from gistgym.agents.policy_nets import count_macs, count_parameters
@@ -139,15 +139,7 @@ class TrainConfig:
 
 def env_kwargs(config: TrainConfig) -> dict[str, Any]:
     """The environment arguments of a run (without the cache path)."""
-    common = {"split": config.split, "clip_len": config.clip_len, "history_len": config.history_len}
-    if config.env == KEYFRAME_ENV_ID:
-        return {**common, "max_distance": config.max_distance, "speed_reward": list(speed_rewards(2, config.gamma))}
-    return {
-        **common,
-        "extractors": list(config.extractors),
-        "speed_reward": list(speed_rewards(len(config.extractors), config.gamma)),
-        "skip_light_updates": None,
-    }
+    return get_backend(config.env).run_env_kwargs(config)
 
 
 def extractor_name(config: TrainConfig, backend: EnvBackend) -> str:
