@@ -86,7 +86,7 @@ from gistgym.feature_cache.hdf5 import (
     write_shard,
 )
 from gistgym.feature_cache.reader import FeatureCache
-from gistgym.feature_cache.sections import FrozenModels, get_model_spec, get_section, list_sections
+from gistgym.feature_cache.sections import FrozenModels, dataset_kind, get_model_spec, get_section, list_sections
 from gistgym.feature_cache.verify import array_sha256
 from gistgym.videos.dataset import ANNOTATION_FILE, VideoRecord, load_dataset, new_temp_file
 
@@ -414,8 +414,8 @@ class BuildReport:
     they ran). With one worker, ``seconds - compute_seconds`` is what caching costs."""
 
 
-def _resolve_sections(sections: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(sections)) if sections else list_sections()
+def _resolve_sections(sections: Sequence[str], kind: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(sections)) if sections else list_sections(kind)
     for name in names:
         get_section(name)
     return tuple(n for n in list_sections() if n in names)
@@ -559,7 +559,8 @@ def build_cache(
         out: Cache file to write.
         splits: Splits to include (default: every split of the dataset; each video's split
             is recorded).
-        sections: Sections to build (default: every section this gistgym knows).
+        sections: Sections to build (default: the ones for the dataset's kind, see
+            :func:`~gistgym.feature_cache.sections.list_sections`).
         weights: Detector weights with their JSON sidecar (default: the shipped ones).
         model_weights: Weights of the sections' extra frozen models by role (default: the
             shipped ones); a role no requested section needs is an error.
@@ -581,7 +582,8 @@ def build_cache(
     """
     start = time.perf_counter()
     out = Path(out)
-    section_names = _resolve_sections(sections)
+    for name in sections:
+        get_section(name)
     if compression not in COMPRESSIONS:
         raise ConfigError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
     if workers < 1:
@@ -589,6 +591,7 @@ def build_cache(
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as {out}/cache.h5")
     ds, plan = _plan(Path(videos), splits)
+    section_names = _resolve_sections(sections, dataset_kind(ds.generator))
     records = [ds.video(vid) for _, vid in plan]
     source = DetectorSource.from_path(weights)
     roles = tuple(dict.fromkeys(r for name in section_names for r in get_section(name).models))

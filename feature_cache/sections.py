@@ -108,6 +108,9 @@ class Section:
             gives the video's annotations and label.
         embed: ``models -> EmbeddedArrays``, stored once under ``/sections/<section>``.
         models: Roles of the extra frozen models (:data:`FROZEN_MODELS`) it needs.
+        default_for: The dataset kind (``detection`` or ``untrimmed``, see
+            :func:`dataset_kind`) whose ``cache build`` includes this section when no
+            ``--sections`` are given.
     """
 
     name: str
@@ -115,6 +118,15 @@ class Section:
     compute: Callable[[FrozenModels, np.ndarray, VideoRecord], dict[str, np.ndarray]]
     embed: Callable[[FrozenModels], EmbeddedArrays]
     models: tuple[str, ...] = ()
+    default_for: str = "detection"
+
+
+UNTRIMMED_GENERATOR = "gistgym.untrimmed"
+
+
+def dataset_kind(generator: Mapping[str, Any] | None) -> str:
+    """``untrimmed`` for the untrimmed (frame selection) benchmark, ``detection`` for anything else."""
+    return "untrimmed" if generator and generator.get("name") == UNTRIMMED_GENERATOR else "detection"
 
 
 def _check_name(name: str) -> str:
@@ -210,9 +222,9 @@ def get_model_spec(role: str) -> FrozenModelSpec:
     return FROZEN_MODELS[role]
 
 
-def list_sections() -> tuple[str, ...]:
-    """Names of the sections this gistgym can build (the default of ``cache build``)."""
-    return tuple(SECTIONS)
+def list_sections(kind: str | None = None) -> tuple[str, ...]:
+    """Names of the sections this gistgym can build, or the default ones for a dataset kind."""
+    return tuple(name for name, s in SECTIONS.items() if kind is None or s.default_for == kind)
 
 
 def get_section(name: str) -> Section:
@@ -261,3 +273,4 @@ def interleave_modules(attrs: Mapping[str, Any], tensors: Mapping[str, Mapping[s
 
 
 from gistgym.feature_cache import keyframe as _keyframe  # noqa: E402,F401  (registers the keyframe section)
+from gistgym.feature_cache import glimpse as _glimpse  # noqa: E402,F401  (registers the glimpse section)

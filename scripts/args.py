@@ -68,3 +68,11 @@ def dataclass_from_args(cls: type[T], ns: argparse.Namespace) -> T:
         v = getattr(ns, f.name)
         values[f.name] = tuple(v) if isinstance(v, list) else v
     return cls(**values)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The sub-command action of a group parser (argparse keeps no public handle to it)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError(f"parser {parser.prog!r} has no sub-commands")

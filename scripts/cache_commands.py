@@ -30,7 +30,7 @@ class CacheBuildArgs:
     split: tuple[str, ...] = ()
     """Splits to cache (default: every split of the dataset; each video's split is recorded)."""
     sections: tuple[str, ...] = ()
-    """Sections to build (default: every section this gistgym knows)."""
+    """Sections to build (default: interleave and keyframe for a detection dataset, glimpse for an untrimmed one)."""
     weights: str = ""
     """Detector weights (.pt with its .json sidecar); empty = the shipped weights."""
     model_weights: tuple[str, ...] = ()

@@ -27,16 +27,18 @@ class VideosMakeArgs:
 
     out: str = "data/bench"
     """Output folder of the benchmark."""
+    kind: str = "detection"
+    """`detection` (the detection benchmark) or `untrimmed` (videos whose class shows in one window, for frame selection)."""
     seed: int = 0
     """Benchmark seed (same seed, byte-identical files)."""
-    train: int = 160
-    """Videos in the train split."""
-    val: int = 32
-    """Videos in the val split."""
-    test: int = 32
-    """Videos in the test split."""
-    frames: int = 96
-    """Frames per video."""
+    train: int = -1
+    """Videos in the train split (-1 = the kind's default: 160 detection, 800 untrimmed)."""
+    val: int = -1
+    """Videos in the val split (-1 = the kind's default: 32 detection, 400 untrimmed)."""
+    test: int = -1
+    """Videos in the test split (-1 = the kind's default: 32 detection, 200 untrimmed)."""
+    frames: int = 0
+    """Frames per video (0 = the kind's default: 96 detection, 48 untrimmed)."""
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,23 @@ def _set_threads() -> None:
 
 def cmd_videos_make(ns: argparse.Namespace) -> int:
     """Generate the synthetic benchmark."""
-    from gistgym.videos.benchmark import make_benchmark
+    from gistgym.errors import ConfigError
+    from gistgym.videos.benchmark import DEFAULT_SPLIT_SIZES, UNTRIMMED_SPLIT_SIZES, make_benchmark
     from gistgym.videos.synthetic import SyntheticConfig
+    from gistgym.videos.untrimmed import UntrimmedConfig
 
     a = dataclass_from_args(VideosMakeArgs, ns)
-    out = make_benchmark(
-        a.out,
-        seed=a.seed,
-        split_sizes={"train": a.train, "val": a.val, "test": a.test},
-        config=SyntheticConfig(num_frames=a.frames),
-    )
-    print(f"wrote {a.train + a.val + a.test} videos to {out}")
+    config: SyntheticConfig | UntrimmedConfig
+    if a.kind == "detection":
+        config, defaults = SyntheticConfig(num_frames=a.frames or 96), DEFAULT_SPLIT_SIZES
+    elif a.kind == "untrimmed":
+        config, defaults = UntrimmedConfig(num_frames=a.frames or 48), UNTRIMMED_SPLIT_SIZES
+    else:
+        raise ConfigError(f"--kind must be `detection` or `untrimmed`, got {a.kind!r}")
+    requested = {"train": a.train, "val": a.val, "test": a.test}
+    sizes = {s: defaults[s] if n < 0 else n for s, n in requested.items()}
+    out = make_benchmark(a.out, seed=a.seed, split_sizes=sizes, config=config)
+    print(f"wrote {sum(sizes.values())} {a.kind} videos to {out}")
     return 0
 
 
@@ -169,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gistgym.scripts.keyframe_commands import register_keyframe_commands
 
     register_keyframe_commands(sub)
+    from gistgym.scripts.glimpse_commands import register_glimpse_commands
+
+    register_glimpse_commands(sub)
     from gistgym.scripts.runtime_commands import register_runtime_commands
 
     register_runtime_commands(sub)

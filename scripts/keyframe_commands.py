@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args
+from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args, subcommands
 
 
 @dataclass(frozen=True)
@@ -122,19 +122,11 @@ def cmd_eval_dff(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """The sub-command action of a group parser (argparse keeps no public handle to it)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError(f"parser {parser.prog!r} has no sub-commands")
-
-
 def register_keyframe_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``train-dff`` and ``eval-dff`` to the ``gistgym backbones`` group."""
     from gistgym.backbones.dff_training import DFFTrainConfig
 
-    backbones = _subparsers(sub.choices["backbones"])
+    backbones = subcommands(sub.choices["backbones"])
     p = backbones.add_parser(
         "train-dff", help="train Deep Feature Flow's flow and task nets (writes weights + sidecar)"
     )

@@ -96,3 +96,50 @@ def keyframe_cache(
         tiny_bench, out, sections=("interleave", "keyframe"), weights=weights, measure_latency=False, progress=False
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def untrimmed_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrimmed benchmark (6 train, 4 val videos of 20 frames) for the glimpse section."""
+    from gistgym.videos.benchmark import make_benchmark
+    from gistgym.videos.untrimmed import UntrimmedConfig
+
+    out = tmp_path_factory.mktemp("untrimmed")
+    cfg = UntrimmedConfig(num_frames=20, evidence_len=(3, 8))
+    return make_benchmark(out, seed=5, split_sizes={"train": 6, "val": 4}, config=cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def glimpse_cache(
+    untrimmed_bench: Path, nontrivial_model: InterleavedDetector, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A cache of ``untrimmed_bench`` with the ``glimpse`` section.
+
+    The glimpse models are ``nontrivial_model``'s extractors with a classifier trained for a
+    few steps on the train split (so margins and rewards vary); their weights sit beside the
+    cache as ``glimpse.pt`` + ``glimpse.json``. Session-scoped: copy it before modifying it.
+    """
+    from gistgym.backbones.glimpse import ClassifierTrainConfig, GlimpseModels, save_glimpse, train_glimpse_classifier
+    from gistgym.feature_cache.build import build_cache
+    from gistgym.videos.dataset import load_dataset
+
+    folder = tmp_path_factory.mktemp("glimpse")
+    models = GlimpseModels.from_detector(nontrivial_model, hidden=32, memory_frames=8)
+    records = load_dataset(untrimmed_bench).split("train")
+    feats = [models.frame_features(r.read_frames()) for r in records]
+    labels = [r.label for r in records]
+    train_glimpse_classifier(
+        models.classifier, feats, labels, ClassifierTrainConfig(glimpses=5, steps=60, batch_size=8)
+    )
+    weights = folder / "glimpse.pt"
+    save_glimpse(weights, models.requires_grad_(False), {"command": "tests/conftest.py::glimpse_cache"})
+    out = folder / "glimpse.h5"
+    build_cache(
+        untrimmed_bench,
+        out,
+        sections=("glimpse",),
+        model_weights={"glimpse": weights},
+        measure_latency=False,
+        progress=False,
+    )
+    return out

@@ -10,10 +10,18 @@ from tqdm.auto import tqdm
 
 from gistgym.errors import ConfigError
 from gistgym.videos.dataset import ANNOTATION_FILE, DATASET_FILE, VIDEO_FILE, write_dataset_index, write_video
-from gistgym.videos.synthetic import CLASS_NAMES, SyntheticConfig, generate_video
+from gistgym.videos.synthetic import CLASS_NAMES, SyntheticConfig, SyntheticVideo, generate_video
+from gistgym.videos.untrimmed import UntrimmedConfig, generate_untrimmed_video
 
 DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 160, "val": 32, "test": 32}
-"""Videos per split of the embedded benchmark."""
+"""Videos per split of the embedded detection benchmark."""
+
+UNTRIMMED_SPLIT_SIZES: dict[str, int] = {"train": 800, "val": 400, "test": 200}
+"""Videos per split of the embedded untrimmed (frame selection) benchmark."""
+
+GENERATORS: dict[str, str] = {"detection": "gistgym.synthetic", "untrimmed": "gistgym.untrimmed"}
+# (gistgym.feature_cache.sections.UNTRIMMED_GENERATOR names the second one for the cache build)
+"""Benchmark kind -> generator name recorded in ``dataset.json``."""
 
 GENERATOR_VERSION = 1
 """Bumped whenever the generator's output for a given seed changes."""
@@ -39,7 +47,7 @@ def make_benchmark(
     *,
     seed: int = 0,
     split_sizes: dict[str, int] | None = None,
-    config: SyntheticConfig | None = None,
+    config: SyntheticConfig | UntrimmedConfig | None = None,
     progress: bool = True,
 ) -> Path:
     """Generate the benchmark into ``out`` (one folder per video plus ``dataset.json``).
@@ -51,8 +59,10 @@ def make_benchmark(
     Args:
         out: Output folder.
         seed: Benchmark seed; the same seed gives byte-identical files.
-        split_sizes: Videos per split (defaults to ``DEFAULT_SPLIT_SIZES``).
-        config: Generator settings.
+        split_sizes: Videos per split (defaults to ``DEFAULT_SPLIT_SIZES``, or
+            ``UNTRIMMED_SPLIT_SIZES`` for an :class:`UntrimmedConfig`).
+        config: Generator settings: a :class:`SyntheticConfig` (the detection benchmark, the
+            default) or an :class:`UntrimmedConfig` (untrimmed videos for frame selection).
         progress: Show a progress bar.
 
     Returns:
@@ -61,9 +71,11 @@ def make_benchmark(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
-    sizes = dict(DEFAULT_SPLIT_SIZES if split_sizes is None else split_sizes)
     cfg = config or SyntheticConfig()
-    generator = {"name": "gistgym.synthetic", "version": GENERATOR_VERSION, "seed": seed, "config": cfg.to_dict()}
+    kind = "untrimmed" if isinstance(cfg, UntrimmedConfig) else "detection"
+    default_sizes = UNTRIMMED_SPLIT_SIZES if kind == "untrimmed" else DEFAULT_SPLIT_SIZES
+    sizes = dict(default_sizes if split_sizes is None else split_sizes)
+    generator = {"name": GENERATORS[kind], "version": GENERATOR_VERSION, "seed": seed, "config": cfg.to_dict()}
     # dataset.json is written last: while it is missing or stale nobody reads the folder as done
     (out / DATASET_FILE).unlink(missing_ok=True)
     todo = [(s, i) for s, n in sizes.items() for i in range(n)]
@@ -72,7 +84,13 @@ def make_benchmark(
         source = {"generator": generator, "split": split, "index": i}
         if _is_current(out / video_id(split, i), source):
             continue
-        video = generate_video(seed, split, i, cfg)
+        video = _generate(cfg, seed, split, i)
         write_video(out, video_id(split, i), video.frames, video.annotations, video.label, fps=cfg.fps, source=source)
     write_dataset_index(out, CLASS_NAMES, splits, generator)
     return out
+
+
+def _generate(cfg: SyntheticConfig | UntrimmedConfig, seed: int, split: str, index: int) -> SyntheticVideo:
+    if isinstance(cfg, UntrimmedConfig):
+        return generate_untrimmed_video(seed, split, index, cfg)
+    return generate_video(seed, split, index, cfg)

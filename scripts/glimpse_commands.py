@@ -1,0 +1,45 @@
+"""``gistgym backbones train-glimpse``: the frozen models of ``gistgym/Glimpse-v0`` (AdaFrame).
+
+Thin wrapper over :mod:`gistgym.backbones.glimpse_training`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args, subcommands
+
+
+def cmd_train_glimpse(ns: argparse.Namespace) -> int:
+    """Train the frozen recurrent classifier of the glimpse models and write the weights."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    from gistgym.backbones.glimpse_training import GlimpseTrainConfig, train_glimpse
+
+    torch.set_num_threads(1)
+    cfg = dataclass_from_args(GlimpseTrainConfig, ns)
+    command = "gistgym " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = train_glimpse(cfg, command=command)
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in summary["val_accuracy"].items())
+    print(
+        f"wrote {cfg.out} (sha256 {summary['sha256']}) after {summary['train_minutes']} min; val top-1: {acc}, "
+        f"avg-pool over all frames {summary['val_accuracy_avgpool_all']:.3f}"
+    )
+    return 0
+
+
+def register_glimpse_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``train-glimpse`` to the ``gistgym backbones`` group."""
+    from gistgym.backbones.glimpse_training import GlimpseTrainConfig
+
+    backbones = subcommands(sub.choices["backbones"])
+    p = backbones.add_parser(
+        "train-glimpse", help="train the frozen glimpse classifier of Glimpse-v0 (writes weights + sidecar)"
+    )
+    add_dataclass_arguments(p, GlimpseTrainConfig)
+    p.set_defaults(func=cmd_train_glimpse)
