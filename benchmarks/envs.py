@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/envs.py [--cache FILE] [--videos data/bench] [--count 4] [--rounds 3]
+                              [--glimpse-cache data/glimpse.h5]
 
 Without ``--cache`` it builds a small cache from the first ``--count`` val videos of
 ``--videos`` (generated into a temporary folder when the dataset is absent) with the
@@ -28,6 +29,9 @@ its split.
   time the environment is not).
 * Keyframe-v0 (``benchmarks/keyframe.py``): batched env steps/s at N = 1 ... 4096 and the
   ratios to a ``SyncVectorEnv`` and to Interleave-v0.
+* Glimpse-v0: native batched env steps/s (``GlimpseVectorEnv``, random locations, autoresets
+  included) at N = 1, 16, 64 on the glimpse cache ``--glimpse-cache`` (default
+  ``data/glimpse.h5``; the section is skipped with a one-line message when it is missing).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
@@ -136,6 +141,58 @@ def keyframe_benchmark(cache: Path, args: argparse.Namespace) -> None:
         keyframe_main(["--videos", args.videos, "--count", str(args.count), *rest])
 
 
+def location_stepper(env: gym.vector.VectorEnv, seed: int) -> Callable[[], object]:
+    """One ``env.step`` with uniformly random locations in [0, 1] per call (autoresets happen inside)."""
+    rng = np.random.default_rng(seed)
+    actions = rng.random((4096, env.num_envs, 1), dtype=np.float32)
+    counter = iter(range(10**12))
+
+    def step() -> object:
+        return env.step(actions[next(counter) % len(actions)])
+
+    return step
+
+
+def glimpse_benchmark(cache: Path, args: argparse.Namespace) -> None:
+    """Glimpse-v0: native batched env steps/s at N = 1, 16, 64 with random locations."""
+    from gistgym.envs.glimpse_vector import GlimpseVectorEnv
+
+    if not cache.is_file():
+        print(
+            f"Glimpse-v0: skipped (no glimpse cache at {cache}; build one with `gistgym cache build "
+            f"--videos data/glimpse --out {cache} --sections glimpse` or pass --glimpse-cache FILE)"
+        )
+        return
+    try:
+        envs = {n: GlimpseVectorEnv(cache_path=str(cache), num_envs=n, split=args.glimpse_split) for n in SIZES}
+    except GistgymError as exc:
+        print(f"Glimpse-v0: skipped ({exc})")
+        return
+    core = envs[SIZES[0]].core
+    print(
+        f"Glimpse-v0 throughput, cache {cache} [{args.glimpse_split}]: {len(core.videos.video_ids)} videos, "
+        f"K = {core.num_glimpses} glimpses, frame features {core.feature_dim}, memory {core.memory_shape}, "
+        f"classifier hidden {core.classifier.hidden}"
+    )
+    print("\nnative batched env (GlimpseVectorEnv), env steps/s = N x vector steps/s (one step = one glimpse):")
+    print(f"{'N':>4} {'env steps/s':>12} {'vector steps/s':>15} {'bare clf':>10} {'ratio':>6}")
+    for n in SIZES:
+        env = envs[n]
+        env.reset(seed=0)
+        step = location_stepper(env, seed=n)
+        classifier = env.core.classifier
+        features = env.core.videos.frame_features[np.arange(n) % len(core.videos.video_ids), 0]
+        h, c = classifier.initial_state(n)
+        bare = functools.partial(classifier.step, features, (h + 0.1, c + 0.1))  # a mid-episode-like state
+        rows = [(rate(step, args.seconds), rate(bare, args.seconds)) for _ in range(args.rounds)]
+        vector_rate = statistics.median(a for a, _ in rows)
+        bare_rate = statistics.median(b for _, b in rows)
+        ratio = statistics.median(a / b for a, b in rows)
+        print(f"{n:>4} {vector_rate * n:>12.0f} {vector_rate:>15.0f} {bare_rate * n:>10.0f} {ratio:>6.2f}")
+        env.close()
+    print("(bare clf = one step of the frozen numpy classifier on the same N rows, nothing else)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", default=None, help="feature cache to use (default: build a small one)")
@@ -145,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-len", type=int, default=40, help="frames per episode")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median ratio)")
     parser.add_argument("--seconds", type=float, default=0.6, help="seconds per timed measurement")
+    parser.add_argument("--glimpse-cache", default="data/glimpse.h5", help="cache with the glimpse section")
+    parser.add_argument("--glimpse-split", default="val", help="split of --glimpse-cache to draw videos from")
     args = parser.parse_args(argv)
     if args.count < 1 or args.rounds < 1 or args.seconds <= 0:
         parser.error("--count and --rounds must be >= 1, --seconds > 0")
@@ -218,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         ddqn_benchmark(cache, args)
         print()
         keyframe_benchmark(cache, args)
+        print()
+        glimpse_benchmark(Path(args.glimpse_cache), args)
     print(f"total {time.perf_counter() - begin:.0f} s")
     return 0
 

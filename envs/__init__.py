@@ -33,3 +33,13 @@ register(
         "history_len": 20,
     },
 )
+
+register(
+    id="gistgym/Glimpse-v0",
+    entry_point="gistgym.envs.glimpse:GlimpseEnv",
+    vector_entry_point="gistgym.envs.glimpse_vector:GlimpseVectorEnv",
+    kwargs={
+        "split": "train",
+        "num_glimpses": 10,
+    },
+)

@@ -47,3 +47,23 @@ def keyframe_reward(
     """
     chosen = np.where(actions == 0, loss_key, loss_prop)
     return (np.minimum(loss_key, loss_prop) - chosen) + speed_reward[actions]
+
+
+def glimpse_reward(margin: np.ndarray, best_before: np.ndarray) -> np.ndarray:
+    """Eq. 3 of *AdaFrame*: ``r_t = max(0, m_t - max_{t' < t} m_t')``.
+
+    The margin ``m_t = p_t[label] - max_{c != label} p_t[c]`` of the classifier's prediction
+    after glimpse ``t``; a glimpse is paid only for how much it raises the best margin so
+    far. At ``t = 0`` the maximum over no glimpses is taken as 0, the margin of the uniform
+    prediction the episode starts from.
+
+    Args:
+        margin: (B,) float64 margins ``m_t`` after this glimpse.
+        best_before: (B,) float64 ``max_{t' < t} m_t'`` (0 for the first glimpse).
+
+    Returns:
+        (B,) float64 rewards, computed as ``max(0, margin - best_before)`` in float64, the
+        same operation as on the Python floats ``info["margin"]`` and the previous
+        ``info["best_margin"]``, so the two agree exactly.
+    """
+    return np.maximum(0.0, np.asarray(margin, dtype=np.float64) - np.asarray(best_before, dtype=np.float64))

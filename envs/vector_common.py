@@ -5,7 +5,9 @@ the reset/step/autoreset loops over a core holding N episodes: :class:`SlotVecto
 (a Gymnasium ``VectorEnv``, NEXT_STEP autoreset) and :class:`SlotSB3VecEnv` (a
 Stable-Baselines3 ``VecEnv``, same-step autoreset). A family's vector classes are thin
 subclasses that build their core and pass a function turning the core's ``advance``
-output into ``(obs, rewards, truncated, infos)``.
+output into ``(obs, rewards, done, infos)``. ``done`` means truncated (the clip was cut)
+unless the subclass sets ``done_means_terminated``; actions are checked against a
+``Discrete`` action space unless the subclass passes its own ``check_actions`` hook.
 """
 
 from __future__ import annotations
@@ -29,18 +31,21 @@ Out_co = TypeVar("Out_co", covariant=True)
 
 Obs = dict[str, np.ndarray]
 Unpack = Callable[[Out], tuple[Obs, np.ndarray, np.ndarray, Any]]
-"""``advance`` output -> ``(obs, rewards, truncated, infos)``, one row per advanced slot."""
+"""``advance`` output -> ``(obs, rewards, done, infos)``, one row per advanced slot."""
+
+ActionCheck = Callable[[object, int], np.ndarray]
+"""``(actions, num_envs)`` -> the validated actions ``advance`` takes; raises ``InvalidActionError``."""
 
 
 class SlotCore(Protocol[Out_co]):
-    """What the vector environments use of a core (``InterleaveCore``, ``KeyframeCore``)."""
+    """What the vector environments use of a core (``InterleaveCore``, ``KeyframeCore``, ``GlimpseCore``)."""
 
     @property
     def num_slots(self) -> int: ...  # noqa: D102
 
     def observation_space(self) -> spaces.Dict: ...  # noqa: D102
 
-    def action_space(self) -> spaces.Discrete: ...  # noqa: D102
+    def action_space(self) -> spaces.Space[Any]: ...  # noqa: D102
 
     def choose_clip(self, rng: np.random.Generator) -> tuple[str, int]: ...  # noqa: D102
 
@@ -68,6 +73,18 @@ def check_actions(actions: object, num_envs: int, num_actions: int) -> np.ndarra
             f"{num_envs})), got {actions!r}"
         )
     return a.astype(np.int64, copy=False)
+
+
+def discrete_action_check(space: spaces.Space[Any]) -> ActionCheck:
+    """The default action check: :func:`check_actions` against a ``Discrete`` space.
+
+    Raises:
+        TypeError: ``space`` is not ``Discrete`` (such a family passes its own check).
+    """
+    if not isinstance(space, spaces.Discrete):
+        raise TypeError(f"no default action check for {space}; pass check_actions to the vector env")
+    num_actions = int(space.n)
+    return lambda actions, num_envs: check_actions(actions, num_envs, num_actions)
 
 
 def seeds_for(seed: int | Sequence[int | None] | None, num_envs: int) -> list[int | None]:
@@ -139,8 +156,10 @@ class SlotVectorEnv(VectorEnv, Generic[Out]):
 
     Args:
         core: The slots (one sub-environment each).
-        unpack: ``advance`` output -> ``(obs, rewards, truncated, info)``, ``info`` in
+        unpack: ``advance`` output -> ``(obs, rewards, done, info)``, ``info`` in
             Gymnasium's vector layout.
+        check_actions: Validates the batched actions (default: :func:`check_actions` on the
+            core's ``Discrete`` action space).
     """
 
     metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
@@ -148,7 +167,10 @@ class SlotVectorEnv(VectorEnv, Generic[Out]):
     step_before_reset_message = "call reset() before step()"
     """The :class:`~gistgym.errors.EnvStateError` message of a ``step`` before any ``reset``."""
 
-    def __init__(self, core: SlotCore[Out], unpack: Unpack[Out]) -> None:
+    done_means_terminated = False
+    """Whether ``unpack``'s done flags are ``terminated`` (the MDP ended) rather than ``truncated``."""
+
+    def __init__(self, core: SlotCore[Out], unpack: Unpack[Out], check_actions: ActionCheck | None = None) -> None:
         self.core = core
         self._unpack = unpack
         self.num_envs = core.num_slots
@@ -156,7 +178,7 @@ class SlotVectorEnv(VectorEnv, Generic[Out]):
         self.single_action_space = core.action_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._num_actions = int(self.single_action_space.n)
+        self._check_actions = check_actions or discrete_action_check(self.single_action_space)
         self._slots = np.arange(self.num_envs, dtype=np.int64)
         self._zeros = np.zeros(self.num_envs, dtype=np.int64)
         self._rngs = SlotRngs(self.num_envs)
@@ -180,21 +202,24 @@ class SlotVectorEnv(VectorEnv, Generic[Out]):
     def step(
         self, actions: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Advance every slot; slots whose clip ended at the previous step start a new one (NEXT_STEP).
+        """Advance every slot; slots whose episode ended at the previous step start a new one (NEXT_STEP).
 
         Raises:
             InvalidActionError: ``actions`` is not in the batched action space.
             EnvStateError: Called before ``reset``.
         """
-        a = check_actions(actions, self.num_envs, self._num_actions)
+        a = self._check_actions(actions, self.num_envs)
         if not self._started:
             raise EnvStateError(self.step_before_reset_message)
         if self._autoreset.any():
             for i in np.flatnonzero(self._autoreset).tolist():
                 self.core.load(i, *self.core.choose_clip(self._rngs[i]))
-        obs, rewards, truncated, info = self._unpack(self.core.advance(self._slots, a))
-        self._autoreset = truncated.copy()
-        return obs, rewards, np.zeros(self.num_envs, dtype=bool), truncated, info
+        obs, rewards, ended, info = self._unpack(self.core.advance(self._slots, a))
+        self._autoreset = ended.copy()
+        never = np.zeros(self.num_envs, dtype=bool)
+        if self.done_means_terminated:
+            return obs, rewards, ended, never, info
+        return obs, rewards, never, ended, info
 
     def close_extras(self, **kwargs: Any) -> None:
         """Release the cache file handle."""
@@ -206,16 +231,21 @@ class SlotSB3VecEnv(VecEnv, Generic[Out]):
 
     Args:
         core: The slots (one sub-environment each).
-        unpack: ``advance`` output -> ``(obs, rewards, truncated, infos)``, ``infos`` a list
+        unpack: ``advance`` output -> ``(obs, rewards, done, infos)``, ``infos`` a list
             of one single-environment ``info`` dict per row.
+        check_actions: Validates the batched actions (default: :func:`check_actions` on the
+            core's ``Discrete`` action space).
     """
 
-    def __init__(self, core: SlotCore[Out], unpack: Unpack[Out]) -> None:
+    done_means_terminated = False
+    """Whether ``unpack``'s done flags are ``terminated`` (``TimeLimit.truncated`` False) rather than ``truncated``."""
+
+    def __init__(self, core: SlotCore[Out], unpack: Unpack[Out], check_actions: ActionCheck | None = None) -> None:
         self.core = core
         self._unpack = unpack
         self.render_mode = None  # read by VecEnv.__init__ through get_attr
         super().__init__(core.num_slots, core.observation_space(), core.action_space())
-        self._num_actions = int(core.action_space().n)
+        self._check_actions = check_actions or discrete_action_check(self.action_space)
         self._slots = np.arange(self.num_envs, dtype=np.int64)
         self._zeros = np.zeros(self.num_envs, dtype=np.int64)
         self._rngs = SlotRngs(self.num_envs)
@@ -238,23 +268,24 @@ class SlotSB3VecEnv(VecEnv, Generic[Out]):
         """Store the actions for :meth:`step_wait`.
 
         Raises:
-            InvalidActionError: ``actions`` are not N integers of the action space.
+            InvalidActionError: ``actions`` are not N actions of the action space.
         """
-        self._actions = check_actions(actions, self.num_envs, self._num_actions)
+        self._actions = self._check_actions(actions, self.num_envs)
 
     def step_wait(self) -> VecEnvStepReturn:
-        """Advance every slot; finished clips restart in the same call (SB3 semantics).
+        """Advance every slot; finished episodes restart in the same call (SB3 semantics).
 
         Raises:
             EnvStateError: Called before ``reset`` or without ``step_async``.
         """
         if not self._started or self._actions is None:
             raise EnvStateError("call reset() and step_async(actions) before step_wait()")
-        obs, rewards, truncated, infos = self._unpack(self.core.advance(self._slots, self._actions))
+        obs, rewards, ended, infos = self._unpack(self.core.advance(self._slots, self._actions))
         self._actions = None
-        dones = truncated.copy()
+        dones = ended.copy()
         for i, info in enumerate(infos):
-            info["TimeLimit.truncated"] = bool(dones[i])  # never terminated: truncated means cut
+            # a truncated episode was cut (bootstrap from terminal_observation), a terminated one ended
+            info["TimeLimit.truncated"] = bool(dones[i]) and not self.done_means_terminated
         done = np.flatnonzero(dones)
         if done.size:
             for i in done.tolist():
