@@ -16,6 +16,7 @@ from gistgym.errors import ConfigError
 
 INTERLEAVE_ENV_ID = "gistgym/Interleave-v0"
 KEYFRAME_ENV_ID = "gistgym/Keyframe-v0"
+GLIMPSE_ENV_ID = "gistgym/Glimpse-v0"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class EnvBackend:
         compare_settings: ``(CompareConfig) -> evaluator kwargs`` of the baselines (incl. speed_reward).
         baselines: ``(CompareConfig, speed_reward) -> policies`` of a comparison.
         matched_random: Also compare ``random@F`` at each run's expensive fraction.
+        score: Summary key of the accuracy an evaluation reports (``map50``; ``map`` for Glimpse).
+        fraction_max: ``(env kwargs) -> `` the largest value ``fraction`` can take (its plot axis).
     """
 
     env_id: str
@@ -51,6 +54,8 @@ class EnvBackend:
     compare_settings: Callable[[Any], dict[str, Any]]
     baselines: Callable[[Any, tuple[float, ...]], list[Any]]
     matched_random: bool
+    score: str = "map50"
+    fraction_max: Callable[[Mapping[str, Any]], float] = lambda kwargs: 1.0
 
     def eval_kwargs(self, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The evaluator's share of a run's environment arguments."""
@@ -171,6 +176,22 @@ def _keyframe_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
     return [parse_keyframe_baseline(s, speed) for s in specs]
 
 
+def _glimpse_vec(cache: str, num_envs: int, **kwargs: Any) -> Any:
+    from gistgym.envs.glimpse_vector import GlimpseSB3VecEnv
+
+    return GlimpseSB3VecEnv(cache, num_envs=num_envs, **kwargs)
+
+
+def _glimpse_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, max_videos: int | None) -> Any:
+    from gistgym.agents.glimpse_runs import GlimpseEnvEvaluator
+
+    return GlimpseEnvEvaluator(cache, split, kwargs, max_videos=max_videos)
+
+
+def _glimpse_run_kwargs(config: Any) -> dict[str, Any]:
+    return {"split": config.split, "num_glimpses": config.num_glimpses}
+
+
 BACKENDS: dict[str, EnvBackend] = {
     INTERLEAVE_ENV_ID: EnvBackend(
         env_id=INTERLEAVE_ENV_ID,
@@ -201,6 +222,25 @@ BACKENDS: dict[str, EnvBackend] = {
         compare_settings=_keyframe_compare_settings,
         baselines=_keyframe_baselines,
         matched_random=False,
+    ),
+    # Glimpse comparisons have their own metrics and baselines (gistgym.agents.glimpse_compare);
+    # this entry serves SB3 training (PPO) on the batched environment.
+    GLIMPSE_ENV_ID: EnvBackend(
+        env_id=GLIMPSE_ENV_ID,
+        fraction="frames_used",
+        fraction_label="average frames used per video",
+        make_vec=_glimpse_vec,
+        make_evaluator=_glimpse_evaluator,
+        eval_arguments=("num_glimpses",),
+        extractors={"mlp": _flat_mlp},
+        ends=("all",),
+        references={"uniform": "uniform@", "random": "random@"},
+        run_env_kwargs=_glimpse_run_kwargs,
+        compare_settings=lambda config: {"speed_reward": ()},
+        baselines=lambda config, speed: [],
+        matched_random=False,
+        score="map",
+        fraction_max=lambda kwargs: float(kwargs.get("num_glimpses", 10)),
     ),
 }
 

@@ -29,14 +29,21 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gistgym.agents.backends import INTERLEAVE_ENV_ID, EnvBackend, get_backend, is_baseline, speed_rewards
+from gistgym.agents.backends import (
+    GLIMPSE_ENV_ID,
+    INTERLEAVE_ENV_ID,
+    EnvBackend,
+    get_backend,
+    is_baseline,
+    speed_rewards,
+)
 from gistgym.agents.baselines import parse_baseline
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.runs import find_runs, load_run, read_run_config
@@ -60,7 +67,7 @@ class CompareConfig:
     cache: str = ""
     """Feature cache file. Required."""
     env: str = INTERLEAVE_ENV_ID
-    """Environment id (gistgym/Interleave-v0 or gistgym/Keyframe-v0)."""
+    """Environment id (gistgym/Interleave-v0, gistgym/Keyframe-v0 or gistgym/Glimpse-v0)."""
     split: str = "val"
     """Held-out split to compare on."""
     runs: str = ""
@@ -77,6 +84,12 @@ class CompareConfig:
     """Speed reward of the cheap action(s) in the reported mean reward (and the oracle's choice)."""
     extractors: tuple[str, ...] = ("heavy", "light")
     """Interleave: extractors of the baselines, heavy first."""
+    glimpse_counts: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+    """Glimpse: frame counts K of the uniform@K, random@K and avgpool-uniform@K baselines."""
+    mus: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+    """Glimpse: AdaFrame's adaptive-lookahead thresholds (one point NAME@MU per run and value)."""
+    patience: int = 2
+    """Glimpse: adaptive lookahead stops after this many consecutive glimpses with utility below MU."""
     max_videos: int = 0
     """Only the first N videos of the split (0: all)."""
     seed: int = 0
@@ -310,6 +323,13 @@ def _run_settings(backend: EnvBackend, run_config: Mapping[str, Any], gamma: flo
     return {**kw, "speed_reward": speed_rewards(num_actions, gamma)}
 
 
+def comparison_runs(config: CompareConfig, named_baseline: Callable[[str], bool]) -> list[Path]:
+    """Every run of ``config.env`` under ``config.runs`` plus the run directories in ``config.policies``."""
+    found = find_runs(config.runs) if config.runs else []
+    run_dirs = [d for d in found if read_run_config(d).get("env_id") == config.env]  # other envs' runs are skipped
+    return run_dirs + [Path(p) for p in config.policies if not named_baseline(p)]
+
+
 def compare(config: CompareConfig) -> Comparison:
     """Evaluate the baselines and runs of ``config`` and write the outputs into ``config.out``.
 
@@ -321,12 +341,12 @@ def compare(config: CompareConfig) -> Comparison:
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
     backend = get_backend(config.env)
+    if backend.env_id == GLIMPSE_ENV_ID:
+        raise ConfigError(f"{GLIMPSE_ENV_ID} is compared by gistgym.agents.glimpse_compare (compare_any)")
     max_videos = config.max_videos or None
     base_settings = backend.compare_settings(config)
     speed = base_settings["speed_reward"]
-    found = find_runs(config.runs) if config.runs else []
-    run_dirs = [d for d in found if read_run_config(d).get("env_id") == config.env]  # other envs' runs are skipped
-    run_dirs += [Path(p) for p in config.policies if not is_baseline(p)]
+    run_dirs = comparison_runs(config, is_baseline)
     trained: list[tuple[Policy, dict[str, Any]]] = []
     for d in run_dirs:
         run = load_run(d, cache=config.cache)
@@ -383,3 +403,22 @@ def write_outputs(comparison: Comparison, config: CompareConfig) -> None:
             os.replace(tmp, out / name)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def compare_any(config: CompareConfig) -> Any:
+    """:func:`compare`, or for Glimpse-v0 :func:`~gistgym.agents.glimpse_compare.compare_glimpse`.
+
+    Returns:
+        A :class:`Comparison` or a :class:`~gistgym.agents.glimpse_compare.GlimpseComparison`.
+    """
+    if config.env != GLIMPSE_ENV_ID:
+        return compare(config)
+    if not config.cache:
+        raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
+    from gistgym.agents.glimpse_compare import compare_glimpse
+    from gistgym.agents.glimpse_eval import is_glimpse_baseline
+    from gistgym.agents.glimpse_runs import glimpse_run_evaluator
+
+    run_dirs = comparison_runs(config, is_glimpse_baseline)
+    evaluate = glimpse_run_evaluator(config.cache, config.split, config.mus, config.patience, config.seed)
+    return compare_glimpse(config, run_dirs, evaluate)

@@ -469,6 +469,15 @@ def read_policy_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
             "re-export the policy with this gistgym",
             field="format_version",
         )
+    env = meta.get("env")
+    if isinstance(env, dict) and str(env.get("id", "")).startswith("gistgym/Glimpse-v"):
+        raise PolicyMismatchError(
+            side,
+            f"policy was exported for {env.get('id')!r} (an AdaFrame agent), not an interleave schedule; run it with "
+            "`gistgym detect VIDEO --policy FILE` (the glimpse runtime) or load it with "
+            "gistgym.agents.glimpse_export.load_glimpse_policy",
+            field="env.id",
+        )
     for key in ("export_format", "file_sha256", "env", "cache", "history_len", "action_meanings", "memory"):
         if key not in meta:
             raise PolicyFileError(side, "missing required field", field=key)
@@ -714,7 +723,11 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], exp
         out: The file to write (sidecar ``out.json`` beside it).
         export_format: ``"torchscript"`` or ``"onnx"``.
     """
-    from gistgym.agents.runs import load_run  # type: ignore[import-not-found,unused-ignore]
+    from gistgym.agents.runs import load_run, read_run_config  # type: ignore[import-not-found,unused-ignore]
 
+    if read_run_config(Path(run_dir)).get("algo") == "adaframe":
+        from gistgym.agents.glimpse_export import export_adaframe_run
+
+        return export_adaframe_run(run_dir, out, export_format)
     run = load_run(run_dir)
     return export_policy(run.model, out, export_format, run_context(run_dir, run.config, run.model))

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from gymnasium import spaces
 
 
 @runtime_checkable
@@ -64,6 +65,8 @@ class SB3Policy:
         """Stateless."""
 
     def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """``model.predict(obs, deterministic=True)``."""
+        """``model.predict(obs, deterministic=True)``: (N,) int64, or (N, d) float32 for a Box action space."""
         actions, _ = self.model.predict(dict(obs), deterministic=True)
+        if isinstance(self.model.action_space, spaces.Box):  # continuous (Glimpse locations)
+            return np.asarray(actions, dtype=np.float32).reshape(len(infos), -1)
         return np.asarray(actions, dtype=np.int64).reshape(len(infos))

@@ -62,19 +62,27 @@ def cache_identity(cache_path: str | os.PathLike[str]) -> dict[str, Any]:
         cache.close()
 
 
+IDENTITY_KEYS = (("schema_version", "schema version"), ("weights_sha256", "detector weights sha256"))
+
+
 def check_cache_identity(recorded: Mapping[str, Any], cache_path: str | os.PathLike[str], *, what: str) -> None:
     """Refuse a cache whose observations differ from the ones ``what`` was trained on.
 
     Raises:
-        CacheMismatchError: Other schema version or other detector weights.
+        CacheMismatchError: Other schema version, other detector weights, or other weights
+            of a frozen model the run's cache recorded (``model_weights``).
     """
     actual = cache_identity(cache_path)
-    for key, label in (("schema_version", "schema version"), ("weights_sha256", "detector weights sha256")):
-        if recorded.get(key) != actual[key]:
+    checks = [(key, label, recorded.get(key), actual[key]) for key, label in IDENTITY_KEYS]
+    # the sections' other frozen models (DFF, the glimpse models) shape observations too
+    for role, sha in sorted(dict(recorded.get("model_weights") or {}).items()):
+        checks.append((f"model_weights.{role}", f"{role} weights sha256", sha, actual["model_weights"].get(role)))
+    for key, label, expected, found in checks:
+        if expected != found:
             raise CacheMismatchError(
                 Path(cache_path),
-                f"{what} was trained on a cache with {label} {recorded.get(key)!r}, this one has {actual[key]!r}; "
-                "its observations come from another detector. Evaluate it on the cache it was trained on, "
+                f"{what} was trained on a cache with {label} {expected!r}, this one has {found!r}; "
+                "its observations come from other frozen models. Evaluate it on the cache it was trained on, "
                 "or retrain it on this one",
                 field=key,
             )

@@ -42,7 +42,7 @@ from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
 import gistgym
-from gistgym.agents.backends import INTERLEAVE_ENV_ID, EnvBackend, get_backend
+from gistgym.agents.backends import GLIMPSE_ENV_ID, INTERLEAVE_ENV_ID, EnvBackend, get_backend
 from gistgym.agents.ddqn import DoubleDQN
 from gistgym.agents.policy import SB3Policy
 from gistgym.agents.policy_nets import count_macs, count_parameters
@@ -61,6 +61,8 @@ from gistgym.videos.dataset import atomic_write_json
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO}
 """``--algo`` name -> SB3 class."""
+ADAFRAME = "adaframe"
+"""``--algo`` of the AdaFrame agent (Glimpse-v0; :mod:`gistgym.agents.glimpse_runs`)."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,9 @@ class TrainConfig:
     out: str = "runs/train"
     """Folder the run directories go into (OUT/NAME)."""
     env: str = INTERLEAVE_ENV_ID
-    """Environment id (gistgym/Interleave-v0 or gistgym/Keyframe-v0)."""
+    """Environment id (gistgym/Interleave-v0, gistgym/Keyframe-v0 or gistgym/Glimpse-v0)."""
     algo: str = "ddqn"
-    """ddqn (Double DQN, the paper's), dqn (SB3's vanilla DQN) or ppo."""
+    """ddqn (Double DQN, the paper's), dqn (SB3's vanilla DQN), ppo, or adaframe (Glimpse-v0 only)."""
     extractor: str = ""
     """Policy network (default: the env's first): Interleave paper (Fig. 4) or mlp; Keyframe mlp."""
     name: str = ""
@@ -89,6 +91,16 @@ class TrainConfig:
     """Interleave: cache extractors in action order, heavy first (e.g. heavy light light+shift)."""
     max_distance: int = 20
     """Keyframe: a keyframe is forced at this distance (D_max)."""
+    num_glimpses: int = 10
+    """Glimpse: glimpses per video (K)."""
+    adaframe_hidden: int = 256
+    """Glimpse, AdaFrame: width of the agent's LSTM."""
+    glimpse_sigma: float = 0.1
+    """Glimpse, AdaFrame: fixed standard deviation of the Gaussian location policy."""
+    utility_weight: float = 1.0
+    """Glimpse, AdaFrame: lambda in L_cls + lambda L_utl - lambda J_sel."""
+    cls_loss: str = "last"
+    """Glimpse, AdaFrame: cross-entropy after the last glimpse (`last`, the paper) or after every one (`all`)."""
     clip_len: int = 40
     """Frames per training episode."""
     history_len: int = 20
@@ -161,10 +173,22 @@ def check_config(config: TrainConfig) -> None:
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
     backend = get_backend(config.env)
-    if config.algo not in ALGORITHMS:
-        raise ConfigError(f"--algo {config.algo!r}: expected one of {', '.join(ALGORITHMS)}")
-    backend.policy_kwargs(extractor_name(config, backend), config.algo)  # raises for a misfit extractor
-    for field_name in ("total_timesteps", "num_envs", "batch_size", "buffer_size", "n_steps", "eval_videos"):
+    if config.algo == ADAFRAME:
+        if config.env != GLIMPSE_ENV_ID:
+            raise ConfigError(f"--algo adaframe trains on {GLIMPSE_ENV_ID}, not --env {config.env}")
+    elif config.algo not in ALGORITHMS:
+        raise ConfigError(f"--algo {config.algo!r}: expected one of {', '.join([*ALGORITHMS, ADAFRAME])}")
+    else:
+        backend.policy_kwargs(extractor_name(config, backend), config.algo)  # raises for a misfit extractor
+    for field_name in (
+        "total_timesteps",
+        "num_envs",
+        "batch_size",
+        "buffer_size",
+        "n_steps",
+        "eval_videos",
+        "num_glimpses",
+    ):
         if getattr(config, field_name) < 1:
             raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")
     if not 0.0 < config.discount <= 1.0:
@@ -218,10 +242,11 @@ def make_model(config: TrainConfig, venv: Any) -> BaseAlgorithm:
 class _TrainingCallback(BaseCallback):
     """Progress bar, training heavy fraction, and periodic greedy evaluations (eval/*)."""
 
-    def __init__(self, config: TrainConfig, evaluator: Any, name: str, fraction: str) -> None:
+    def __init__(self, config: TrainConfig, evaluator: Any, name: str, backend: EnvBackend) -> None:
         super().__init__()
         self.config = config
-        self.fraction = fraction
+        self.fraction = backend.fraction
+        self.score = backend.score
         self.evaluator = evaluator
         self.run_name = name
         self.history: list[dict[str, Any]] = []
@@ -236,8 +261,9 @@ class _TrainingCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         actions = np.asarray(self.locals.get("actions", ()))
-        self._heavy += int((actions == 0).sum())
-        self._actions += actions.size
+        if actions.dtype.kind in "iu":  # the expensive action's share (discrete action spaces)
+            self._heavy += int((actions == 0).sum())
+            self._actions += actions.size
         if self._bar is not None:
             self._bar.update(self.training_env.num_envs)
         if self.num_timesteps >= self._next_eval:
@@ -260,7 +286,7 @@ class _TrainingCallback(BaseCallback):
         self.logger.dump(self.num_timesteps)
         self.history.append(row)
         if self._bar is not None:
-            self._bar.set_postfix(map50=f"{row['map50']:.3f}", fraction=f"{row[self.fraction]:.2f}")
+            self._bar.set_postfix({self.score: f"{row[self.score]:.3f}", self.fraction: f"{row[self.fraction]:.2f}"})
         return row
 
     def _on_training_end(self) -> None:
@@ -268,7 +294,14 @@ class _TrainingCallback(BaseCallback):
             self._bar.close()
 
 
-def plot_training(history: Sequence[dict[str, Any]], path: Path, title: str, fraction: str = "heavy_fraction") -> None:
+def plot_training(
+    history: Sequence[dict[str, Any]],
+    path: Path,
+    title: str,
+    fraction: str = "heavy_fraction",
+    score: str = "map50",
+    fraction_max: float = 1.0,
+) -> None:
     """Evaluation mAP and the expensive action's share over training steps (the paper's Fig. 8), as a PNG."""
     import matplotlib
 
@@ -277,14 +310,15 @@ def plot_training(history: Sequence[dict[str, Any]], path: Path, title: str, fra
 
     steps = [h["timesteps"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, [h["map50"] for h in history], "o-", color="tab:blue", label="eval mAP@0.5")
+    score_label = "mAP@0.5" if score == "map50" else score
+    ax.plot(steps, [h[score] for h in history], "o-", color="tab:blue", label=f"eval {score_label}")
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("mAP@0.5", color="tab:blue")
+    ax.set_ylabel(score_label, color="tab:blue")
     ax2 = ax.twinx()
     label = fraction.replace("_", " ")
     ax2.plot(steps, [h[fraction] for h in history], "s--", color="tab:red", label=label)
     ax2.set_ylabel(label, color="tab:red")
-    ax2.set_ylim(0, 1)
+    ax2.set_ylim(0, fraction_max)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
@@ -311,6 +345,10 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
     name = run_name(config)
     out = Path(config.out)
     target = _prepare_target(out, name, config.overwrite)
+    if config.algo == ADAFRAME:
+        from gistgym.agents.glimpse_runs import train_adaframe_run
+
+        return train_adaframe_run(config, target, command=command)
     backend = get_backend(config.env)
     kwargs = env_kwargs(config)
     identity = cache_identity(config.cache)
@@ -323,7 +361,7 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
         venv.seed(config.seed)
         model = make_model(config, venv)
         model.set_logger(configure(str(partial / TENSORBOARD_DIR), ["tensorboard", "csv"]))
-        tracker = _TrainingCallback(config, evaluator, name, backend.fraction)
+        tracker = _TrainingCallback(config, evaluator, name, backend)
         callbacks: list[BaseCallback] = [tracker]
         if config.checkpoint_every > 0:
             every = max(1, config.checkpoint_every // config.num_envs)
@@ -336,7 +374,14 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
         model.save(partial / MODEL_FILE)
         history = {"split": config.eval_split, "videos": list(evaluator.video_ids), "history": tracker.history}
         atomic_write_json(partial / EVAL_FILE, history)
-        plot_training(tracker.history, partial / "training.png", f"{name} on {config.eval_split}", backend.fraction)
+        plot_training(
+            tracker.history,
+            partial / "training.png",
+            f"{name} on {config.eval_split}",
+            backend.fraction,
+            backend.score,
+            fraction_max=float(backend.fraction_max(kwargs)),
+        )
         policy = model.policy
         q_net = getattr(policy, "q_net", None)
         atomic_write_json(

@@ -449,9 +449,7 @@ def glimpse_from_bytes(data: bytes, sidecar: Mapping[str, Any], path: Path) -> G
     return frozen
 
 
-def load_glimpse(
-    path: str | Path | None = None, *, check_sha256: bool = True
-) -> tuple[GlimpseModels, dict[str, Any]]:
+def load_glimpse(path: str | Path | None = None, *, check_sha256: bool = True) -> tuple[GlimpseModels, dict[str, Any]]:
     """Load glimpse weights and their sidecar (default: the shipped ones).
 
     Raises:
@@ -463,7 +461,9 @@ def load_glimpse(
         raise WeightsError(path, f"weights file does not exist; train it with `{TRAIN_HINT}`")
     if check_sha256 and sha256_file(path) != meta.get("sha256"):
         raise WeightsError(
-            path, f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)", field="sha256"
+            path,
+            f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)",
+            field="sha256",
         )
     return glimpse_from_bytes(path.read_bytes(), meta, path), meta
 

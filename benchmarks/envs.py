@@ -31,7 +31,8 @@ its split.
   ratios to a ``SyncVectorEnv`` and to Interleave-v0.
 * Glimpse-v0: native batched env steps/s (``GlimpseVectorEnv``, random locations, autoresets
   included) at N = 1, 16, 64 on the glimpse cache ``--glimpse-cache`` (default
-  ``data/glimpse.h5``; the section is skipped with a one-line message when it is missing).
+  ``data/glimpse.h5``; the section is skipped with a one-line message when it is missing),
+  and AdaFrame training videos/s (whole training steps) next to the env's episodes/s.
 """
 
 from __future__ import annotations
@@ -191,6 +192,29 @@ def glimpse_benchmark(cache: Path, args: argparse.Namespace) -> None:
         print(f"{n:>4} {vector_rate * n:>12.0f} {vector_rate:>15.0f} {bare_rate * n:>10.0f} {ratio:>6.2f}")
         env.close()
     print("(bare clf = one step of the frozen numpy classifier on the same N rows, nothing else)")
+    adaframe_benchmark(cache, args, env_episodes=vector_rate * SIZES[-1] / core.num_glimpses)
+
+
+def adaframe_benchmark(cache: Path, args: argparse.Namespace, env_episodes: float) -> None:
+    """AdaFrame training videos/s (gistgym train --algo adaframe's defaults) on ``cache``'s split."""
+    from gistgym.agents.adaframe import AdaFrameConfig, train_adaframe
+    from gistgym.feature_cache import FeatureCache
+    from gistgym.feature_cache.glimpse import read_glimpse_section
+
+    with FeatureCache(cache, sections=("glimpse",)) as c:
+        section = read_glimpse_section(c)
+        videos = section.load_split(c, args.glimpse_split)
+    cfg = AdaFrameConfig(train_steps=20)
+    rates = []
+    for _ in range(args.rounds):
+        _, history = train_adaframe(videos, section, cfg, progress=False)
+        rates.append(history.videos_per_second)
+    speed = statistics.median(rates)
+    print(
+        f"\nAdaFrame training (batch {cfg.batch_size}, K = {cfg.num_glimpses}, LSTM {cfg.hidden}; rollout, "
+        f"rewards, losses, backward, Adam): {speed:.0f} videos/s = {speed * cfg.num_glimpses:.0f} glimpses/s; "
+        f"the batched env alone runs {env_episodes:.0f} episodes/s at N = {SIZES[-1]} ({speed / env_episodes:.2f}x)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

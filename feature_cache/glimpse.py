@@ -186,13 +186,17 @@ def read_glimpse_section(cache: FeatureCache) -> GlimpseSection:
         cfg = GlimpseConfig.from_dict(data.attrs[ATTR_CONFIG])
         costs = GlimpseCosts.from_dict(data.attrs[ATTR_COSTS])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CacheError(cache.path, f"bad glimpse configuration or costs: {exc!r}; rebuild the cache", field=where) from exc
+        raise CacheError(
+            cache.path, f"bad glimpse configuration or costs: {exc!r}; rebuild the cache", field=where
+        ) from exc
     classifier = GlimpseClassifier(cfg.feature_dim, cfg.hidden, cfg.num_classes)
     try:
         state = {k: torch.from_numpy(np.array(v)) for k, v in data.tensors[CLASSIFIER].items()}
         classifier.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError) as exc:
-        raise CacheError(cache.path, f"classifier tensors do not fit its configuration: {exc}", field=f"{where}/{CLASSIFIER}") from exc
+        raise CacheError(
+            cache.path, f"classifier tensors do not fit its configuration: {exc}", field=f"{where}/{CLASSIFIER}"
+        ) from exc
     classifier.eval().requires_grad_(False)
     return GlimpseSection(cache.path, cfg, costs, tuple(cache.info.dataset.get("classes", ())), classifier)
 

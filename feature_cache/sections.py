@@ -272,5 +272,5 @@ def interleave_modules(attrs: Mapping[str, Any], tensors: Mapping[str, Mapping[s
     return InterleaveModules(config, tuple(attrs[schema.INTERLEAVE_EXTRACTORS]), memory, head)
 
 
-from gistgym.feature_cache import keyframe as _keyframe  # noqa: E402,F401  (registers the keyframe section)
 from gistgym.feature_cache import glimpse as _glimpse  # noqa: E402,F401  (registers the glimpse section)
+from gistgym.feature_cache import keyframe as _keyframe  # noqa: E402,F401  (registers the keyframe section)

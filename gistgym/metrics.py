@@ -1,4 +1,4 @@
-"""Detection accuracy: COCO-style mAP@0.5 computed by ``faster-coco-eval``.
+"""Accuracy metrics: COCO-style detection mAP@0.5 (``faster-coco-eval``) and video-classification mAP.
 
 Ground truth that should not count (objects outside an evaluated subset, e.g. only the
 fast ones) is passed as *ignored*: it is marked ``iscrowd`` so a detection on it is
@@ -144,3 +144,87 @@ def detection_map50_subsets(
             ev.summarize()
         results[name] = max(float(ev.stats[1]), 0.0)
     return results
+
+
+# --- video classification ----------------------------------------------------------------------
+
+
+def _scores_and_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 2 or labels.shape != (scores.shape[0],):
+        raise ValueError(f"expected scores (V, C) and labels (V,), got {scores.shape} and {labels.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    if labels.size and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise ValueError(f"labels must lie in 0..{scores.shape[1] - 1}")
+    return scores, labels.astype(np.int64)
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray, *, ties: str = "group") -> float:
+    """Area under the precision-recall curve of one binary problem.
+
+    ``AP = sum_n (R_n - R_{n-1}) P_n`` over the ranking by decreasing score: with every item
+    its own threshold this is the mean, over the positives, of the precision at each
+    positive's rank.
+
+    Args:
+        scores: (N,) scores, higher = more likely positive.
+        positives: (N,) bool.
+        ties: ``"group"`` (scikit-learn's ``average_precision_score``): items with equal
+            scores form one threshold, so each positive of a tie group gets the precision
+            at the end of the group and the answer does not depend on the input order.
+            ``"stable"``: ties are broken by a stable sort (the earlier item ranks
+            higher), so each positive gets the precision at its own rank.
+
+    Returns:
+        AP in [0, 1]; ``nan`` when there is no positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    pos = np.asarray(positives, dtype=bool).reshape(-1)
+    if scores.shape != pos.shape:
+        raise ValueError(f"{scores.shape[0]} scores but {pos.shape[0]} labels")
+    if ties not in ("group", "stable"):
+        raise ValueError(f"ties must be 'group' or 'stable', got {ties!r}")
+    total = int(pos.sum())
+    if total == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], pos[order]
+    tp = np.cumsum(y)
+    rank = np.arange(1, len(y) + 1)
+    if ties == "stable":
+        return float(np.mean(tp[y] / rank[y]))
+    last = np.r_[s[1:] != s[:-1], True]  # the last item of each tie group: sklearn's thresholds
+    tp_g, rank_g = tp[last], rank[last]
+    recall_step = np.diff(tp_g, prepend=0) / total
+    return float(np.sum(recall_step * tp_g / rank_g))
+
+
+def video_map(scores: np.ndarray, labels: np.ndarray, *, ties: str = "group") -> float:
+    """Video mean average precision: the mean over classes of one-vs-rest :func:`average_precision`.
+
+    Class ``c`` ranks every video by ``scores[:, c]``; its positives are the videos labelled
+    ``c``. Classes without a positive video are left out of the mean.
+
+    Args:
+        scores: (V, C) per-video class scores (e.g. probabilities).
+        labels: (V,) int labels in 0..C-1.
+        ties: How equal scores rank, see :func:`average_precision` (default: scikit-learn's).
+
+    Returns:
+        mAP in [0, 1]; ``nan`` when there are no videos.
+    """
+    scores, labels = _scores_and_labels(scores, labels)
+    aps = [
+        average_precision(scores[:, c], labels == c, ties=ties) for c in range(scores.shape[1]) if (labels == c).any()
+    ]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of videos whose highest score is their label (ties: the lowest class index wins)."""
+    scores, labels = _scores_and_labels(scores, labels)
+    if len(labels) == 0:
+        return float("nan")
+    return float((scores.argmax(axis=1) == labels).mean())

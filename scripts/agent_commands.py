@@ -48,17 +48,22 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def cmd_compare(ns: argparse.Namespace) -> int:
     """Compare baselines and trained runs on a held-out split."""
     _set_threads()
-    from gistgym.agents.compare import CompareConfig, compare, format_table, format_verdict
+    from gistgym.agents.compare import CompareConfig, Comparison, compare_any, format_table, format_verdict
+    from gistgym.agents.glimpse_compare import format_glimpse_table, format_glimpse_verdict
 
     config = dataclass_from_args(CompareConfig, ns)
     if config.json:
         config = CompareConfig(**{**config.__dict__, "progress": False})
-    result = compare(config)
+    result = compare_any(config)
     if config.json:
         print(json.dumps({**result.as_json(), "verdict": result.verdict}))
-    else:
+    elif isinstance(result, Comparison):
         print(format_table(result))
         print(format_verdict(result.verdict, result.backend.fraction.replace("_", " ")))
+    else:
+        print(format_glimpse_table(result))
+        print(format_glimpse_verdict(result.verdict))
+    if not config.json:
         print(f"wrote table.md, results.csv, results.json, pareto.png and timeline.png to {config.out}")
     return 0
 
@@ -68,7 +73,10 @@ def register_agent_commands(sub: Any) -> None:
     from gistgym.agents.compare import CompareConfig
     from gistgym.agents.train import TrainConfig
 
-    p = sub.add_parser("train", help="train Double DQN / DQN / PPO on a cached environment (or a gamma sweep)")
+    p = sub.add_parser(
+        "train",
+        help="train Double DQN / DQN / PPO (or AdaFrame on Glimpse-v0) on a cached environment, or a gamma sweep",
+    )
     add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("compare", help="baselines and trained runs on a held-out split: table, CSV, Pareto plot")

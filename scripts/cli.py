@@ -28,7 +28,7 @@ class VideosMakeArgs:
     out: str = "data/bench"
     """Output folder of the benchmark."""
     kind: str = "detection"
-    """`detection` (the detection benchmark) or `untrimmed` (videos whose class shows in one window, for frame selection)."""
+    """`detection` (the detection benchmark) or `untrimmed` (the class shows in one window: frame selection)."""
     seed: int = 0
     """Benchmark seed (same seed, byte-identical files)."""
     train: int = -1

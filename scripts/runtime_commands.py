@@ -60,11 +60,20 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _is_glimpse_policy(spec: str) -> bool:
+    from gistgym.agents.glimpse_export import policy_env_id
+
+    env_id = policy_env_id(spec)
+    return env_id is not None and env_id.startswith("gistgym/Glimpse-v")
+
+
 def cmd_detect(ns: argparse.Namespace) -> int:
-    """Run the interleaved detector on a video file."""
+    """Run the interleaved detector (or, for an exported AdaFrame agent, the glimpse runtime) on a video file."""
     from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
 
     _set_threads()
+    if _is_glimpse_policy(ns.policy):
+        return _cmd_detect_glimpse(ns)
     args = DetectArgs(
         video=ns.video,
         policy=ns.policy,
@@ -82,6 +91,31 @@ def cmd_detect(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_detect_glimpse(ns: argparse.Namespace) -> int:
+    from gistgym.errors import ConfigError
+    from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
+
+    if ns.async_mode or ns.weights or ns.heavy_delay_frames:
+        raise ConfigError(
+            f"--async, --weights and --heavy-delay-frames apply to the interleaved detector; {ns.policy} is an "
+            "AdaFrame (gistgym/Glimpse-v0) policy: use --glimpse-weights, --mu, --patience, --num-glimpses"
+        )
+    args = GlimpseDetectArgs(
+        video=ns.video,
+        policy=ns.policy,
+        out=ns.out,
+        glimpse_weights=ns.glimpse_weights,
+        mu=ns.mu,
+        patience=ns.patience,
+        num_glimpses=ns.num_glimpses,
+        max_frames=ns.max_frames,
+        progress=ns.progress and not ns.json,
+    )
+    summary = detect_glimpse(args)
+    print(json.dumps(summary) if ns.json else format_glimpse_summary(summary))
+    return 0
+
+
 def cmd_sample_video(ns: argparse.Namespace) -> int:
     """Put the real sample video in a folder and print its path."""
     from gistgym.runtime.sample_video import obtain_sample_video
@@ -93,6 +127,7 @@ def cmd_sample_video(ns: argparse.Namespace) -> int:
 def register_runtime_commands(sub: Any) -> None:
     """Add ``export``, ``detect`` and ``sample-video`` to the top-level subparsers."""
     from gistgym.runtime.detect import ANNOTATE_CHOICES, DetectArgs
+    from gistgym.runtime.glimpse import GlimpseDetectArgs
 
     docs = field_docs(ExportArgs)
     p = sub.add_parser("export", help="export a trained policy network to TorchScript or ONNX (+ JSON sidecar)")
@@ -103,7 +138,11 @@ def register_runtime_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_export)
 
     docs = field_docs(DetectArgs)
-    p = sub.add_parser("detect", help="run the interleaved detector on a video file with a policy (sync or async)")
+    p = sub.add_parser(
+        "detect",
+        help="run the interleaved detector on a video file with a policy (sync or async), or an exported "
+        "AdaFrame agent (glimpse runtime)",
+    )
     p.add_argument("video", help=docs["video"])
     p.add_argument("--policy", default=DetectArgs.policy, help=docs["policy"])
     p.add_argument("--out", default=DetectArgs.out, help=docs["out"])
@@ -115,6 +154,12 @@ def register_runtime_commands(sub: Any) -> None:
     p.add_argument("--draw-threshold", type=float, default=DetectArgs.draw_threshold, help=docs["draw_threshold"])
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help=docs["progress"])
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    gdocs = field_docs(GlimpseDetectArgs)
+    g = p.add_argument_group("AdaFrame policies (an exported gistgym/Glimpse-v0 agent: the glimpse runtime)")
+    g.add_argument("--glimpse-weights", default="", help=gdocs["glimpse_weights"])
+    g.add_argument("--mu", type=float, default=GlimpseDetectArgs.mu, help=gdocs["mu"])
+    g.add_argument("--patience", type=int, default=GlimpseDetectArgs.patience, help=gdocs["patience"])
+    g.add_argument("--num-glimpses", type=int, default=0, help=gdocs["num_glimpses"])
     p.set_defaults(func=cmd_detect)
 
     docs = field_docs(SampleVideoArgs)

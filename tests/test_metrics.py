@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from gistgym.metrics import detection_map50, detection_map50_subsets
+from gistgym.metrics import average_precision, detection_map50, detection_map50_subsets, top1_accuracy, video_map
 
 
 @dataclass
@@ -134,3 +134,62 @@ def test_mean_over_classes() -> None:
     # a class with ground truth and no detections counts as 0
     gts4 = [gts2[0], gt([[5, 5, 20, 25], [30, 30, 40, 40]], [0, 2])]
     assert detection_map50(gts4, dets2, 3) == pytest.approx((HAND_AP + 1.0 + 0.0) / 3, abs=1e-6)
+
+
+# --- video mAP ----------------------------------------------------------------------------------
+
+# Five videos, labels 0, 0, 1, 1, 0; class 2 has no video (left out of the mean).
+VIDEO_LABELS = np.array([0, 0, 1, 1, 0])
+VIDEO_SCORES = np.array(
+    [
+        [0.9, 0.1, 0.0],
+        [0.8, 0.2, 0.0],
+        [0.8, 0.7, 0.0],
+        [0.3, 0.4, 0.9],
+        [0.1, 0.5, 0.9],
+    ]
+)
+# Class 0 ranks 0.9 (P), then the tie 0.8 (P, video 1) / 0.8 (N, video 2), 0.3 (N), 0.1 (P).
+# ties="group" (sklearn): the tie is one threshold: precision 2/3 at the recall reached there,
+#   AP = 1/3 * 1 + 1/3 * 2/3 + 1/3 * 3/5 = 34/45.
+# ties="stable": video 1 ranks before video 2: precisions 1/1, 2/2, 3/5, AP = 13/15.
+CLASS0_GROUP, CLASS0_STABLE = 34 / 45, 13 / 15
+# Class 1 ranks 0.7 (P), 0.5 (N), 0.4 (P), 0.2, 0.1: AP = (1 + 2/3) / 2 = 5/6 (no ties).
+CLASS1 = 5 / 6
+
+
+def test_average_precision_by_hand_with_ties() -> None:
+    pos0 = VIDEO_LABELS == 0
+    assert average_precision(VIDEO_SCORES[:, 0], pos0) == pytest.approx(CLASS0_GROUP)
+    assert average_precision(VIDEO_SCORES[:, 0], pos0, ties="stable") == pytest.approx(CLASS0_STABLE)
+    # swapping the tied videos: "group" does not change, "stable" now ranks the negative first
+    swap = [0, 2, 1, 3, 4]
+    assert average_precision(VIDEO_SCORES[swap, 0], pos0[swap]) == pytest.approx(CLASS0_GROUP)
+    assert average_precision(VIDEO_SCORES[swap, 0], pos0[swap], ties="stable") == pytest.approx(CLASS0_GROUP)
+    assert average_precision(VIDEO_SCORES[:, 1], VIDEO_LABELS == 1) == pytest.approx(CLASS1)
+    # perfect and worst rankings, no positives
+    assert average_precision(np.array([3.0, 2.0, 1.0]), np.array([1, 1, 0])) == pytest.approx(1.0)
+    assert average_precision(np.array([3.0, 2.0, 1.0]), np.array([0, 0, 1])) == pytest.approx(1 / 3)
+    # every score tied: precision = prevalence
+    assert average_precision(np.zeros(4), np.array([1, 0, 0, 0])) == pytest.approx(1 / 4)
+    assert average_precision(np.zeros(4), np.array([1, 0, 0, 0]), ties="stable") == pytest.approx(1.0)
+    assert math.isnan(average_precision(np.array([1.0, 2.0]), np.array([0, 0])))
+    with pytest.raises(ValueError, match="ties"):
+        average_precision(np.zeros(2), np.ones(2), ties="random")
+
+
+def test_video_map_and_top1_by_hand() -> None:
+    assert video_map(VIDEO_SCORES, VIDEO_LABELS) == pytest.approx((CLASS0_GROUP + CLASS1) / 2)
+    assert video_map(VIDEO_SCORES, VIDEO_LABELS, ties="stable") == pytest.approx((CLASS0_STABLE + CLASS1) / 2)
+    # only the ranking within each class counts: a monotone transform of a column changes nothing
+    squashed = VIDEO_SCORES.copy()
+    squashed[:, 1] = squashed[:, 1] ** 3
+    assert video_map(squashed, VIDEO_LABELS) == pytest.approx((CLASS0_GROUP + CLASS1) / 2)
+    # top-1: argmax per video 0, 0, 0, 2, 2 -> videos 0 and 1 right
+    assert top1_accuracy(VIDEO_SCORES, VIDEO_LABELS) == pytest.approx(2 / 5)
+    assert video_map(np.eye(3)[[0, 1, 2]], np.array([0, 1, 2])) == pytest.approx(1.0)
+    assert math.isnan(video_map(np.zeros((0, 3)), np.zeros(0, dtype=int)))
+    with pytest.raises(ValueError, match="labels"):
+        video_map(VIDEO_SCORES, np.array([0, 0, 1, 1, 3]))
+    with pytest.raises(ValueError, match="expected scores"):
+        video_map(VIDEO_SCORES, VIDEO_LABELS[:4])

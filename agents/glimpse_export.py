@@ -1,0 +1,636 @@
+"""Export a trained AdaFrame agent (``gistgym/Glimpse-v0``) to TorchScript or ONNX, and load it back.
+
+An exported AdaFrame agent is two files, like an exported interleave policy
+(:mod:`gistgym.agents.export`):
+
+* ``FILE`` (``.pt`` TorchScript or ``.onnx``): the whole agent as **one** module with one
+  fixed signature, one glimpse step per call::
+
+      logits, location, utility, h_out, c_out = agent(frame_feature, memory, h, c, started)
+
+      frame_feature (B, F) float32       pooled heavy feature of the frame just glimpsed
+                                         (ignored when started = 0: pass zeros)
+      memory        (B, T_d, F + P)      the global memory: T_d pooled light features with
+                    float32              their positional encoding appended
+                                         (gistgym.backbones.glimpse.memory_with_positions)
+      h, c          (B, H) float32       the agent's LSTM state after the previous step
+                                         (ignored when started = 0: pass zeros)
+      started       (B, 1) float32       0: no frame seen yet -- the memory-only initial step
+                                         (AdaFrameNet.initial); 1: a normal glimpse step
+                                         (AdaFrameNet.step on frame_feature and (h, c))
+      logits        (B, C) float32       prediction head at the new state (meaningless after
+                                         the initial step)
+      location      (B,) float32         mean location in [0, 1] of the next glimpse
+                                         (frame index = round(location * (T - 1)))
+      utility       (B,) float32         V, the reward the agent still expects from looking on
+      h_out, c_out  (B, H) float32       the new LSTM state (feed back as h, c)
+
+  One entry point rather than two: both ONNX and TorchScript keep one graph with a fixed
+  signature, and a caller drives both kinds of step the same way. The module computes both
+  branches with the network's own ``initial`` and ``step`` and selects per row with
+  ``started > 0.5`` (``torch.where``), so either branch is exactly the Python network's
+  (the unused branch costs one small LSTM step). The memory's keys and values are
+  re-encoded on every call (``T_d`` x ``(F + P)`` x ``E`` multiply-adds, negligible next to the
+  heavy extractor) so the module stays stateless. ``B`` is dynamic (1 online), ``T_d`` is
+  fixed to the training cache's ``memory_frames``. Locations are deterministic (the mean of
+  the Gaussian policy), as in :func:`gistgym.agents.adaframe.adaptive_lookahead`.
+* ``FILE.json``, the sidecar (format ``gistgym-policy``, like the interleave sidecar): the
+  environment id and version, the cache identity (schema version, dataset, the glimpse
+  models' weights sha256 ``cache.glimpse_weights_sha256``), the AdaFrame configuration
+  (K, feature / memory widths, classes, ...), the memory layout (``T_d``, ``P``), class names,
+  the observation layout, the gistgym and torch versions, the format (and ONNX opset) and the
+  sha256 of ``FILE``.
+
+Nothing is pickled. :func:`load_glimpse_policy` refuses a missing or foreign sidecar, a file
+changed since export, a policy made for another environment (version), glimpse models or
+memory layout, and an ONNX file of another opset, each with a typed error naming the file
+and the mismatch (:class:`~gistgym.errors.PolicyFileError`,
+:class:`~gistgym.errors.PolicyMismatchError`, :class:`~gistgym.errors.OnnxOpsetError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import gistgym
+from gistgym.agents.adaframe import AdaFrameConfig, AdaFrameNet
+from gistgym.agents.export import (
+    FORMATS,
+    ONNX_OPSET,
+    SIDECAR_FORMAT,
+    SIDECAR_FORMAT_VERSION,
+    ExportResult,
+    parse_env_id,
+    sidecar_path,
+)
+from gistgym.errors import ConfigError, OnnxOpsetError, PolicyFileError, PolicyMismatchError
+from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json, new_temp_file
+
+GLIMPSE_ENV_ID = "gistgym/Glimpse-v0"
+INPUT_NAMES = ("frame_feature", "memory", "h", "c", "started")
+OUTPUT_NAMES = ("logits", "location", "utility", "h_out", "c_out")
+GLIMPSE_ALGORITHM = "AdaFrame"
+
+StepOutputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class AdaFrameStepModule(nn.Module):
+    """An :class:`AdaFrameNet` behind the fixed one-step signature (see the module docstring)."""
+
+    def __init__(self, net: AdaFrameNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self, frame_feature: Tensor, memory: Tensor, h: Tensor, c: Tensor, started: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One glimpse step (``started`` = 1) or the memory-only initial step (``started`` = 0)."""
+        keys, values = self.net.encode_memory(memory)
+        first, (h0, c0) = self.net.initial(keys, values)
+        then, (h1, c1) = self.net.step(frame_feature, (h, c), keys, values)
+        row = started > 0.5  # (B, 1)
+        flat = row[:, 0]  # (B,)
+        logits = torch.where(row, then.logits, first.logits)
+        location = torch.where(flat, then.mu, first.mu).clamp(0.0, 1.0)
+        utility = torch.where(flat, then.utility, first.utility)
+        return logits, location, utility, torch.where(row, h1, h0), torch.where(row, c1, c0)
+
+
+@dataclass(frozen=True)
+class GlimpsePolicyContext:
+    """What an exported AdaFrame agent was trained on and expects of its inputs.
+
+    Attributes:
+        adaframe: The agent's configuration (K, widths, classes).
+        memory_frames: T_d, entries of the global memory.
+        position_dim: P, width of the positional encoding appended to each memory entry.
+        cache_identity: The training run's cache identity (schema version, detector and
+            frozen models' weights sha256, dataset).
+        glimpse_weights_sha256: sha256 of the glimpse models' weights the cache was built from.
+        class_names: Class names (empty if the dataset names none).
+        env_id: The environment id.
+        env_kwargs: The environment arguments of the run.
+        source: Where the policy came from (a run directory), for people.
+    """
+
+    adaframe: AdaFrameConfig
+    memory_frames: int
+    position_dim: int
+    cache_identity: Mapping[str, Any]
+    glimpse_weights_sha256: str
+    class_names: tuple[str, ...] = ()
+    env_id: str = GLIMPSE_ENV_ID
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def observation_layout(self) -> dict[str, Any]:
+        """The inputs as the sidecar records them."""
+        a = self.adaframe
+        f, p = a.feature_dim, self.position_dim
+        return {
+            "frame_feature": {
+                "shape": ["B", f],
+                "dtype": "float32",
+                "channels": {"average_pool": [0, f // 2], "max_pool": [f // 2, f]},
+                "meaning": "heavy extractor on the glimpsed frame (full resolution), pooled over space; "
+                "zeros when started = 0",
+            },
+            "memory": {
+                "shape": ["B", self.memory_frames, a.memory_dim],
+                "dtype": "float32",
+                "channels": {
+                    "average_pool": [0, f // 2],
+                    "max_pool": [f // 2, f],
+                    "sin(pi k x), k=1..P/2": [f, f + p // 2],
+                    "cos(pi k x), k=1..P/2": [f + p // 2, f + p],
+                },
+                "meaning": "light extractor on T_d frames at the centres of T_d equal parts of the video, pooled, "
+                "with the positional encoding of each frame's location x = index / (T - 1)",
+            },
+            "h": {"shape": ["B", a.hidden], "dtype": "float32", "meaning": "LSTM h of the previous step"},
+            "c": {"shape": ["B", a.hidden], "dtype": "float32", "meaning": "LSTM c of the previous step"},
+            "started": {
+                "shape": ["B", 1],
+                "dtype": "float32",
+                "meaning": "0: initial step (memory only, zero state); 1: glimpse step on frame_feature and (h, c)",
+            },
+        }
+
+
+def glimpse_context_from_run(run_dir: str | os.PathLike[str]) -> GlimpsePolicyContext:
+    """The :class:`GlimpsePolicyContext` of an AdaFrame run directory.
+
+    The memory layout and class names come from the run's cache, whose identity is checked
+    against the one the run recorded.
+
+    Raises:
+        RunError: Not an AdaFrame run.
+        ConfigError: The run names no cache or recorded no glimpse weights.
+        CacheError, CacheMismatchError: The cache is unreadable or not the run's.
+    """
+    from gistgym.agents.runs import check_cache_identity, read_run_config
+    from gistgym.errors import RunError
+    from gistgym.feature_cache import FeatureCache
+    from gistgym.feature_cache.glimpse import SECTION_GLIMPSE, read_glimpse_section
+
+    path = Path(run_dir)
+    config = read_run_config(path)
+    if config.get("algo") != "adaframe":
+        raise RunError(path / "config.json", f"not an AdaFrame run (algo {config.get('algo')!r})", field="algo")
+    identity = dict(config.get("cache_identity") or {})
+    glimpse_sha = (identity.get("model_weights") or {}).get("glimpse")
+    if not glimpse_sha:
+        raise ConfigError(f"run {path} recorded no glimpse weights sha256 in cache_identity.model_weights")
+    cache_path = config.get("cache_path")
+    if not cache_path:
+        raise ConfigError(f"the config of run {path} names no cache_path; cannot read the memory layout")
+    check_cache_identity(identity, cache_path, what=f"run {path}")
+    cache = FeatureCache(Path(cache_path), sections=(SECTION_GLIMPSE,))
+    try:
+        section = read_glimpse_section(cache)
+    finally:
+        cache.close()
+    cfg = AdaFrameConfig.from_dict(config["adaframe"])
+    names = section.class_names or tuple((identity.get("dataset") or {}).get("classes") or ())
+    return GlimpsePolicyContext(
+        adaframe=cfg,
+        memory_frames=int(section.config.memory_frames),
+        position_dim=int(section.config.position_dim),
+        cache_identity=identity,
+        glimpse_weights_sha256=str(glimpse_sha),
+        class_names=tuple(str(n) for n in names) if len(names) == cfg.num_classes else (),
+        env_id=str(config.get("env_id") or GLIMPSE_ENV_ID),
+        env_kwargs=dict(config.get("env_kwargs") or {}),
+        source=str(path),
+    )
+
+
+def example_inputs(ctx: GlimpsePolicyContext, batch: int, seed: int = 0) -> tuple[Tensor, ...]:
+    """Random inputs of the module's signature (``started`` alternating 0, 1)."""
+    a = ctx.adaframe
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(batch, a.feature_dim, generator=g),
+        torch.randn(batch, ctx.memory_frames, a.memory_dim, generator=g),
+        torch.randn(batch, a.hidden, generator=g) * 0.1,
+        torch.randn(batch, a.hidden, generator=g) * 0.1,
+        (torch.arange(batch) % 2).float()[:, None],
+    )
+
+
+def export_adaframe(
+    net: AdaFrameNet, out: str | os.PathLike[str], export_format: str, context: GlimpsePolicyContext
+) -> ExportResult:
+    """Write ``net`` behind the one-step signature to ``out`` and its sidecar ``out.json``.
+
+    Both files are written through a temporary name and renamed into place (sidecar last).
+
+    Raises:
+        ConfigError: Unknown format, or ``net``'s configuration differs from ``context``'s.
+    """
+    if export_format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {export_format!r}")
+    if net.config != context.adaframe:
+        raise ConfigError(f"the network's configuration {net.config} differs from the run's {context.adaframe}")
+    module = AdaFrameStepModule(net).cpu().eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_temp_file(out.parent, f".{out.name}.", ".tmp")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit / exporter deprecation and tracer notices
+            args = example_inputs(context, 2)
+            if export_format == "torchscript":
+                traced = torch.jit.trace(module, args, check_trace=False)
+                traced.save(str(tmp))
+            else:
+                _export_onnx(module, args, tmp)
+        data = tmp.read_bytes()
+        atomic_write_bytes(out, data)
+    finally:
+        tmp.unlink(missing_ok=True)
+    digest = hashlib.sha256(data).hexdigest()
+    side = sidecar_path(out)
+    atomic_write_json(side, build_glimpse_sidecar(context, export_format, digest))
+    return ExportResult(out, side, digest, export_format)
+
+
+def _export_onnx(module: nn.Module, args: tuple[Tensor, ...], path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        program = torch.onnx.export(
+            module,
+            args,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={name: {0: batch} for name in INPUT_NAMES},
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:
+        raise ConfigError("the ONNX exporter returned no program")
+    program.save(str(path), external_data=False)
+
+
+def build_glimpse_sidecar(ctx: GlimpsePolicyContext, export_format: str, file_sha256: str) -> dict[str, Any]:
+    """The JSON sidecar of an exported AdaFrame agent (see the module docstring)."""
+    name, version = parse_env_id(ctx.env_id)
+    a = ctx.adaframe
+    identity = json.loads(json.dumps(dict(ctx.cache_identity), default=str))
+    return {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_FORMAT_VERSION,
+        "gistgym_version": gistgym.__version__,
+        "export_format": export_format,
+        "onnx_opset": ONNX_OPSET if export_format == "onnx" else None,
+        "torch_version": torch.__version__,
+        "file_sha256": file_sha256,
+        "algorithm": GLIMPSE_ALGORITHM,
+        "source": ctx.source,
+        "env": {"id": ctx.env_id, "name": name, "version": version, "kwargs": dict(ctx.env_kwargs)},
+        "cache": {
+            "schema_version": identity.get("schema_version"),
+            "weights_sha256": identity.get("weights_sha256"),
+            "glimpse_weights_sha256": ctx.glimpse_weights_sha256,
+            "identity": identity,
+        },
+        "adaframe": a.to_dict(),
+        "num_glimpses": a.num_glimpses,
+        "feature_dim": a.feature_dim,
+        "memory_dim": a.memory_dim,
+        "hidden": a.hidden,
+        "num_classes": a.num_classes,
+        "memory": {"frames": ctx.memory_frames, "position_dim": ctx.position_dim},
+        "class_names": list(ctx.class_names),
+        "inputs": list(INPUT_NAMES),
+        "outputs": {
+            "logits": "prediction head (B, C) at the new state; softmax = the class probabilities",
+            "location": "(B,) mean location in [0, 1] of the next glimpse; frame = round(location * (T - 1))",
+            "utility": "(B,) V of the new state; adaptive lookahead stops after patience consecutive V < mu",
+            "h_out": "(B, H) new LSTM h",
+            "c_out": "(B, H) new LSTM c",
+        },
+        "observation_layout": ctx.observation_layout(),
+    }
+
+
+def export_adaframe_run(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str
+) -> ExportResult:
+    """``gistgym export --run DIR`` for an AdaFrame run."""
+    from gistgym.agents.glimpse_runs import load_adaframe_run
+
+    ctx = glimpse_context_from_run(run_dir)
+    return export_adaframe(load_adaframe_run(run_dir), out, export_format, ctx)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+_REQUIRED = ("export_format", "file_sha256", "env", "cache", "adaframe", "memory", "num_glimpses")
+
+
+@dataclass
+class GlimpsePolicy:
+    """An exported AdaFrame agent (load with :func:`load_glimpse_policy`)."""
+
+    path: Path
+    sidecar: dict[str, Any] = field(repr=False)
+    _run: Callable[..., StepOutputs] = field(repr=False)
+
+    @property
+    def export_format(self) -> str:
+        """``"torchscript"`` or ``"onnx"``."""
+        return str(self.sidecar["export_format"])
+
+    @property
+    def config(self) -> AdaFrameConfig:
+        """The agent's configuration."""
+        return AdaFrameConfig.from_dict(self.sidecar["adaframe"])
+
+    @property
+    def num_glimpses(self) -> int:
+        """K, the training budget (the default budget at inference)."""
+        return int(self.sidecar["num_glimpses"])
+
+    @property
+    def hidden(self) -> int:
+        """H."""
+        return int(self.sidecar["adaframe"]["hidden"])
+
+    @property
+    def feature_dim(self) -> int:
+        """F."""
+        return int(self.sidecar["adaframe"]["feature_dim"])
+
+    @property
+    def memory_frames(self) -> int:
+        """T_d."""
+        return int(self.sidecar["memory"]["frames"])
+
+    @property
+    def glimpse_weights_sha256(self) -> str:
+        """sha256 of the glimpse models the training cache was built from."""
+        return str(self.sidecar["cache"]["glimpse_weights_sha256"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names (empty if unknown)."""
+        return tuple(str(n) for n in self.sidecar.get("class_names") or ())
+
+    def initial_state(self, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Zero (h, c)."""
+        z = np.zeros((batch, self.hidden), dtype=np.float32)
+        return z, z.copy()
+
+    def step(
+        self, frame_feature: np.ndarray, memory: np.ndarray, h: np.ndarray, c: np.ndarray, started: np.ndarray
+    ) -> StepOutputs:
+        """One call of the exported module (float32 numpy in and out, see the module docstring)."""
+        args = [np.ascontiguousarray(x, dtype=np.float32) for x in (frame_feature, memory, h, c, started)]
+        return self._run(*args)
+
+
+def read_glimpse_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check the structure of an exported AdaFrame agent's sidecar ``path.json``.
+
+    Raises:
+        PolicyFileError: Missing, not JSON, not a gistgym policy sidecar, or missing fields.
+        PolicyMismatchError: A policy sidecar of another environment.
+    """
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise PolicyFileError(
+            side,
+            f"sidecar JSON missing: an exported policy {Path(path).name} needs its {side.name} (env, cache identity, "
+            "observation layout); re-export it with `gistgym export --run DIR --out FILE`",
+        )
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyFileError(side, f"not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise PolicyFileError(side, f"expected a {SIDECAR_FORMAT!r} sidecar", field="format")
+    if meta.get("format_version") != SIDECAR_FORMAT_VERSION:
+        raise PolicyFileError(
+            side,
+            f"format_version {meta.get('format_version')!r} is not supported (expected {SIDECAR_FORMAT_VERSION}); "
+            "re-export the policy with this gistgym",
+            field="format_version",
+        )
+    env = meta.get("env")
+    env_id = env.get("id") if isinstance(env, dict) else None
+    if env_id != GLIMPSE_ENV_ID:
+        import gymnasium as gym
+
+        import gistgym.envs  # registers the ids
+
+        if isinstance(env_id, str) and env_id.startswith("gistgym/Glimpse-v") and env_id not in gym.registry:
+            problem = (
+                f"policy was exported for environment {env_id!r}, which this gistgym {gistgym.__version__} does not "
+                f"have (it runs {GLIMPSE_ENV_ID!r}); retrain and re-export for the current version"
+            )
+        else:
+            problem = f"policy was exported for environment {env_id!r}, not {GLIMPSE_ENV_ID!r} (an AdaFrame agent)"
+        raise PolicyMismatchError(side, problem, field="env.id")
+    for key in _REQUIRED:
+        if key not in meta:
+            raise PolicyFileError(side, "missing required field", field=key)
+    if meta["export_format"] not in FORMATS:
+        raise PolicyFileError(
+            side, f"export_format {meta['export_format']!r} is not one of {FORMATS}", field="export_format"
+        )
+    try:
+        AdaFrameConfig.from_dict(meta["adaframe"])
+        int(meta["memory"]["frames"])
+        str(meta["cache"]["glimpse_weights_sha256"])
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise PolicyFileError(side, f"bad AdaFrame configuration or memory layout: {exc}", field="adaframe") from exc
+    return meta
+
+
+def load_glimpse_policy(
+    path: str | os.PathLike[str],
+    *,
+    glimpse_weights_sha256: str | None = None,
+    memory_frames: int | None = None,
+    feature_dim: int | None = None,
+    memory_dim: int | None = None,
+    num_classes: int | None = None,
+) -> GlimpsePolicy:
+    """Load an exported AdaFrame agent after validating its sidecar.
+
+    Args:
+        path: The exported file (its sidecar ``path.json`` beside it).
+        glimpse_weights_sha256: Require the training cache to come from these glimpse models.
+        memory_frames: Require this memory length T_d (``None``: not checked, as below).
+        feature_dim: Require this frame feature width F (of the glimpse models that feed it).
+        memory_dim: Require this memory entry width F + P.
+        num_classes: Require this number of classes.
+
+    Raises:
+        PolicyFileError: Missing file or sidecar, corrupt file, or a file changed since export.
+        PolicyMismatchError: Another environment (version), glimpse models or sizes than required.
+        OnnxOpsetError: An ONNX file of another opset than its sidecar's or :data:`ONNX_OPSET`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyFileError(path, "exported policy file does not exist")
+    meta = read_glimpse_sidecar(path)
+    digest = _sha256(path)
+    if digest != meta["file_sha256"]:
+        raise PolicyFileError(
+            path,
+            f"sha256 {digest[:12]}... differs from the sidecar's {str(meta['file_sha256'])[:12]}... (the file was "
+            "changed or replaced after export); re-export it",
+            field="file_sha256",
+        )
+    check_glimpse_policy_matches(
+        path,
+        meta,
+        glimpse_weights_sha256=glimpse_weights_sha256,
+        memory_frames=memory_frames,
+        feature_dim=feature_dim,
+        memory_dim=memory_dim,
+        num_classes=num_classes,
+    )
+    run = _load_torchscript(path) if meta["export_format"] == "torchscript" else _load_onnx(path, meta)
+    return GlimpsePolicy(path=path, sidecar=meta, _run=run)
+
+
+def check_glimpse_policy_matches(
+    path: Path,
+    meta: Mapping[str, Any],
+    *,
+    glimpse_weights_sha256: str | None = None,
+    memory_frames: int | None = None,
+    feature_dim: int | None = None,
+    memory_dim: int | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Refuse an AdaFrame sidecar that does not fit what the caller will feed it (``None``: not checked).
+
+    Raises:
+        PolicyMismatchError: Names the sidecar field, its value and the expected one.
+    """
+    a = meta["adaframe"]
+    checks: list[tuple[str, Any, Any, str]] = [
+        (
+            "cache.glimpse_weights_sha256",
+            meta["cache"].get("glimpse_weights_sha256"),
+            glimpse_weights_sha256,
+            "the policy was trained on features of other glimpse models; pass the glimpse weights its cache was "
+            "built from (--glimpse-weights) or export a policy trained on a cache of these",
+        ),
+        ("memory.frames", meta["memory"].get("frames"), memory_frames, "the global memory has another length"),
+        ("adaframe.feature_dim", a.get("feature_dim"), feature_dim, "frame features of another width"),
+        ("adaframe.memory_dim", a.get("memory_dim"), memory_dim, "memory entries of another width"),
+        ("adaframe.num_classes", a.get("num_classes"), num_classes, "another number of classes"),
+    ]
+    for key, have, want, why in checks:
+        if want is not None and have != want:
+            raise PolicyMismatchError(
+                sidecar_path(path),
+                f"policy was exported for {key} = {have!r} but is used with {want!r}: {why}",
+                field=key,
+            )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_torchscript(path: Path) -> Callable[..., StepOutputs]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError/ValueError/zip errors for a bad archive
+        raise PolicyFileError(path, f"not a readable TorchScript archive (corrupt or truncated?): {exc}") from exc
+    module.eval()
+
+    def run(*args: np.ndarray) -> StepOutputs:
+        with torch.inference_mode():
+            outs = module(*(torch.from_numpy(a) for a in args))
+        logits, location, utility, h, c = (o.numpy() for o in outs)
+        return logits, location, utility, h, c
+
+    return run
+
+
+def _load_onnx(path: Path, meta: Mapping[str, Any]) -> Callable[..., StepOutputs]:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise PolicyFileError(path, f"not a readable ONNX model (corrupt or truncated?): {exc}") from exc
+    opsets = {imp.domain or "ai.onnx": int(imp.version) for imp in model.opset_import}
+    opset = opsets.get("ai.onnx")
+    recorded = meta.get("onnx_opset")
+    if opset != recorded:
+        raise OnnxOpsetError(
+            path,
+            f"file uses ONNX opset {opset} but its sidecar records opset {recorded} (file replaced after export?)",
+            field="opset_import",
+        )
+    if opset != ONNX_OPSET:
+        raise OnnxOpsetError(
+            path,
+            f"ONNX opset {opset} is not the opset this gistgym {gistgym.__version__} exports and loads "
+            f"({ONNX_OPSET}); re-export the policy with `gistgym export --format onnx`",
+            field="opset_import",
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise PolicyFileError(path, f"onnxruntime cannot load the model: {exc}") from exc
+    names = [i.name for i in session.get_inputs()]
+    if names != list(INPUT_NAMES):
+        raise PolicyFileError(path, f"inputs are {names}, expected {list(INPUT_NAMES)}", field="graph.input")
+
+    def run(*args: np.ndarray) -> StepOutputs:
+        outs = session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, args, strict=True)))
+        logits, location, utility, h, c = (np.asarray(o) for o in outs)
+        return logits, location, utility, h, c
+
+    return run
+
+
+def policy_env_id(path: str | os.PathLike[str]) -> str | None:
+    """The environment id an exported policy's sidecar names, or ``None`` (no or unreadable sidecar).
+
+    Used to route ``gistgym detect --policy FILE``: no error here, the loader reports them.
+    """
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    env = meta.get("env") if isinstance(meta, dict) else None
+    env_id = env.get("id") if isinstance(env, dict) else None
+    return env_id if isinstance(env_id, str) else None

@@ -1,0 +1,130 @@
+"""Glimpse-v0 runs: AdaFrame and PPO run directories, and comparing them with the baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gistgym.agents.compare import CompareConfig, compare_any
+from gistgym.agents.glimpse_runs import GlimpseEnvEvaluator, evaluate_adaframe, load_adaframe_run, subset
+from gistgym.agents.policy import SB3Policy
+from gistgym.agents.runs import load_run, read_run_config
+from gistgym.agents.train import TrainConfig, train_one
+from gistgym.errors import CacheMismatchError, ConfigError, RunError
+from gistgym.feature_cache import FeatureCache
+from gistgym.feature_cache.glimpse import read_glimpse_section
+
+ENV = "gistgym/Glimpse-v0"
+
+
+def _config(cache: Path, out: Path, **kw: object) -> TrainConfig:
+    base = TrainConfig(
+        cache=str(cache),
+        out=str(out),
+        env=ENV,
+        algo="adaframe",
+        name="ada",
+        num_glimpses=3,
+        adaframe_hidden=16,
+        batch_size=4,
+        total_timesteps=4 * 3 * 6,  # 6 optimiser steps
+        eval_every=4 * 3 * 3,
+        eval_videos=2,
+        progress=False,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def runs(glimpse_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("glimpse-runs")
+    train_one(_config(glimpse_cache, out))
+    train_one(
+        _config(glimpse_cache, out, algo="ppo", name="ppo", num_envs=2, n_steps=6, total_timesteps=24, eval_every=0)
+    )
+    return out
+
+
+def _split(cache: Path, split: str = "val") -> tuple:
+    c = FeatureCache(cache, sections=("glimpse",))
+    section = read_glimpse_section(c)
+    videos = section.load_split(c, split)
+    c.close()
+    return section, videos
+
+
+def test_adaframe_run_directory_round_trip(runs: Path, glimpse_cache: Path) -> None:
+    run = runs / "ada"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "eval.json", "model.pt", "tb", "training.png"]
+    config = read_run_config(run)
+    assert config["algo"] == "adaframe" and config["env_id"] == ENV
+    assert config["env_kwargs"] == {"split": "train", "num_glimpses": 3}
+    assert config["adaframe"]["train_steps"] == 6 and config["adaframe"]["hidden"] == 16
+    history = json.loads((run / "eval.json").read_text())["history"]
+    assert [h["timesteps"] for h in history] == [36, 72]  # evaluations after optimiser steps 3 and 6
+    # the saved weights are the final ones: evaluating them reproduces the last evaluation
+    section, videos = _split(glimpse_cache)
+    net = load_adaframe_run(run, cache=glimpse_cache)
+    again = evaluate_adaframe(net, section, subset(videos, 2), "ada", mu=-math.inf, patience=1)
+    assert again.map == pytest.approx(history[-1]["map"]) and again.frames_used == history[-1]["frames_used"]
+    assert not any(p.name.startswith(".") for p in runs.iterdir())  # no partial directory left
+
+
+def test_adaframe_run_refuses_other_caches_and_algos(runs: Path, glimpse_cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="not an AdaFrame run"):
+        load_adaframe_run(runs / "ppo")
+    copy = tmp_path / "ada"
+    shutil.copytree(runs / "ada", copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["cache_identity"]["model_weights"]["glimpse"] = "0" * 64
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CacheMismatchError, match="glimpse weights sha256"):
+        load_adaframe_run(copy, cache=glimpse_cache)
+    (copy / "model.pt").write_bytes(b"not a state dict")
+    with pytest.raises(RunError, match="cannot load the AdaFrame agent"):
+        load_adaframe_run(copy)
+    with pytest.raises(ConfigError, match="adaframe trains on gistgym/Glimpse-v0"):
+        train_one(_config(glimpse_cache, tmp_path, env="gistgym/Keyframe-v0"))
+
+
+def test_ppo_runs_through_the_environment(runs: Path, glimpse_cache: Path) -> None:
+    run = load_run(runs / "ppo", cache=glimpse_cache)
+    ev = GlimpseEnvEvaluator(glimpse_cache, "val", {"num_glimpses": 3}, max_videos=None)
+    try:
+        a = ev.evaluate(SB3Policy(run.model, "ppo"))
+        b = ev.evaluate(SB3Policy(run.model, "ppo"))
+    finally:
+        ev.close()
+    assert [len(f) for f in a.frames] == [3] * len(a.labels)
+    np.testing.assert_array_equal(a.probs, b.probs)  # deterministic
+    section, _ = _split(glimpse_cache)
+    expect = (a.frames_used * section.costs.frame_flops + section.costs.memory_flops) / 1e9
+    assert a.gflops_per_video == pytest.approx(expect)
+
+
+def test_compare_includes_runs_and_adaptive_points(runs: Path, glimpse_cache: Path, tmp_path: Path) -> None:
+    config = CompareConfig(
+        cache=str(glimpse_cache),
+        env=ENV,
+        runs=str(runs),
+        glimpse_counts=(1, 3),
+        mus=(0.1, 1e9),
+        patience=1,
+        out=str(tmp_path / "cmp"),
+        progress=False,
+    )
+    comp = compare_any(config)
+    assert comp.runs == ["ada", "ppo"] and comp.adaptive == ["ada@0.1", "ada@1e+09"]
+    # a threshold nobody's utility reaches stops after `patience` = 1 glimpse
+    assert comp.results["ada@1e+09"].frames_used == 1.0
+    payload = json.loads(json.dumps(comp.as_json(), allow_nan=False))
+    for key in ("all", "uniform@3", "random@1", "avgpool-uniform@3", "ada", "ada@0.1", "ppo"):
+        assert set(payload[key]) >= {"map", "top1", "frames_used", "gflops_per_video"}
+    assert "reaches_all" in comp.verdict
+    assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 0
