@@ -8,6 +8,7 @@ environment to the agents' machinery is adding one entry to :data:`BACKENDS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +177,12 @@ def _keyframe_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
     return [parse_keyframe_baseline(s, speed) for s in specs]
 
 
+def _glimpse_mlp(algo: str) -> dict[str, Any]:
+    # The location is a Gaussian clipped to [0, 1]: SB3's default std of 1 puts most samples
+    # on the bounds (frame 0 or T - 1) and PPO collapses there; start at AdaFrame's sigma 0.1.
+    return {**_flat_mlp(algo), "log_std_init": math.log(0.1)}
+
+
 def _glimpse_vec(cache: str, num_envs: int, **kwargs: Any) -> Any:
     from gistgym.envs.glimpse_vector import GlimpseSB3VecEnv
 
@@ -232,7 +239,7 @@ BACKENDS: dict[str, EnvBackend] = {
         make_vec=_glimpse_vec,
         make_evaluator=_glimpse_evaluator,
         eval_arguments=("num_glimpses",),
-        extractors={"mlp": _flat_mlp},
+        extractors={"mlp": _glimpse_mlp},
         ends=("all",),
         references={"uniform": "uniform@", "random": "random@"},
         run_env_kwargs=_glimpse_run_kwargs,

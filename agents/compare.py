@@ -45,6 +45,7 @@ from gistgym.agents.backends import (
     speed_rewards,
 )
 from gistgym.agents.baselines import parse_baseline
+from gistgym.agents.glimpse_compare import DEFAULT_GLIMPSE_COUNTS, DEFAULT_MUS
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.runs import find_runs, load_run, read_run_config
 from gistgym.errors import ConfigError
@@ -84,9 +85,9 @@ class CompareConfig:
     """Speed reward of the cheap action(s) in the reported mean reward (and the oracle's choice)."""
     extractors: tuple[str, ...] = ("heavy", "light")
     """Interleave: extractors of the baselines, heavy first."""
-    glimpse_counts: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+    glimpse_counts: tuple[int, ...] = DEFAULT_GLIMPSE_COUNTS
     """Glimpse: frame counts K of the uniform@K, random@K and avgpool-uniform@K baselines."""
-    mus: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+    mus: tuple[float, ...] = DEFAULT_MUS
     """Glimpse: AdaFrame's adaptive-lookahead thresholds (one point NAME@MU per run and value)."""
     patience: int = 2
     """Glimpse: adaptive lookahead stops after this many consecutive glimpses with utility below MU."""

@@ -113,8 +113,10 @@ class GlimpseEnvEvaluator:
 def adaframe_config(train: Any) -> AdaFrameConfig:
     """The :class:`AdaFrameConfig` of a ``gistgym train --algo adaframe`` configuration.
 
-    ``total_timesteps`` counts glimpses (environment steps), as for the other agents: the
-    optimiser takes ``ceil(total_timesteps / (batch_size * num_glimpses))`` steps.
+    The agent trains for ``adaframe_steps`` optimiser steps at ``adaframe_lr`` (not
+    ``total_timesteps`` and ``learning_rate``, whose defaults suit the SB3 agents);
+    ``eval_every`` still counts environment steps (glimpses). Settings without a flag
+    (dropout, distillation, weight decay) keep :class:`AdaFrameConfig`'s defaults.
     """
     per_step = train.batch_size * train.num_glimpses
     return AdaFrameConfig(
@@ -124,9 +126,9 @@ def adaframe_config(train: Any) -> AdaFrameConfig:
         gamma=train.discount,
         utility_weight=train.utility_weight,
         cls_loss=train.cls_loss,
-        lr=train.learning_rate,
+        lr=train.adaframe_lr,
         batch_size=train.batch_size,
-        train_steps=-(-train.total_timesteps // per_step),
+        train_steps=train.adaframe_steps,
         eval_every=max(1, train.eval_every // per_step) if train.eval_every > 0 else 0,
         seed=train.seed,
     )

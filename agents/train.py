@@ -101,6 +101,10 @@ class TrainConfig:
     """Glimpse, AdaFrame: lambda in L_cls + lambda L_utl - lambda J_sel."""
     cls_loss: str = "last"
     """Glimpse, AdaFrame: cross-entropy after the last glimpse (`last`, the paper) or after every one (`all`)."""
+    adaframe_steps: int = 4000
+    """Glimpse, AdaFrame: optimiser steps of batch_size videos x num_glimpses glimpses (replaces --total-timesteps)."""
+    adaframe_lr: float = 1e-3
+    """Glimpse, AdaFrame: Adam learning rate (replaces --learning-rate)."""
     clip_len: int = 40
     """Frames per training episode."""
     history_len: int = 20
@@ -178,6 +182,11 @@ def check_config(config: TrainConfig) -> None:
             raise ConfigError(f"--algo adaframe trains on {GLIMPSE_ENV_ID}, not --env {config.env}")
     elif config.algo not in ALGORITHMS:
         raise ConfigError(f"--algo {config.algo!r}: expected one of {', '.join([*ALGORITHMS, ADAFRAME])}")
+    elif config.env == GLIMPSE_ENV_ID and config.algo != "ppo":
+        raise ConfigError(
+            f"--algo {config.algo} needs discrete actions; {GLIMPSE_ENV_ID}'s action is a location in [0, 1]: "
+            "use --algo adaframe or --algo ppo"
+        )
     else:
         backend.policy_kwargs(extractor_name(config, backend), config.algo)  # raises for a misfit extractor
     for field_name in (
@@ -188,6 +197,7 @@ def check_config(config: TrainConfig) -> None:
         "n_steps",
         "eval_videos",
         "num_glimpses",
+        "adaframe_steps",
     ):
         if getattr(config, field_name) < 1:
             raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")

@@ -126,11 +126,14 @@ def test_verdict_reaches_all_and_beats_the_curves() -> None:
         results["ada@0.5"].map - results["uniform@2"].map
     )
     # an adaptive point under the uniform curve fails that claim; one beyond the budget cannot reach all
+    assert v["beats"]["uniform"]["point"] == "ada@0.1" and v["beats"]["uniform"]["points_above"] == 2
+    # the operating point under the uniform curve fails that claim; one beyond the budget cannot reach all
     results["ada@0.5"] = _evaluation("ada@0.5", 2, 4)
     results["ada@0.1"] = _evaluation("ada@0.1", 12, 9)
     v = glimpse_verdict(GlimpseComparison(results, ["ada@0.1", "ada@0.5"], [], _videos()))
-    assert not v["beats"]["uniform"]["ok"] and v["beats"]["uniform"]["min_margin"] < 0
-    assert not v["reaches_all"]["ok"] and v["reaches_all"]["point"] == "ada@0.5"
+    assert not v["reaches_all"]["ok"] and v["reaches_all"]["point"] == "ada@0.5"  # the best point within budget
+    assert not v["beats"]["uniform"]["ok"] and v["beats"]["uniform"]["margin"] < 0
+    assert v["beats"]["uniform"]["points_above"] == 1 and v["beats"]["uniform"]["min_margin"] < 0
     assert glimpse_verdict(GlimpseComparison(results, [], [], _videos())) == {}
 
 

@@ -48,7 +48,7 @@ def run(glimpse_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_glimpses=3,
         adaframe_hidden=16,
         batch_size=4,
-        total_timesteps=72,
+        adaframe_steps=6,
         eval_every=0,
         eval_videos=2,
         progress=False,

@@ -33,7 +33,7 @@ def _config(cache: Path, out: Path, **kw: object) -> TrainConfig:
         num_glimpses=3,
         adaframe_hidden=16,
         batch_size=4,
-        total_timesteps=4 * 3 * 6,  # 6 optimiser steps
+        adaframe_steps=6,
         eval_every=4 * 3 * 3,
         eval_videos=2,
         progress=False,
@@ -91,6 +91,8 @@ def test_adaframe_run_refuses_other_caches_and_algos(runs: Path, glimpse_cache: 
         load_adaframe_run(copy)
     with pytest.raises(ConfigError, match="adaframe trains on gistgym/Glimpse-v0"):
         train_one(_config(glimpse_cache, tmp_path, env="gistgym/Keyframe-v0"))
+    with pytest.raises(ConfigError, match="needs discrete actions"):
+        train_one(_config(glimpse_cache, tmp_path, algo="ddqn"))
 
 
 def test_ppo_runs_through_the_environment(runs: Path, glimpse_cache: Path) -> None:
