@@ -21,7 +21,8 @@ DEMO := runs/demo
 
 # The whole loop on the embedded default: benchmark -> detector table -> cache -> a short
 # Double DQN run -> comparison against the baselines -> export -> online detection on a
-# benchmark video and on a real one. Every step's outputs are under $(DEMO)/.
+# benchmark video and on a real one; then the same loop for AdaFrame frame selection on the
+# untrimmed benchmark. Every step's outputs are under $(DEMO)/.
 demo: $(STAMP)
 	$(BIN)/gistgym videos make --out data/bench --seed 0
 	$(BIN)/gistgym backbones eval --videos data/bench --split val --out $(DEMO)
@@ -34,9 +35,21 @@ demo: $(STAMP)
 		--no-progress
 	$(BIN)/gistgym sample-video --out $(DEMO)/sample
 	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy $(DEMO)/policy.onnx --out $(DEMO)/detect-bikes --no-progress
+	# AdaFrame on Glimpse-v0: untrimmed videos -> glimpse cache -> a short AdaFrame run -> comparison
+	# with uniform/random/all frames -> export -> classify a benchmark video by glimpsing it.
+	$(BIN)/gistgym videos make --kind untrimmed --out data/glimpse --train 300 --val 200 --test 0
+	$(BIN)/gistgym cache build --videos data/glimpse --out data/glimpse-demo.h5 --workers 2
+	$(BIN)/gistgym train --env gistgym/Glimpse-v0 --algo adaframe --cache data/glimpse-demo.h5 --out $(DEMO)/agents \
+		--name adaframe-demo --adaframe-steps 1200 --overwrite
+	$(BIN)/gistgym compare --env gistgym/Glimpse-v0 --cache data/glimpse-demo.h5 --split val --runs $(DEMO)/agents \
+		--out $(DEMO)/compare-glimpse
+	$(BIN)/gistgym export --run $(DEMO)/agents/adaframe-demo --format onnx --out $(DEMO)/adaframe.onnx
+	$(BIN)/gistgym detect data/glimpse/val_0000/video.mp4 --policy $(DEMO)/adaframe.onnx --out $(DEMO)/glimpse-val_0000
 	@echo "demo outputs: $(DEMO)/table.md (detector), $(DEMO)/compare/{table.md,pareto.png,timeline.png},"
 	@echo "  $(DEMO)/agents/ddqn-demo (run: tb/, training.png), $(DEMO)/policy.onnx(.json),"
-	@echo "  $(DEMO)/detect-val_0000 and $(DEMO)/detect-bikes (detections.jsonl, annotated video, summary.json)"
+	@echo "  $(DEMO)/detect-val_0000 and $(DEMO)/detect-bikes (detections.jsonl, annotated video, summary.json),"
+	@echo "  $(DEMO)/agents/adaframe-demo, $(DEMO)/compare-glimpse/{table.md,pareto.png,timeline.png},"
+	@echo "  $(DEMO)/adaframe.onnx(.json), $(DEMO)/glimpse-val_0000 (summary.json, glimpses.png)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

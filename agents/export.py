@@ -30,12 +30,15 @@ the mismatch (:mod:`gistgym.errors`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -291,9 +294,47 @@ def export_policy(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {export_format!r}")
     module, scores_meaning = policy_module(model)
     _check_model_spaces(model, context)
+    return write_exported_module(
+        module.cpu(),
+        _example_inputs(context, 2),
+        out,
+        export_format,
+        input_names=("state", "history"),
+        output_names=("scores", "action"),
+        sidecar_for=lambda digest: build_sidecar(context, export_format, digest, scores_meaning),
+    )
+
+
+def write_exported_module(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    out: str | os.PathLike[str],
+    export_format: str,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    sidecar_for: Callable[[str], Mapping[str, Any]],
+) -> ExportResult:
+    """Trace ``module`` to ``out`` (TorchScript or ONNX), then write its sidecar ``out.json``.
+
+    Both files are written through a temporary name and renamed into place (sidecar last).
+
+    Args:
+        module: The network to export, on the CPU and in eval mode.
+        args: Example inputs of its signature (batch 2: torch.export specialises dimensions
+            of size 1).
+        out: The file to write.
+        export_format: ``"torchscript"`` or ``"onnx"`` (already checked by the caller).
+        input_names: Names of the inputs, in signature order (ONNX graph inputs; the batch
+            dimension of each is dynamic).
+        output_names: Names of the outputs, in order (ONNX graph outputs).
+        sidecar_for: Builds the sidecar from the sha256 of the written file.
+
+    Returns:
+        What was written.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    module = module.cpu()
     tmp = new_temp_file(out.parent, f".{out.name}.", ".tmp")
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -301,36 +342,37 @@ def export_policy(
             # torchvision ops; none of that concerns these small networks.
             warnings.simplefilter("ignore")
             if export_format == "torchscript":
-                traced = torch.jit.trace(module, _example_inputs(context, 2), check_trace=False)
+                traced = torch.jit.trace(module, args, check_trace=False)
                 traced.save(str(tmp))
             else:
-                _export_onnx(module, context, tmp)
+                _export_onnx(module, args, tmp, input_names=input_names, output_names=output_names)
         data = tmp.read_bytes()
         atomic_write_bytes(out, data)
     finally:
         tmp.unlink(missing_ok=True)
     digest = hashlib.sha256(data).hexdigest()
     side = sidecar_path(out)
-    atomic_write_json(side, build_sidecar(context, export_format, digest, scores_meaning))
+    atomic_write_json(side, sidecar_for(digest))
     return ExportResult(out, side, digest, export_format)
 
 
-def _export_onnx(module: nn.Module, context: PolicyContext, path: Path) -> None:
-    import contextlib
-    import io
-    import logging
-
+def _export_onnx(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    # batch 2 as the example: torch.export specialises dimensions of size 1
-    args = _example_inputs(context, 2)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
         program = torch.onnx.export(
             module,
             args,
-            input_names=["state", "history"],
-            output_names=["scores", "action"],
-            dynamic_shapes={"state": {0: batch}, "history": {0: batch}},
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes={name: {0: batch} for name in input_names},
             opset_version=ONNX_OPSET,
             dynamo=True,
             external_data=False,
@@ -367,9 +409,29 @@ def _check_model_spaces(model: Any, ctx: PolicyContext) -> None:
         )
 
 
-def build_sidecar(ctx: PolicyContext, export_format: str, file_sha256: str, scores: str) -> dict[str, Any]:
-    """The JSON sidecar of an exported policy (see the module docstring)."""
-    name, version = parse_env_id(ctx.env_id)
+def sidecar_header(
+    export_format: str,
+    file_sha256: str,
+    *,
+    algorithm: str,
+    source: str,
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The fields every exported policy's sidecar starts with, in order (format to ``env``).
+
+    Args:
+        export_format: ``"torchscript"`` or ``"onnx"``.
+        file_sha256: sha256 of the exported file.
+        algorithm: Name of the training algorithm.
+        source: Where the policy came from.
+        env_id: The environment id (``namespace/Name-vN``).
+        env_kwargs: The environment arguments, JSON-ready.
+
+    Raises:
+        ConfigError: ``env_id`` is not of the form ``namespace/Name-vN``.
+    """
+    name, version = parse_env_id(env_id)
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,
@@ -378,9 +440,23 @@ def build_sidecar(ctx: PolicyContext, export_format: str, file_sha256: str, scor
         "onnx_opset": ONNX_OPSET if export_format == "onnx" else None,
         "torch_version": torch.__version__,
         "file_sha256": file_sha256,
-        "algorithm": ctx.algorithm,
-        "source": ctx.source,
-        "env": {"id": ctx.env_id, "name": name, "version": version, "kwargs": _jsonable(dict(ctx.env_kwargs))},
+        "algorithm": algorithm,
+        "source": source,
+        "env": {"id": env_id, "name": name, "version": version, "kwargs": env_kwargs},
+    }
+
+
+def build_sidecar(ctx: PolicyContext, export_format: str, file_sha256: str, scores: str) -> dict[str, Any]:
+    """The JSON sidecar of an exported policy (see the module docstring)."""
+    return {
+        **sidecar_header(
+            export_format,
+            file_sha256,
+            algorithm=ctx.algorithm,
+            source=ctx.source,
+            env_id=ctx.env_id,
+            env_kwargs=_jsonable(dict(ctx.env_kwargs)),
+        ),
         "cache": {"schema_version": ctx.cache_schema_version, "weights_sha256": ctx.weights_sha256},
         "memory": {"hidden_channels": ctx.hidden_channels, "grid": ctx.grid},
         "history_len": ctx.history_len,
@@ -448,6 +524,35 @@ def read_policy_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         PolicyFileError: Missing, not JSON, not a gistgym policy sidecar, or missing fields.
+        PolicyMismatchError: The sidecar of an exported AdaFrame agent.
+    """
+    side, meta = read_policy_sidecar_json(path)
+    env = meta.get("env")
+    if isinstance(env, dict) and str(env.get("id", "")).startswith("gistgym/Glimpse-v"):
+        raise PolicyMismatchError(
+            side,
+            f"policy was exported for {env.get('id')!r} (an AdaFrame agent), not an interleave schedule; run it with "
+            "`gistgym detect VIDEO --policy FILE` (the glimpse runtime) or load it with "
+            "gistgym.agents.glimpse_export.load_glimpse_policy",
+            field="env.id",
+        )
+    check_sidecar_fields(
+        side, meta, ("export_format", "file_sha256", "env", "cache", "history_len", "action_meanings", "memory")
+    )
+    return meta
+
+
+def read_policy_sidecar_json(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Read ``path``'s sidecar ``path.json`` and check it is a policy sidecar of this format version.
+
+    Args:
+        path: The exported file.
+
+    Returns:
+        The sidecar's path and its contents (fields beyond the format not checked yet).
+
+    Raises:
+        PolicyFileError: Missing, not JSON, not a gistgym policy sidecar, or another format version.
     """
     side = sidecar_path(path)
     if not side.is_file():
@@ -469,23 +574,27 @@ def read_policy_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
             "re-export the policy with this gistgym",
             field="format_version",
         )
-    env = meta.get("env")
-    if isinstance(env, dict) and str(env.get("id", "")).startswith("gistgym/Glimpse-v"):
-        raise PolicyMismatchError(
-            side,
-            f"policy was exported for {env.get('id')!r} (an AdaFrame agent), not an interleave schedule; run it with "
-            "`gistgym detect VIDEO --policy FILE` (the glimpse runtime) or load it with "
-            "gistgym.agents.glimpse_export.load_glimpse_policy",
-            field="env.id",
-        )
-    for key in ("export_format", "file_sha256", "env", "cache", "history_len", "action_meanings", "memory"):
+    return side, meta
+
+
+def check_sidecar_fields(side: Path, meta: Mapping[str, Any], required: Sequence[str]) -> None:
+    """Refuse a policy sidecar that lacks a required field or names an unknown export format.
+
+    Args:
+        side: The sidecar file (for error messages).
+        meta: Its contents.
+        required: The fields it must have (``export_format`` among them).
+
+    Raises:
+        PolicyFileError: A missing field, or an ``export_format`` not in :data:`FORMATS`.
+    """
+    for key in required:
         if key not in meta:
             raise PolicyFileError(side, "missing required field", field=key)
     if meta["export_format"] not in FORMATS:
         raise PolicyFileError(
             side, f"export_format {meta['export_format']!r} is not one of {FORMATS}", field="export_format"
         )
-    return meta
 
 
 def check_policy_matches(
@@ -578,14 +687,7 @@ def load_exported_policy(
     if not path.is_file():
         raise PolicyFileError(path, "exported policy file does not exist")
     meta = read_policy_sidecar(path)
-    digest = _sha256(path)
-    if digest != meta["file_sha256"]:
-        raise PolicyFileError(
-            path,
-            f"sha256 {digest[:12]}... differs from the sidecar's {str(meta['file_sha256'])[:12]}... (the file was "
-            "changed or replaced after export); re-export it",
-            field="file_sha256",
-        )
+    check_file_sha256(path, meta)
     expected: dict[str, Any] = {"env_id": env_id, "weights_sha256": weights_sha256}
     if cache is not None:
         expected.update(_cache_expectations(Path(cache)))
@@ -597,6 +699,26 @@ def load_exported_policy(
     fmt = meta["export_format"]
     run = _load_torchscript(path) if fmt == "torchscript" else _load_onnx(path, meta)
     return ExportedPolicy(path=path, sidecar=meta, name=name or path.name, _run=run)
+
+
+def check_file_sha256(path: Path, meta: Mapping[str, Any]) -> None:
+    """Refuse an exported file whose bytes are not those its sidecar records.
+
+    Args:
+        path: The exported file.
+        meta: Its sidecar (``file_sha256``).
+
+    Raises:
+        PolicyFileError: The file was changed or replaced after export.
+    """
+    digest = _sha256(path)
+    if digest != meta["file_sha256"]:
+        raise PolicyFileError(
+            path,
+            f"sha256 {digest[:12]}... differs from the sidecar's {str(meta['file_sha256'])[:12]}... (the file was "
+            "changed or replaced after export); re-export it",
+            field="file_sha256",
+        )
 
 
 def _cache_expectations(cache_path: Path) -> dict[str, Any]:
@@ -619,7 +741,18 @@ def _cache_expectations(cache_path: Path) -> dict[str, Any]:
         cache.close()
 
 
-def _load_torchscript(path: Path) -> Any:
+def load_torchscript_module(path: Path) -> Any:
+    """Load an exported TorchScript archive onto the CPU, in eval mode.
+
+    Args:
+        path: The archive.
+
+    Returns:
+        The ``torch.jit.ScriptModule``.
+
+    Raises:
+        PolicyFileError: Not a readable TorchScript archive.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice
@@ -627,6 +760,11 @@ def _load_torchscript(path: Path) -> Any:
     except Exception as exc:  # torch raises RuntimeError/ValueError/zip errors for a bad archive
         raise PolicyFileError(path, f"not a readable TorchScript archive (corrupt or truncated?): {exc}") from exc
     module.eval()
+    return module
+
+
+def _load_torchscript(path: Path) -> Any:
+    module = load_torchscript_module(path)
 
     def run(state: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
@@ -637,6 +775,30 @@ def _load_torchscript(path: Path) -> Any:
 
 
 def _load_onnx(path: Path, meta: Mapping[str, Any]) -> Any:
+    session = onnx_session(path, meta, ("state", "history"))
+
+    def run(state: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, actions = session.run(None, {"state": state, "history": history})
+        return scores, actions
+
+    return run
+
+
+def onnx_session(path: Path, meta: Mapping[str, Any], expected_inputs: Sequence[str]) -> Any:
+    """An onnxruntime session (CPU, one thread) of an exported ONNX file, after checking its opset and inputs.
+
+    Args:
+        path: The ONNX file.
+        meta: Its sidecar (``onnx_opset``).
+        expected_inputs: The graph's input names, in order.
+
+    Returns:
+        The ``onnxruntime.InferenceSession``.
+
+    Raises:
+        PolicyFileError: Not a readable ONNX model, one onnxruntime cannot load, or other inputs.
+        OnnxOpsetError: An opset other than the sidecar's or :data:`ONNX_OPSET`.
+    """
     import onnx
     import onnxruntime as ort
 
@@ -668,14 +830,9 @@ def _load_onnx(path: Path, meta: Mapping[str, Any]) -> Any:
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise PolicyFileError(path, f"onnxruntime cannot load the model: {exc}") from exc
     names = [i.name for i in session.get_inputs()]
-    if names != ["state", "history"]:
-        raise PolicyFileError(path, f"inputs are {names}, expected ['state', 'history']", field="graph.input")
-
-    def run(state: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, actions = session.run(None, {"state": state, "history": history})
-        return scores, actions
-
-    return run
+    if names != list(expected_inputs):
+        raise PolicyFileError(path, f"inputs are {names}, expected {list(expected_inputs)}", field="graph.input")
+    return session
 
 
 def _config_dict(config: Any) -> dict[str, Any]:

@@ -50,13 +50,8 @@ and the mismatch (:class:`~gistgym.errors.PolicyFileError`,
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
-import logging
 import os
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,19 +61,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import gistgym
 from gistgym.agents.adaframe import AdaFrameConfig, AdaFrameNet
 from gistgym.agents.export import (
     FORMATS,
-    ONNX_OPSET,
-    SIDECAR_FORMAT,
-    SIDECAR_FORMAT_VERSION,
     ExportResult,
-    parse_env_id,
+    check_file_sha256,
+    check_sidecar_fields,
+    load_torchscript_module,
+    onnx_session,
+    read_policy_sidecar_json,
+    sidecar_header,
     sidecar_path,
+    write_exported_module,
 )
-from gistgym.errors import ConfigError, OnnxOpsetError, PolicyFileError, PolicyMismatchError
-from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json, new_temp_file
+from gistgym.errors import ConfigError, PolicyFileError, PolicyMismatchError
 
 GLIMPSE_ENV_ID = "gistgym/Glimpse-v0"
 INPUT_NAMES = ("frame_feature", "memory", "h", "c", "started")
@@ -246,65 +242,31 @@ def export_adaframe(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {export_format!r}")
     if net.config != context.adaframe:
         raise ConfigError(f"the network's configuration {net.config} differs from the run's {context.adaframe}")
-    module = AdaFrameStepModule(net).cpu().eval()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_temp_file(out.parent, f".{out.name}.", ".tmp")
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit / exporter deprecation and tracer notices
-            args = example_inputs(context, 2)
-            if export_format == "torchscript":
-                traced = torch.jit.trace(module, args, check_trace=False)
-                traced.save(str(tmp))
-            else:
-                _export_onnx(module, args, tmp)
-        data = tmp.read_bytes()
-        atomic_write_bytes(out, data)
-    finally:
-        tmp.unlink(missing_ok=True)
-    digest = hashlib.sha256(data).hexdigest()
-    side = sidecar_path(out)
-    atomic_write_json(side, build_glimpse_sidecar(context, export_format, digest))
-    return ExportResult(out, side, digest, export_format)
-
-
-def _export_onnx(module: nn.Module, args: tuple[Tensor, ...], path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-        program = torch.onnx.export(
-            module,
-            args,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={name: {0: batch} for name in INPUT_NAMES},
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    if program is None:
-        raise ConfigError("the ONNX exporter returned no program")
-    program.save(str(path), external_data=False)
+    return write_exported_module(
+        AdaFrameStepModule(net).cpu().eval(),
+        example_inputs(context, 2),
+        out,
+        export_format,
+        input_names=INPUT_NAMES,
+        output_names=OUTPUT_NAMES,
+        sidecar_for=lambda digest: build_glimpse_sidecar(context, export_format, digest),
+    )
 
 
 def build_glimpse_sidecar(ctx: GlimpsePolicyContext, export_format: str, file_sha256: str) -> dict[str, Any]:
     """The JSON sidecar of an exported AdaFrame agent (see the module docstring)."""
-    name, version = parse_env_id(ctx.env_id)
+    header = sidecar_header(
+        export_format,
+        file_sha256,
+        algorithm=GLIMPSE_ALGORITHM,
+        source=ctx.source,
+        env_id=ctx.env_id,
+        env_kwargs=dict(ctx.env_kwargs),
+    )
     a = ctx.adaframe
     identity = json.loads(json.dumps(dict(ctx.cache_identity), default=str))
     return {
-        "format": SIDECAR_FORMAT,
-        "format_version": SIDECAR_FORMAT_VERSION,
-        "gistgym_version": gistgym.__version__,
-        "export_format": export_format,
-        "onnx_opset": ONNX_OPSET if export_format == "onnx" else None,
-        "torch_version": torch.__version__,
-        "file_sha256": file_sha256,
-        "algorithm": GLIMPSE_ALGORITHM,
-        "source": ctx.source,
-        "env": {"id": ctx.env_id, "name": name, "version": version, "kwargs": dict(ctx.env_kwargs)},
+        **header,
         "cache": {
             "schema_version": identity.get("schema_version"),
             "weights_sha256": identity.get("weights_sha256"),
@@ -414,26 +376,7 @@ def read_glimpse_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
         PolicyFileError: Missing, not JSON, not a gistgym policy sidecar, or missing fields.
         PolicyMismatchError: A policy sidecar of another environment.
     """
-    side = sidecar_path(path)
-    if not side.is_file():
-        raise PolicyFileError(
-            side,
-            f"sidecar JSON missing: an exported policy {Path(path).name} needs its {side.name} (env, cache identity, "
-            "observation layout); re-export it with `gistgym export --run DIR --out FILE`",
-        )
-    try:
-        meta = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PolicyFileError(side, f"not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise PolicyFileError(side, f"expected a {SIDECAR_FORMAT!r} sidecar", field="format")
-    if meta.get("format_version") != SIDECAR_FORMAT_VERSION:
-        raise PolicyFileError(
-            side,
-            f"format_version {meta.get('format_version')!r} is not supported (expected {SIDECAR_FORMAT_VERSION}); "
-            "re-export the policy with this gistgym",
-            field="format_version",
-        )
+    side, meta = read_policy_sidecar_json(path)
     env = meta.get("env")
     env_id = env.get("id") if isinstance(env, dict) else None
     if env_id != GLIMPSE_ENV_ID:
@@ -449,13 +392,7 @@ def read_glimpse_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
         else:
             problem = f"policy was exported for environment {env_id!r}, not {GLIMPSE_ENV_ID!r} (an AdaFrame agent)"
         raise PolicyMismatchError(side, problem, field="env.id")
-    for key in _REQUIRED:
-        if key not in meta:
-            raise PolicyFileError(side, "missing required field", field=key)
-    if meta["export_format"] not in FORMATS:
-        raise PolicyFileError(
-            side, f"export_format {meta['export_format']!r} is not one of {FORMATS}", field="export_format"
-        )
+    check_sidecar_fields(side, meta, _REQUIRED)
     try:
         AdaFrameConfig.from_dict(meta["adaframe"])
         int(meta["memory"]["frames"])
@@ -493,14 +430,7 @@ def load_glimpse_policy(
     if not path.is_file():
         raise PolicyFileError(path, "exported policy file does not exist")
     meta = read_glimpse_sidecar(path)
-    digest = _sha256(path)
-    if digest != meta["file_sha256"]:
-        raise PolicyFileError(
-            path,
-            f"sha256 {digest[:12]}... differs from the sidecar's {str(meta['file_sha256'])[:12]}... (the file was "
-            "changed or replaced after export); re-export it",
-            field="file_sha256",
-        )
+    check_file_sha256(path, meta)
     check_glimpse_policy_matches(
         path,
         meta,
@@ -552,22 +482,8 @@ def check_glimpse_policy_matches(
             )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load_torchscript(path: Path) -> Callable[..., StepOutputs]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError/ValueError/zip errors for a bad archive
-        raise PolicyFileError(path, f"not a readable TorchScript archive (corrupt or truncated?): {exc}") from exc
-    module.eval()
+    module = load_torchscript_module(path)
 
     def run(*args: np.ndarray) -> StepOutputs:
         with torch.inference_mode():
@@ -579,39 +495,7 @@ def _load_torchscript(path: Path) -> Callable[..., StepOutputs]:
 
 
 def _load_onnx(path: Path, meta: Mapping[str, Any]) -> Callable[..., StepOutputs]:
-    import onnx
-    import onnxruntime as ort
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise PolicyFileError(path, f"not a readable ONNX model (corrupt or truncated?): {exc}") from exc
-    opsets = {imp.domain or "ai.onnx": int(imp.version) for imp in model.opset_import}
-    opset = opsets.get("ai.onnx")
-    recorded = meta.get("onnx_opset")
-    if opset != recorded:
-        raise OnnxOpsetError(
-            path,
-            f"file uses ONNX opset {opset} but its sidecar records opset {recorded} (file replaced after export?)",
-            field="opset_import",
-        )
-    if opset != ONNX_OPSET:
-        raise OnnxOpsetError(
-            path,
-            f"ONNX opset {opset} is not the opset this gistgym {gistgym.__version__} exports and loads "
-            f"({ONNX_OPSET}); re-export the policy with `gistgym export --format onnx`",
-            field="opset_import",
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise PolicyFileError(path, f"onnxruntime cannot load the model: {exc}") from exc
-    names = [i.name for i in session.get_inputs()]
-    if names != list(INPUT_NAMES):
-        raise PolicyFileError(path, f"inputs are {names}, expected {list(INPUT_NAMES)}", field="graph.input")
+    session = onnx_session(path, meta, INPUT_NAMES)
 
     def run(*args: np.ndarray) -> StepOutputs:
         outs = session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, args, strict=True)))

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,15 +57,16 @@ from gistgym.backbones.detector import (
 from gistgym.backbones.flops import count_flops, measure_latency
 from gistgym.backbones.mobilenet import ConvBNReLU
 from gistgym.backbones.ssdlite import AnchorConfig, Detections, SSDLiteHead, postprocess
-from gistgym.backbones.weights import freeze, load_into, read_sidecar, sha256_file
+from gistgym.backbones.weights import check_sidecar_model, frozen_from_bytes, read_checked_sidecar, save_weights
 from gistgym.errors import WeightsError
-from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 DEFAULT_DFF_WEIGHTS = Path(gistgym.__file__).parent / "weights" / "dff.pt"
 """The shipped DFF weights (flow net, task net and the copy of the heavy extractor)."""
 
 SIDECAR_MODEL = "deep-feature-flow"
 """``"model"`` entry of a DFF sidecar (its ``format`` is the shared ``gistgym-detector``)."""
+TRAIN_COMMAND = "gistgym backbones train-dff"
+"""The command that trains DFF weights (named when they are missing or of another model)."""
 
 
 @dataclass(frozen=True)
@@ -421,25 +421,12 @@ def save_dff(path: Path, model: DeepFeatureFlow, metadata: Mapping[str, Any]) ->
     :func:`gistgym.backbones.weights.read_sidecar` and the cache build accept) with
     ``"model": "deep-feature-flow"`` and the :class:`DFFConfig` as ``config``.
     """
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buf)
-    data = buf.getvalue()
-    path = Path(path)
-    atomic_write_bytes(path, data)
-    digest = hashlib.sha256(data).hexdigest()
-    atomic_write_json(
-        path.with_suffix(".json"),
-        {
-            "format": "gistgym-detector",
-            "format_version": 1,
-            "model": SIDECAR_MODEL,
-            "config": model.config.to_dict(),
-            "sha256": digest,
-            "feature_net_digest": feature_net_digest(model.feature_net),
-            **metadata,
-        },
+    return save_weights(
+        path,
+        model,
+        {"model": SIDECAR_MODEL, "config": model.config.to_dict()},
+        {"feature_net_digest": feature_net_digest(model.feature_net), **metadata},
     )
-    return digest
 
 
 def dff_from_bytes(data: bytes, sidecar: Mapping[str, Any], path: Path) -> DeepFeatureFlow:
@@ -449,27 +436,12 @@ def dff_from_bytes(data: bytes, sidecar: Mapping[str, Any], path: Path) -> DeepF
         WeightsError: Not a DFF sidecar, a bad configuration, unreadable bytes, or missing
             or mis-shaped keys.
     """
-    if sidecar.get("model") != SIDECAR_MODEL:
-        raise WeightsError(
-            Path(path).with_suffix(".json"),
-            f"not a Deep Feature Flow sidecar (model={sidecar.get('model')!r}, expected {SIDECAR_MODEL!r}); "
-            "train one with `gistgym backbones train-dff`",
-            field="model",
-        )
+    check_sidecar_model(sidecar, path, SIDECAR_MODEL, "Deep Feature Flow", TRAIN_COMMAND)
     try:
         cfg = DFFConfig.from_dict(sidecar["config"])
     except (TypeError, KeyError, ValueError) as exc:
         raise WeightsError(Path(path).with_suffix(".json"), f"bad DFF config: {exc}", field="config") from exc
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt zip/pickle
-        raise WeightsError(path, f"not a readable torch state_dict (corrupt or truncated?): {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(path, "expected a state_dict (a mapping of parameter names to tensors)")
-    model = DeepFeatureFlow(cfg)
-    load_into(model, state, path)
-    frozen: DeepFeatureFlow = freeze(model)
-    return frozen
+    return frozen_from_bytes(DeepFeatureFlow, cfg, data, path)
 
 
 def load_dff(path: str | Path | None = None, *, check_sha256: bool = True) -> tuple[DeepFeatureFlow, dict[str, Any]]:
@@ -482,15 +454,7 @@ def load_dff(path: str | Path | None = None, *, check_sha256: bool = True) -> tu
         WeightsError: Missing files, a checksum that differs from the sidecar, or bad contents.
     """
     path = Path(path) if path is not None else DEFAULT_DFF_WEIGHTS
-    meta = read_sidecar(path)
-    if not path.is_file():
-        raise WeightsError(path, "weights file does not exist; train it with `gistgym backbones train-dff`")
-    if check_sha256 and sha256_file(path) != meta.get("sha256"):
-        raise WeightsError(
-            path,
-            f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)",
-            field="sha256",
-        )
+    meta = read_checked_sidecar(path, check_sha256=check_sha256, train_command=TRAIN_COMMAND)
     return dff_from_bytes(path.read_bytes(), meta, path), meta
 
 

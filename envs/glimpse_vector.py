@@ -8,7 +8,7 @@ episodes except for the slots that restart).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,33 @@ def _unpack_rows(out: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], np.ndar
     return out["obs"], out["reward"], out["terminated"], [single_info(out, i) for i in range(len(out["step"]))]
 
 
-class GlimpseVectorEnv(SlotVectorEnv[Mapping[str, Any]]):
+class _GlimpseSlots:
+    """The constructor both batched Glimpse envs share (put first among the bases, before the slot env).
+
+    It checks the arguments, builds one :class:`GlimpseCore` for all slots and hands it to
+    the slot env next in the MRO with the subclass's ``unpack_output`` and the core's action check.
+    """
+
+    done_means_terminated = True
+    unpack_output: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    """How the slot env reads the core's output (:func:`_unpack` or :func:`_unpack_rows`, a staticmethod)."""
+
+    def __init__(
+        self,
+        cache_path: str | os.PathLike[str],
+        *,
+        num_envs: int = 1,
+        split: str = "train",
+        num_glimpses: int = DEFAULT_NUM_GLIMPSES,
+        render_mode: str | None = None,
+        **unknown: Any,
+    ) -> None:
+        check_env_kwargs(type(self).__name__, unknown, VECTOR_ARGUMENTS, render_mode)
+        core = GlimpseCore(num_envs, cache_path, split=split, num_glimpses=num_glimpses)
+        super().__init__(core, type(self).unpack_output, core.check_actions)  # type: ignore[call-arg]
+
+
+class GlimpseVectorEnv(_GlimpseSlots, SlotVectorEnv[Mapping[str, Any]]):
     """``gistgym/Glimpse-v0`` for N episodes at once (numpy over all slots per step).
 
     The MDP, spaces, rewards and arguments are those of
@@ -66,24 +92,10 @@ class GlimpseVectorEnv(SlotVectorEnv[Mapping[str, Any]]):
     array), with Gymnasium's ``_key`` masks (always all True).
     """
 
-    done_means_terminated = True
-
-    def __init__(
-        self,
-        cache_path: str | os.PathLike[str],
-        *,
-        num_envs: int = 1,
-        split: str = "train",
-        num_glimpses: int = DEFAULT_NUM_GLIMPSES,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        check_env_kwargs(type(self).__name__, unknown, VECTOR_ARGUMENTS, render_mode)
-        core = GlimpseCore(num_envs, cache_path, split=split, num_glimpses=num_glimpses)
-        super().__init__(core, _unpack, core.check_actions)
+    unpack_output = staticmethod(_unpack)
 
 
-class GlimpseSB3VecEnv(SlotSB3VecEnv[Mapping[str, Any]]):
+class GlimpseSB3VecEnv(_GlimpseSlots, SlotSB3VecEnv[Mapping[str, Any]]):
     """N ``Glimpse`` episodes as an SB3 ``VecEnv`` (same-step autoreset, as ``DummyVecEnv``).
 
     Arguments are those of :class:`GlimpseVectorEnv`. When an episode ends, ``step_wait``
@@ -96,18 +108,4 @@ class GlimpseSB3VecEnv(SlotSB3VecEnv[Mapping[str, Any]]):
     object itself. Rewards are float32 (SB3's buffers), computed in float64.
     """
 
-    done_means_terminated = True
-
-    def __init__(
-        self,
-        cache_path: str | os.PathLike[str],
-        *,
-        num_envs: int = 1,
-        split: str = "train",
-        num_glimpses: int = DEFAULT_NUM_GLIMPSES,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        check_env_kwargs(type(self).__name__, unknown, VECTOR_ARGUMENTS, render_mode)
-        core = GlimpseCore(num_envs, cache_path, split=split, num_glimpses=num_glimpses)
-        super().__init__(core, _unpack_rows, core.check_actions)
+    unpack_output = staticmethod(_unpack_rows)

@@ -37,8 +37,8 @@ class VideosMakeArgs:
     """Videos in the val split (-1 = the kind's default: 32 detection, 400 untrimmed)."""
     test: int = -1
     """Videos in the test split (-1 = the kind's default: 32 detection, 200 untrimmed)."""
-    frames: int = 0
-    """Frames per video (0 = the kind's default: 96 detection, 48 untrimmed)."""
+    frames: int = -1
+    """Frames per video (-1 = the kind's default: 96 detection, 48 untrimmed)."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,15 @@ def cmd_videos_make(ns: argparse.Namespace) -> int:
     a = dataclass_from_args(VideosMakeArgs, ns)
     config: SyntheticConfig | UntrimmedConfig
     if a.kind == "detection":
-        config, defaults = SyntheticConfig(num_frames=a.frames or 96), DEFAULT_SPLIT_SIZES
+        config, defaults = SyntheticConfig(num_frames=96 if a.frames < 0 else a.frames), DEFAULT_SPLIT_SIZES
     elif a.kind == "untrimmed":
-        config, defaults = UntrimmedConfig(num_frames=a.frames or 48), UNTRIMMED_SPLIT_SIZES
+        config, defaults = UntrimmedConfig(num_frames=48 if a.frames < 0 else a.frames), UNTRIMMED_SPLIT_SIZES
     else:
         raise ConfigError(f"--kind must be `detection` or `untrimmed`, got {a.kind!r}")
     requested = {"train": a.train, "val": a.val, "test": a.test}
     sizes = {s: defaults[s] if n < 0 else n for s, n in requested.items()}
     out = make_benchmark(a.out, seed=a.seed, split_sizes=sizes, config=config)
-    print(f"wrote {sum(sizes.values())} {a.kind} videos to {out}")
+    print(f"wrote {sum(sizes.values())} videos to {out} ({a.kind} benchmark)")
     return 0
 
 

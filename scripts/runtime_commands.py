@@ -8,10 +8,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gistgym.scripts.args import field_docs
+
+ArgsT = TypeVar("ArgsT")
+
+_DETECT_FIELDS = (
+    "video",
+    "policy",
+    "out",
+    "async_mode",
+    "weights",
+    "annotate",
+    "max_frames",
+    "heavy_delay_frames",
+    "draw_threshold",
+)
+"""The ``DetectArgs`` fields ``gistgym detect`` takes from options of the same name."""
+_GLIMPSE_DETECT_FIELDS = ("video", "policy", "out", "glimpse_weights", "mu", "patience", "num_glimpses", "max_frames")
+"""The ``GlimpseDetectArgs`` fields ``gistgym detect`` takes from options of the same name (AdaFrame policies)."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +92,32 @@ def cmd_detect(ns: argparse.Namespace) -> int:
     _set_threads()
     if _is_glimpse_policy(ns.policy):
         return _cmd_detect_glimpse(ns)
-    args = DetectArgs(
-        video=ns.video,
-        policy=ns.policy,
-        out=ns.out,
-        async_mode=ns.async_mode,
-        weights=ns.weights,
-        annotate=ns.annotate,
-        max_frames=ns.max_frames,
-        heavy_delay_frames=ns.heavy_delay_frames,
-        draw_threshold=ns.draw_threshold,
-        progress=ns.progress and not ns.json,
-    )
-    summary = detect_video(args)
-    print(json.dumps(summary) if ns.json else format_summary(summary))
+    return _run_detect(ns, DetectArgs, _DETECT_FIELDS, detect_video, format_summary)
+
+
+def _run_detect(
+    ns: argparse.Namespace,
+    make_args: Callable[..., ArgsT],
+    fields: Sequence[str],
+    detect: Callable[[ArgsT], dict[str, Any]],
+    summarize: Callable[[dict[str, Any]], str],
+) -> int:
+    """Run one ``gistgym detect`` runtime and print its summary.
+
+    Args:
+        ns: The parsed options.
+        make_args: The runtime's arguments class.
+        fields: Its fields taken from the options of the same name (``progress`` is on
+            unless ``--no-progress`` or ``--json``).
+        detect: Runs the runtime and returns its summary.
+        summarize: The summary as printed text (``--json`` prints it as one JSON object).
+
+    Returns:
+        The exit code, 0.
+    """
+    args = make_args(**{name: getattr(ns, name) for name in fields}, progress=ns.progress and not ns.json)
+    summary = detect(args)
+    print(json.dumps(summary) if ns.json else summarize(summary))
     return 0
 
 
@@ -100,20 +130,7 @@ def _cmd_detect_glimpse(ns: argparse.Namespace) -> int:
             f"--async, --weights and --heavy-delay-frames apply to the interleaved detector; {ns.policy} is an "
             "AdaFrame (gistgym/Glimpse-v0) policy: use --glimpse-weights, --mu, --patience, --num-glimpses"
         )
-    args = GlimpseDetectArgs(
-        video=ns.video,
-        policy=ns.policy,
-        out=ns.out,
-        glimpse_weights=ns.glimpse_weights,
-        mu=ns.mu,
-        patience=ns.patience,
-        num_glimpses=ns.num_glimpses,
-        max_frames=ns.max_frames,
-        progress=ns.progress and not ns.json,
-    )
-    summary = detect_glimpse(args)
-    print(json.dumps(summary) if ns.json else format_glimpse_summary(summary))
-    return 0
+    return _run_detect(ns, GlimpseDetectArgs, _GLIMPSE_DETECT_FIELDS, detect_glimpse, format_glimpse_summary)
 
 
 def cmd_sample_video(ns: argparse.Namespace) -> int:

@@ -124,6 +124,7 @@ def glimpse_cache(
     from gistgym.videos.dataset import load_dataset
 
     folder = tmp_path_factory.mktemp("glimpse")
+    torch.manual_seed(0)  # the classifier's initial weights: the same whichever test builds this first
     models = GlimpseModels.from_detector(nontrivial_model, hidden=32, memory_frames=8)
     records = load_dataset(untrimmed_bench).split("train")
     feats = [models.frame_features(r.read_frames()) for r in records]

@@ -130,3 +130,39 @@ def test_compare_includes_runs_and_adaptive_points(runs: Path, glimpse_cache: Pa
         assert set(payload[key]) >= {"map", "top1", "frames_used", "gflops_per_video"}
     assert "reaches_all" in comp.verdict
     assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 0
+
+
+def test_adaframe_training_rewards_equal_the_environments(glimpse_cache: Path) -> None:
+    """The agent trains on exactly what Glimpse-v0 pays: same frames, margins and Eq. 3 rewards."""
+    import torch
+
+    from gistgym.agents.adaframe import AdaFrameConfig, AdaFrameNet, rollout
+    from gistgym.envs.glimpse import GlimpseCore
+
+    section, videos = _split(glimpse_cache, "train")
+    n, k = len(videos.video_ids), 5
+    locations = np.random.default_rng(4).uniform(0, 1, (n, k)).astype(np.float32)
+    locations[:, 2] = locations[:, 0]  # a revisit
+    net = AdaFrameNet.from_config(AdaFrameConfig(hidden=8, embed=8).for_section(section.config)).eval()
+    with torch.no_grad():
+        roll = rollout(
+            net,
+            section.classifier,
+            torch.from_numpy(videos.frame_features),
+            torch.from_numpy(videos.num_frames),
+            torch.from_numpy(videos.memory),
+            torch.from_numpy(videos.labels),
+            num_glimpses=k,
+            locations=torch.from_numpy(locations),
+        )
+    core = GlimpseCore(n, glimpse_cache, split="train", num_glimpses=k)
+    slots = np.arange(n)
+    for i, vid in enumerate(videos.video_ids):
+        core.load(i, vid)
+    core.advance(slots, np.zeros(n))
+    for t in range(k):
+        out = core.advance(slots, locations[:, t].astype(np.float64))
+        np.testing.assert_array_equal(out["frame_index"], roll.indices[:, t].numpy())
+        np.testing.assert_allclose(out["margin"], roll.margins[:, t].numpy(), atol=1e-6)
+        np.testing.assert_allclose(out["reward"], roll.rewards[:, t].numpy(), atol=1e-6)
+    core.close()
