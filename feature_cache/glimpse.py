@@ -142,14 +142,20 @@ class GlimpseSection:
         memory = np.zeros((len(ids), cfg.memory_frames, cfg.memory_dim), dtype=np.float32)
         for i, ep in enumerate(episodes):
             arrays = ep.sections[SECTION_GLIMPSE]
+            expected = {
+                FRAME_FEATURES: (int(ep.num_frames), cfg.feature_dim),
+                MEMORY_FEATURES: (cfg.memory_frames, cfg.feature_dim),
+                MEMORY_POSITIONS: (cfg.memory_frames,),
+            }
+            for name, shape in expected.items():
+                if name not in arrays or arrays[name].shape != shape:
+                    found = arrays[name].shape if name in arrays else "missing"
+                    raise CacheError(
+                        cache.path,
+                        f"{name} of shape {found}, expected {shape}; rebuild the cache",
+                        field=f"videos/{ids[i]}/{SECTION_GLIMPSE}/{name}",
+                    )
             f = arrays[FRAME_FEATURES]
-            expect = (int(ep.num_frames), cfg.feature_dim)
-            if f.shape != expect:
-                raise CacheError(
-                    cache.path,
-                    f"frame features of shape {f.shape}, expected {expect}",
-                    field=f"videos/{ids[i]}/{SECTION_GLIMPSE}/{FRAME_FEATURES}",
-                )
             feats[i, : len(f)] = f
             evidence[i, : len(f)] = [seg == EVIDENCE for seg in ep.segments] if ep.segments else False
             memory[i] = memory_with_positions(

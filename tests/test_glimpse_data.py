@@ -123,3 +123,32 @@ def test_caches_without_the_section_and_bad_commands(tiny_cache: Path, capsys: p
     assert len(err) == 1 and err[0].startswith("gistgym: error:") and "/nonexistent/videos" in err[0]
     assert main(["videos", "make", "--kind", "trimmed", "--out", "/tmp/x"]) == 2
     assert "--kind must be" in capsys.readouterr().err
+
+
+def test_damaged_glimpse_sections_are_refused(glimpse_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+
+    from gistgym.errors import CacheDataError, CacheError
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(glimpse_cache, bad)
+    cache = FeatureCache(bad, sections=("glimpse",))
+    vid = cache.video_ids("val")[0]
+    cache.close()
+    with h5py.File(bad, "r+") as f:
+        del f[f"videos/{vid}/glimpse/memory_features"]
+        f[f"videos/{vid}/glimpse/memory_features"] = np.zeros((3, 5), np.float32)
+    cache = FeatureCache(bad, sections=("glimpse",), check_finite=True)
+    section = read_glimpse_section(cache)
+    with pytest.raises(CacheError, match=r"memory_features of shape \(3, 5\), expected \(8, 128\)") as err:
+        section.load_split(cache, "val")
+    assert err.value.field == f"videos/{vid}/glimpse/memory_features"
+    cache.close()
+    with h5py.File(bad, "r+") as f:
+        f[f"videos/{vid}/glimpse/frame_features"][2, 0] = np.nan
+    cache = FeatureCache(bad, sections=("glimpse",), check_finite=True)
+    with pytest.raises(CacheDataError, match="NaN/inf"):
+        read_glimpse_section(cache).load_split(cache, "val")
+    cache.close()
