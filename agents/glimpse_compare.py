@@ -318,6 +318,9 @@ def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEval
         ConfigError: Bad arguments (a baseline name, duplicate names).
         CacheSectionError: The cache has no ``glimpse`` section.
     """
+    bad = [k for k in config.glimpse_counts if k < 1]
+    if bad:
+        raise ConfigError(f"--glimpse-counts must be frame counts >= 1, got {list(config.glimpse_counts)}")
     cache = FeatureCache(Path(config.cache), sections=(SECTION_GLIMPSE,))
     try:
         section = read_glimpse_section(cache)

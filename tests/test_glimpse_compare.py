@@ -164,3 +164,6 @@ def test_compare_writes_outputs_and_refuses_unknown_policies(glimpse_cache: Path
     bad = SimpleNamespace(**{**config.__dict__, "policies": ("tau=3",)})
     with pytest.raises(ConfigError, match="neither a glimpse baseline nor a run directory"):
         compare_glimpse(bad, [], lambda *a: [])
+    bad = SimpleNamespace(**{**config.__dict__, "glimpse_counts": (2, 0)})
+    with pytest.raises(ConfigError, match=r"--glimpse-counts must be frame counts >= 1, got \[2, 0\]"):
+        compare_glimpse(bad, [], lambda *a: [])
