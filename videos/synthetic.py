@@ -378,12 +378,38 @@ class _VideoSimulator:
         )
         return pixels, ann
 
+    # --- what a variant of the benchmark overrides (see gistgym.videos.untrimmed) ------------
+    def _initial_objects(self, kind: str) -> None:
+        """Objects on screen in the first frame."""
+        lo, hi = self.cfg.initial_objects
+        for _ in range(int(self.rng.integers(lo, hi + 1))):
+            self._spawn(kind, from_edge=False)
+
+    def _populate(self, t: int, kind: str) -> None:
+        """Objects entering at frame ``t`` (after the scene moved)."""
+        if t == 0:
+            return
+        spawn_p = float(_SEGMENT_PARAMS[kind]["spawn"])  # type: ignore[arg-type]
+        if len(self.objects) < self.cfg.max_objects and (not self.objects or self.rng.random() < spawn_p):
+            self._spawn(kind, from_edge=True)
+
+    def _annotate(self, t: int, ann: FrameAnnotation) -> FrameAnnotation:
+        """The ground truth stored for frame ``t`` (default: every rendered object)."""
+        return ann
+
+    def _label(self, annotations: list[FrameAnnotation]) -> int:
+        """The video-level label: the class with the most annotated object-frames."""
+        counts = np.bincount(
+            np.concatenate([a.labels for a in annotations] + [np.zeros(0, np.int64)]),
+            minlength=len(CLASS_NAMES),
+        )
+        return int(np.argmax(counts)) if counts.sum() else self.dominant
+
     def run(self) -> SyntheticVideo:
         cfg = self.cfg
         first = self.segments[0]
         self._enter_segment(first)
-        for _ in range(int(self.rng.integers(cfg.initial_objects[0], cfg.initial_objects[1] + 1))):
-            self._spawn(first, from_edge=False)
+        self._initial_objects(first)
         frames = np.empty((cfg.num_frames, cfg.height, cfg.width, 3), dtype=np.uint8)
         annotations: list[FrameAnnotation] = []
         for t, kind in enumerate(self.segments):
@@ -393,17 +419,10 @@ class _VideoSimulator:
                 self.cam_x += self.cam_vx
                 self.cam_y += self.cam_vy
                 self._step_objects(kind)
-                spawn_p = float(_SEGMENT_PARAMS[kind]["spawn"])  # type: ignore[arg-type]
-                if len(self.objects) < cfg.max_objects and (not self.objects or self.rng.random() < spawn_p):
-                    self._spawn(kind, from_edge=True)
+            self._populate(t, kind)
             frames[t], ann = self._render(kind)
-            annotations.append(ann)
-        counts = np.bincount(
-            np.concatenate([a.labels for a in annotations] + [np.zeros(0, np.int64)]),
-            minlength=len(CLASS_NAMES),
-        )
-        label = int(np.argmax(counts)) if counts.sum() else self.dominant
-        return SyntheticVideo(frames=frames, annotations=tuple(annotations), label=label)
+            annotations.append(self._annotate(t, ann))
+        return SyntheticVideo(frames=frames, annotations=tuple(annotations), label=self._label(annotations))
 
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}

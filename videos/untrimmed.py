@@ -116,7 +116,13 @@ class _UntrimmedSimulator(_VideoSimulator):
     def _class_objects(self) -> int:
         return sum(o.track_id not in self.plain for o in self.objects)
 
-    def _step_scene(self, t: int, kind: str) -> None:
+    def _initial_objects(self, kind: str) -> None:
+        """Half of the videos open with one distractor on screen."""
+        if self.rng.random() < 0.5:
+            self._spawn_plain(kind, from_edge=False)
+
+    def _populate(self, t: int, kind: str) -> None:
+        """Class objects during the evidence window, distractors entering elsewhere."""
         cfg = self.untrimmed
         inside = self.evidence_start <= t < self.evidence_end
         if t == self.evidence_end:
@@ -131,35 +137,21 @@ class _UntrimmedSimulator(_VideoSimulator):
         elif len(self.objects) < cfg.max_objects and self.rng.random() < cfg.distractor_rate:
             self._spawn_plain(kind, from_edge=True)
 
-    def run_untrimmed(self) -> SyntheticVideo:
-        cfg = self.untrimmed
-        first = self.segments[0]
-        self._enter_segment(first)
-        if self.rng.random() < 0.5:
-            self._spawn_plain(first, from_edge=False)
-        frames = np.empty((cfg.num_frames, cfg.height, cfg.width, 3), dtype=np.uint8)
-        annotations: list[FrameAnnotation] = []
-        for t, kind in enumerate(self.segments):
-            if t > 0:
-                if kind != self.segments[t - 1]:
-                    self._enter_segment(kind)
-                self.cam_x += self.cam_vx
-                self.cam_y += self.cam_vy
-                self._step_objects(kind)
-            self._step_scene(t, kind)
-            frames[t], ann = self._render(kind)
-            keep = np.array([i not in self.plain for i in ann.track_ids.tolist()], dtype=bool)
-            inside = self.evidence_start <= t < self.evidence_end
-            annotations.append(
-                FrameAnnotation(
-                    boxes=ann.boxes[keep],
-                    labels=ann.labels[keep],
-                    track_ids=ann.track_ids[keep],
-                    speeds=ann.speeds[keep],
-                    segment=EVIDENCE if inside else BACKGROUND,
-                )
-            )
-        return SyntheticVideo(frames=frames, annotations=tuple(annotations), label=self.label)
+    def _annotate(self, t: int, ann: FrameAnnotation) -> FrameAnnotation:
+        """Class objects only (distractors are background); the segment says evidence or background."""
+        keep = np.array([i not in self.plain for i in ann.track_ids.tolist()], dtype=bool)
+        inside = self.evidence_start <= t < self.evidence_end
+        return FrameAnnotation(
+            boxes=ann.boxes[keep],
+            labels=ann.labels[keep],
+            track_ids=ann.track_ids[keep],
+            speeds=ann.speeds[keep],
+            segment=EVIDENCE if inside else BACKGROUND,
+        )
+
+    def _label(self, annotations: list[FrameAnnotation]) -> int:
+        """The class of the evidence window."""
+        return self.label
 
 
 def generate_untrimmed_video(
@@ -181,7 +173,7 @@ def generate_untrimmed_video(
         raise ConfigError(f"split must be one of {sorted(SPLIT_INDEX)}, got {split!r}")
     # a stream of its own (the 4th key) so these videos never repeat the detection benchmark's
     rng = np.random.default_rng([seed, SPLIT_INDEX[split], index, 1])
-    return _UntrimmedSimulator(config or UntrimmedConfig(), rng).run_untrimmed()
+    return _UntrimmedSimulator(config or UntrimmedConfig(), rng).run()
 
 
 def evidence_mask(video: SyntheticVideo) -> np.ndarray:
