@@ -6,13 +6,15 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 
 if TYPE_CHECKING:
+    from gistgym.agents.train import TrainConfig
     from gistgym.backbones.detector import InterleavedDetector
 
 torch.set_num_threads(1)
@@ -143,4 +145,46 @@ def glimpse_cache(
         measure_latency=False,
         progress=False,
     )
+    return out
+
+
+@pytest.fixture(scope="session")
+def adaframe_config(glimpse_cache: Path) -> Callable[..., TrainConfig]:
+    """``(out, **overrides) -> TrainConfig`` of a tiny AdaFrame run on ``glimpse_cache``.
+
+    K = 3 glimpses, LSTM 16, batches of 4 videos, 6 optimiser steps, evaluated on 2 val videos
+    after steps 3 and 6.
+    """
+    from dataclasses import replace
+
+    from gistgym.agents.train import TrainConfig
+
+    def make(out: Path, **overrides: Any) -> TrainConfig:
+        base = TrainConfig(
+            cache=str(glimpse_cache),
+            out=str(out),
+            env="gistgym/Glimpse-v0",
+            algo="adaframe",
+            name="ada",
+            num_glimpses=3,
+            adaframe_hidden=16,
+            batch_size=4,
+            adaframe_steps=6,
+            eval_every=4 * 3 * 3,
+            eval_videos=2,
+            progress=False,
+        )
+        return replace(base, **overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def glimpse_runs(adaframe_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with two tiny Glimpse-v0 runs, ``ada`` (AdaFrame) and ``ppo``, trained once per session."""
+    from gistgym.agents.train import train_one
+
+    out = tmp_path_factory.mktemp("glimpse-runs")
+    train_one(adaframe_config(out))
+    train_one(adaframe_config(out, algo="ppo", name="ppo", num_envs=2, n_steps=6, total_timesteps=24, eval_every=0))
     return out

@@ -25,7 +25,6 @@ from gistgym.agents.glimpse_export import (
 )
 from gistgym.agents.glimpse_runs import load_adaframe_run, subset
 from gistgym.agents.runs import read_run_config
-from gistgym.agents.train import TrainConfig, train_one
 from gistgym.errors import OnnxOpsetError, PolicyFileError, PolicyMismatchError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.glimpse import GlimpseVideos, read_glimpse_section
@@ -37,24 +36,8 @@ K_RUNTIME = 6  # the inference budget of the runtime tests (the run trains with 
 
 
 @pytest.fixture(scope="module")
-def run(glimpse_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("glimpse-export-runs")
-    cfg = TrainConfig(
-        cache=str(glimpse_cache),
-        out=str(out),
-        env=GLIMPSE_ENV_ID,
-        algo="adaframe",
-        name="ada",
-        num_glimpses=3,
-        adaframe_hidden=16,
-        batch_size=4,
-        adaframe_steps=6,
-        eval_every=0,
-        eval_videos=2,
-        progress=False,
-    )
-    train_one(cfg)
-    return out / "ada"
+def run(glimpse_runs: Path) -> Path:
+    return glimpse_runs / "ada"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,34 +23,6 @@ from gistgym.feature_cache.glimpse import read_glimpse_section
 ENV = "gistgym/Glimpse-v0"
 
 
-def _config(cache: Path, out: Path, **kw: object) -> TrainConfig:
-    base = TrainConfig(
-        cache=str(cache),
-        out=str(out),
-        env=ENV,
-        algo="adaframe",
-        name="ada",
-        num_glimpses=3,
-        adaframe_hidden=16,
-        batch_size=4,
-        adaframe_steps=6,
-        eval_every=4 * 3 * 3,
-        eval_videos=2,
-        progress=False,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def runs(glimpse_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("glimpse-runs")
-    train_one(_config(glimpse_cache, out))
-    train_one(
-        _config(glimpse_cache, out, algo="ppo", name="ppo", num_envs=2, n_steps=6, total_timesteps=24, eval_every=0)
-    )
-    return out
-
-
 def _split(cache: Path, split: str = "val") -> tuple:
     c = FeatureCache(cache, sections=("glimpse",))
     section = read_glimpse_section(c)
@@ -59,8 +31,8 @@ def _split(cache: Path, split: str = "val") -> tuple:
     return section, videos
 
 
-def test_adaframe_run_directory_round_trip(runs: Path, glimpse_cache: Path) -> None:
-    run = runs / "ada"
+def test_adaframe_run_directory_round_trip(glimpse_runs: Path, glimpse_cache: Path) -> None:
+    run = glimpse_runs / "ada"
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "eval.json", "model.pt", "tb", "training.png"]
     config = read_run_config(run)
     assert config["algo"] == "adaframe" and config["env_id"] == ENV
@@ -73,14 +45,16 @@ def test_adaframe_run_directory_round_trip(runs: Path, glimpse_cache: Path) -> N
     net = load_adaframe_run(run, cache=glimpse_cache)
     again = evaluate_adaframe(net, section, subset(videos, 2), "ada", mu=-math.inf, patience=1)
     assert again.map == pytest.approx(history[-1]["map"]) and again.frames_used == history[-1]["frames_used"]
-    assert not any(p.name.startswith(".") for p in runs.iterdir())  # no partial directory left
+    assert not any(p.name.startswith(".") for p in glimpse_runs.iterdir())  # no partial directory left
 
 
-def test_adaframe_run_refuses_other_caches_and_algos(runs: Path, glimpse_cache: Path, tmp_path: Path) -> None:
+def test_adaframe_run_refuses_other_caches_and_algos(
+    glimpse_runs: Path, glimpse_cache: Path, tmp_path: Path, adaframe_config: Callable[..., TrainConfig]
+) -> None:
     with pytest.raises(RunError, match="not an AdaFrame run"):
-        load_adaframe_run(runs / "ppo")
+        load_adaframe_run(glimpse_runs / "ppo")
     copy = tmp_path / "ada"
-    shutil.copytree(runs / "ada", copy)
+    shutil.copytree(glimpse_runs / "ada", copy)
     cfg = json.loads((copy / "config.json").read_text())
     cfg["cache_identity"]["model_weights"]["glimpse"] = "0" * 64
     (copy / "config.json").write_text(json.dumps(cfg))
@@ -90,13 +64,13 @@ def test_adaframe_run_refuses_other_caches_and_algos(runs: Path, glimpse_cache: 
     with pytest.raises(RunError, match="cannot load the AdaFrame agent"):
         load_adaframe_run(copy)
     with pytest.raises(ConfigError, match="adaframe trains on gistgym/Glimpse-v0"):
-        train_one(_config(glimpse_cache, tmp_path, env="gistgym/Keyframe-v0"))
+        train_one(adaframe_config(tmp_path, env="gistgym/Keyframe-v0"))
     with pytest.raises(ConfigError, match="needs discrete actions"):
-        train_one(_config(glimpse_cache, tmp_path, algo="ddqn"))
+        train_one(adaframe_config(tmp_path, algo="ddqn"))
 
 
-def test_ppo_runs_through_the_environment(runs: Path, glimpse_cache: Path) -> None:
-    run = load_run(runs / "ppo", cache=glimpse_cache)
+def test_ppo_runs_through_the_environment(glimpse_runs: Path, glimpse_cache: Path) -> None:
+    run = load_run(glimpse_runs / "ppo", cache=glimpse_cache)
     ev = GlimpseEnvEvaluator(glimpse_cache, "val", {"num_glimpses": 3}, max_videos=None)
     try:
         a = ev.evaluate(SB3Policy(run.model, "ppo"))
@@ -110,11 +84,11 @@ def test_ppo_runs_through_the_environment(runs: Path, glimpse_cache: Path) -> No
     assert a.gflops_per_video == pytest.approx(expect)
 
 
-def test_compare_includes_runs_and_adaptive_points(runs: Path, glimpse_cache: Path, tmp_path: Path) -> None:
+def test_compare_includes_runs_and_adaptive_points(glimpse_runs: Path, glimpse_cache: Path, tmp_path: Path) -> None:
     config = CompareConfig(
         cache=str(glimpse_cache),
         env=ENV,
-        runs=str(runs),
+        runs=str(glimpse_runs),
         glimpse_counts=(1, 3),
         mus=(0.1, 1e9),
         patience=1,
