@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/runtime.py [--video FILE ...] [--policy EXPORTED] [--repeats N] [--json] [--plot PNG]
+    python benchmarks/runtime.py [--video FILE ...] [--policy EXPORTED] [--repeats N] [--eager] [--json] [--plot PNG]
 
 For each video (default: the first val video of ``data/bench`` and, if it can be obtained,
 the real sample ``bikes.mp4``, see :mod:`gistgym.runtime.sample_video`) the frames are
@@ -20,7 +20,9 @@ mode, not paced at the video's frame rate), so in async mode the heavy job compe
 the following light frames for the CPU. Per configuration the statistics of each repeat are
 computed and the median over repeats reported (fps, p50, p95, max), with the ratios the
 issue asks for: fps / heavy's fps and max latency / light's max latency, from the same run.
-One torch thread per thread (``OMP_NUM_THREADS=1``).
+One torch thread per thread (``OMP_NUM_THREADS=1``). The detector runs as frozen TorchScript
+graphs, as ``gistgym detect`` does (:mod:`gistgym.runtime.frozen`); ``--eager`` measures the
+eager torch modules instead.
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ def _configs(policy: str | None) -> list[tuple[str, str, bool]]:
     return out
 
 
-def run_once(model: Any, choice: ScheduleChoice, frames: list[np.ndarray], async_mode: bool) -> dict[str, Any]:
+def run_once(
+    model: Any, choice: ScheduleChoice, frames: list[np.ndarray], async_mode: bool, frozen: bool = True
+) -> dict[str, Any]:
     """One pass over ``frames``: fps over the summed latencies, latency percentiles, heavy fraction."""
     indices = action_extractor_indices(choice, model, choice.spec)
     history_len = choice.exported.history_len if choice.exported is not None else 20
-    memory = OnlineMemory(model, indices, history_len=history_len)
+    memory = OnlineMemory(model, indices, history_len=history_len, frozen=frozen)
     names = choice.action_meanings
     stats = AsyncStats()
     if async_mode:
@@ -92,7 +96,9 @@ def run_once(model: Any, choice: ScheduleChoice, frames: list[np.ndarray], async
     }
 
 
-def bench_video(model: Any, meta: dict[str, Any], video: Path, policy: str | None, repeats: int) -> dict[str, Any]:
+def bench_video(
+    model: Any, meta: dict[str, Any], video: Path, policy: str | None, repeats: int, frozen: bool = True
+) -> dict[str, Any]:
     """Every configuration on one video, round-robin over ``repeats``."""
     source = VideoSource(video, model.config.image_size)
     frames = [small for _, small in source.frames()]
@@ -108,10 +114,10 @@ def bench_video(model: Any, meta: dict[str, Any], video: Path, policy: str | Non
         for key, spec, _ in configs
     }
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in configs}
-    run_once(model, choices["heavy"], frames[:10], False)  # warm-up (allocator, lazy init)
+    run_once(model, choices["heavy"], frames[:10], False, frozen)  # warm-up (allocator, lazy init, freezing)
     for _ in range(repeats):
         for key, _, async_mode in configs:
-            runs[key].append(run_once(model, choices[key], frames, async_mode))
+            runs[key].append(run_once(model, choices[key], frames, async_mode, frozen))
     report: dict[str, Any] = {}
     for key, per_repeat in runs.items():
         report[key] = {k: float(np.median([r[k] for r in per_repeat])) for k in per_repeat[0]}
@@ -122,6 +128,7 @@ def bench_video(model: Any, meta: dict[str, Any], video: Path, policy: str | Non
         r["max_vs_light"] = r["max_ms"] / light_max
     return {
         "video": str(video),
+        "modules": "frozen-torchscript" if frozen else "eager",
         "frames": len(frames),
         "size": [source.info.width, source.info.height],
         "repeats": repeats,
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", default=None, help="exported policy for the adaptive rows")
     parser.add_argument("--weights", default=None, help="detector weights (default: the shipped ones)")
     parser.add_argument("--repeats", type=int, default=5, help="passes over each video per configuration")
+    parser.add_argument("--eager", action="store_true", help="run the eager torch modules, not frozen TorchScript")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", default="runs/runtime/benchmark.png", help="PNG to write ('' = none)")
     args = parser.parse_args(argv)
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, meta = load_detector(args.weights)
         videos = [Path(v) for v in args.video] if args.video else _default_videos()
-        results = [bench_video(model, meta, v, args.policy, args.repeats) for v in videos]
+        results = [bench_video(model, meta, v, args.policy, args.repeats, not args.eager) for v in videos]
     except GistgymError as exc:
         print(f"benchmarks/runtime.py: error: {exc}", file=sys.stderr)
         return 2
@@ -185,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}")
     for res in results:
-        print(f"\n{res['video']}: {res['frames']} frames {res['size'][0]}x{res['size'][1]}, median of {res['repeats']}")
+        print(
+            f"\n{res['video']}: {res['frames']} frames {res['size'][0]}x{res['size'][1]}, median of {res['repeats']}, "
+            f"{res['modules']} modules"
+        )
         print("| config | frames/s | x heavy | p50 ms | p95 ms | max ms | max / light max | heavy fraction |")
         print("|---|---|---|---|---|---|---|---|")
         for key, r in res["configs"].items():

@@ -55,6 +55,8 @@ class DetectArgs:
     """Detections scoring at least this are drawn on the annotated video."""
     progress: bool = True
     """Show a progress bar."""
+    eager: bool = False
+    """Run the detector's eager torch modules instead of frozen TorchScript graphs (slower; for debugging)."""
 
 
 def class_names_for(meta: dict[str, Any], num_classes: int) -> tuple[str, ...]:
@@ -89,9 +91,9 @@ def action_extractor_indices(choice: ScheduleChoice, detector: InterleavedDetect
 
 
 def build_runtime(
-    policy_spec: str, weights: str | Path | None = None
+    policy_spec: str, weights: str | Path | None = None, *, frozen: bool = True
 ) -> tuple[InterleavedDetector, dict[str, Any], ScheduleChoice, OnlineMemory]:
-    """Load the detector and the policy, check they fit, and make the online memory."""
+    """Load the detector and the policy, check they fit, and make the online memory (see :class:`OnlineMemory`)."""
     from gistgym.backbones.weights import load_detector
 
     detector, meta = load_detector(weights or None)
@@ -104,7 +106,7 @@ def build_runtime(
     )
     indices = action_extractor_indices(choice, detector, policy_spec)
     history_len = choice.exported.history_len if choice.exported is not None else 20
-    memory = OnlineMemory(detector, indices, history_len=history_len)
+    memory = OnlineMemory(detector, indices, history_len=history_len, frozen=frozen)
     return detector, meta, choice, memory
 
 
@@ -136,7 +138,8 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
     """Run ``gistgym detect`` and return its summary (also written to ``OUT/summary.json``).
 
     Summary keys: ``format``, ``gistgym_version``, ``video`` (path, size, fps, codec, resize),
-    ``policy``, ``mode`` (sync/async), ``frames``, ``fps`` (frames over the summed per-frame
+    ``policy``, ``mode`` (sync/async), ``modules`` (frozen-torchscript or eager), ``frames``,
+    ``fps`` (frames over the summed per-frame
     latencies), ``fps_wall`` (frames over the wall time including decoding and writing),
     ``heavy_fraction`` (frames the heavy extractor ran on, or was launched on in async mode),
     ``p50_ms``, ``p95_ms``, ``max_ms``, ``mean_ms`` (per-frame latency), ``detections_from``
@@ -153,7 +156,7 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
         raise ConfigError(f"--annotate must be one of {', '.join(ANNOTATE_CHOICES)}, got {args.annotate!r}")
     if args.max_frames < 0 or args.heavy_delay_frames < 0:
         raise ConfigError("--max-frames and --heavy-delay-frames must be >= 0")
-    detector, meta, choice, memory = build_runtime(args.policy, args.weights or None)
+    detector, meta, choice, memory = build_runtime(args.policy, args.weights or None, frozen=not args.eager)
     source = VideoSource(args.video, detector.config.image_size, max_frames=args.max_frames or None)
     classes = class_names_for(meta, detector.config.num_classes)
     out = AtomicOutputDir(args.out)
@@ -227,6 +230,7 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
             "policy_name": choice.policy.name,
             "action_meanings": list(choice.action_meanings),
             "mode": "async" if args.async_mode else "sync",
+            "modules": "eager" if args.eager else "frozen-torchscript",
             "frames": n,
             "fps": n / busy if busy > 0 else None,
             "fps_wall": n / (time.perf_counter() - wall0),

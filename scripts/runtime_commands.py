@@ -26,6 +26,7 @@ _DETECT_FIELDS = (
     "max_frames",
     "heavy_delay_frames",
     "draw_threshold",
+    "eager",
 )
 """The ``DetectArgs`` fields ``gistgym detect`` takes from options of the same name."""
 _GLIMPSE_DETECT_FIELDS = ("video", "policy", "out", "glimpse_weights", "mu", "patience", "num_glimpses", "max_frames")
@@ -170,6 +171,7 @@ def register_runtime_commands(sub: Any) -> None:
     p.add_argument("--heavy-delay-frames", type=int, default=0, help=docs["heavy_delay_frames"])
     p.add_argument("--draw-threshold", type=float, default=DetectArgs.draw_threshold, help=docs["draw_threshold"])
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help=docs["progress"])
+    p.add_argument("--eager", action="store_true", help=docs["eager"])
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     gdocs = field_docs(GlimpseDetectArgs)
     g = p.add_argument_group("AdaFrame policies (an exported gistgym/Glimpse-v0 agent: the glimpse runtime)")

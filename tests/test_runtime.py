@@ -102,6 +102,38 @@ def _assert_same_observations(results: list[FrameResult], observations: list, ac
         np.testing.assert_allclose(r.observation["state"][0], obs["state"], rtol=0, atol=OBS_TOLERANCE)
 
 
+def test_frozen_modules_match_the_eager_detector_frame_by_frame(model: Any, record: Any) -> None:
+    from gistgym.runtime.frozen import PARITY_ATOL, check_frozen_parity, frozen_modules
+
+    frames = record.read_frames()
+    images = model.preprocess(torch.from_numpy(frames[:12]))
+    assert check_frozen_parity(model, images) <= PARITY_ATOL
+    assert frozen_modules(model) is frozen_modules(model)  # built once per detector
+    eager = list(
+        run_sync(
+            OnlineMemory(model, (0, 1), frozen=False), iter(frames), FixedTauPolicy(3), action_names=("heavy", "light")
+        )
+    )
+    frozen = list(
+        run_sync(OnlineMemory(model, (0, 1)), iter(frames), FixedTauPolicy(3), action_names=("heavy", "light"))
+    )
+    assert [r.heavy for r in frozen] == [r.heavy for r in eager]
+    for f, e in zip(frozen, eager, strict=True):
+        np.testing.assert_array_equal(f.detections.labels, e.detections.labels)
+        np.testing.assert_allclose(f.detections.boxes, e.detections.boxes, atol=1e-3)
+        np.testing.assert_allclose(f.detections.scores, e.detections.scores, atol=1e-4)
+        np.testing.assert_allclose(f.observation["state"], e.observation["state"], atol=1e-4)
+
+
+def test_frozen_modules_refuse_a_detector_in_training_mode(weights: Path) -> None:
+    from gistgym.errors import ConfigError
+    from gistgym.runtime.frozen import frozen_modules
+
+    detector = load_detector(weights)[0].train()
+    with pytest.raises(ConfigError, match="eval"):
+        frozen_modules(detector)
+
+
 def test_sync_runtime_builds_the_environments_observation_from_the_live_memory(
     model: Any, record: Any, tiny_cache: Path
 ) -> None:
@@ -261,6 +293,7 @@ def test_detect_command_writes_jsonl_annotated_video_and_summary(
     assert sorted(p.name for p in out.iterdir()) == ["annotated.gif", "detections.jsonl", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == record.num_frames
+    assert summary["modules"] == "frozen-torchscript"
     assert summary["heavy_fraction"] == pytest.approx(6 / 24)
     assert summary["detections_from"] == {"heavy": 6, "light": 18}
     for key in ("fps", "p50_ms", "p95_ms", "max_ms"):
@@ -275,11 +308,12 @@ def test_detect_command_writes_jsonl_annotated_video_and_summary(
     # mp4 and async through the command line too
     code = main(
         ["detect", str(record.path), "--policy", "fixed:3", "--async", "--weights", str(weights),
-         "--out", str(out), "--no-progress", "--json"]
+         "--out", str(out), "--no-progress", "--json", "--eager"]
     )  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["mode"] == "async" and summary["async"]["heavy_jobs_launched"] >= 1
+    assert summary["modules"] == "eager"
     assert (out / "annotated.mp4").is_file() and not (out / "annotated.gif").exists()
 
 
