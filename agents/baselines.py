@@ -13,6 +13,12 @@ All implement :class:`~gistgym.agents.policy.Policy` over the environment's obse
   on the next frame (which the cached features give away) and takes the action with the
   best Eq. 2 reward, ``argmax_a speed_reward[a] - L^a``. It is greedy, not optimal over the
   episode: it ignores what an action does to the memory for later frames.
+
+:class:`SegmentPeriodPolicy` is a diagnostic rather than a baseline: a fixed schedule whose
+period depends on the ground-truth difficulty segment of the frame about to be decided (the
+synthetic benchmark's ``calm``, ``fast``, ... segments, stored in the cache). It knows what
+no real scheduler knows, so it bounds what content-adaptive scheduling can gain on a cache
+(``benchmarks/headroom.py``). It drives ``Keyframe-v0`` too (action 0 there is the keyframe).
 """
 
 from __future__ import annotations
@@ -142,6 +148,58 @@ class OraclePolicy:
         if losses.shape[1] != len(speed):
             raise ConfigError(f"the oracle has {len(speed)} speed rewards but the losses have {losses.shape[1]}")
         return np.argmax(speed[None, :] - losses, axis=1).astype(np.int64)
+
+
+@dataclass
+class SegmentPeriodPolicy:
+    """The expensive action 0 once every ``periods[segment]`` frames, by the next frame's segment.
+
+    Counts the frames since the last action 0 from ``info["action"]`` (like
+    :class:`FixedTauPolicy`) and takes action 0 when the frame about to be decided,
+    ``info["frame_index"] + 1`` of video ``info["video_id"]``, is at least the period of its
+    segment away from it: with one period P for every segment this is ``tau=P-1`` on
+    Interleave and ``key=P`` on Keyframe. Any other frame gets action ``cheap``.
+
+    Args:
+        periods: Period (>= 1 frames) of each segment name.
+        segments: Per video id, the segment name of every frame (the cache's ground truth).
+        cheap: The action between expensive ones.
+        default_period: Period of a segment not in ``periods``.
+    """
+
+    periods: Mapping[str, int]
+    segments: Mapping[str, Sequence[str]] = field(repr=False)
+    cheap: int = 1
+    default_period: int = 1
+    name: str = ""
+    _since: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False)
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.periods.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad or self.default_period < 1:
+            raise ConfigError(f"segment periods must be integers >= 1 frames, got {dict(self.periods)}")
+        self.name = self.name or "segment:" + ",".join(f"{k}={v}" for k, v in sorted(self.periods.items()))
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Zero counters for ``num_envs`` rows."""
+        self._since = np.zeros(num_envs, dtype=np.int64)
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Zero those rows' counters (their first frame runs action 0)."""
+        self._since[rows] = 0
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Action 0 where the next frame is a full period of its segment after the last action 0."""
+        if len(self._since) != len(infos):
+            self.reset(len(infos))
+        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
+        self._since = np.where(executed == 0, 0, self._since + 1)
+        period = np.empty(len(infos), dtype=np.int64)
+        for row, info in enumerate(infos):
+            per_frame = self.segments[str(info["video_id"])]
+            t = min(int(info["frame_index"]) + 1, len(per_frame) - 1)
+            period[row] = self.periods.get(per_frame[t], self.default_period)
+        return np.where(self._since + 1 >= period, 0, self.cheap).astype(np.int64)
 
 
 def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:

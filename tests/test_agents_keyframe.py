@@ -246,3 +246,31 @@ def test_train_and_compare_on_keyframe(keyframe_cache: Path, tmp_path: Path) -> 
     assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="does not fit"):
         train(replace(config, extractor="paper"), log=lambda _: None)
+
+
+def test_segment_period_policy_follows_each_frames_segment(evaluator: KeyframeEvaluator, keyframe_cache: Path) -> None:
+    from gistgym.agents.baselines import FixedTauPolicy, SegmentPeriodPolicy
+    from gistgym.agents.evaluation import InterleaveEvaluator
+
+    segments = {v: [a.segment for a in gt] for v, gt in evaluator.ground_truth.items()}
+    names = sorted({s for per in segments.values() for s in per})
+    assert len(names) >= 2  # the tiny videos switch segments, so the periods below differ within a video
+    # one period everywhere is the fixed schedule, on both environments
+    uniform = evaluator.evaluate(SegmentPeriodPolicy(dict.fromkeys(names, 3), segments))
+    assert uniform.summary() == evaluator.evaluate(FixedDurationPolicy(3)).summary()
+    with InterleaveEvaluator(keyframe_cache) as interleave:
+        a = interleave.evaluate(SegmentPeriodPolicy(dict.fromkeys(names, 4), segments))
+        b = interleave.evaluate(FixedTauPolicy(3))
+        assert [r.actions.tolist() for r in a.videos] == [r.actions.tolist() for r in b.videos]
+    # per-segment periods: the keyframe a frame gets depends on its own segment
+    periods = {name: 1 + i % D for i, name in enumerate(names)}
+    result = evaluator.evaluate(SegmentPeriodPolicy(periods, segments))
+    for r in result.videos:
+        expected, since = [0], 0
+        for t in range(1, len(r.actions)):
+            key = since + 1 >= min(periods[segments[r.video_id][t]], D)
+            expected.append(0 if key else 1)
+            since = 0 if key else since + 1
+        assert r.actions.tolist() == expected
+    with pytest.raises(ConfigError, match="integers >= 1"):
+        SegmentPeriodPolicy({"calm": 0}, segments)
