@@ -202,16 +202,24 @@ def _jsonable(x: Any) -> Any:
 
 # --- the exported networks --------------------------------------------------------------------
 class QValuePolicyModule(nn.Module):
-    """An SB3 DQN's ``q_net`` (features extractor + Q head) behind the fixed signature."""
+    """An SB3 DQN's ``q_net`` (features extractor + Q head) behind the fixed signature.
+
+    Subclasses with another observation override :meth:`forward` only (its parameter names
+    are the exported inputs' names) and pass the observation dict to :meth:`scores`.
+    """
 
     def __init__(self, q_net: nn.Module) -> None:
         super().__init__()
         self.q_net = q_net
 
+    def scores(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Q-values (B, m) of a (batched) observation dict and their argmax (B,)."""
+        scores = self.q_net(obs)
+        return scores, scores.argmax(dim=1)
+
     def forward(self, state: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
         """Q-values (B, m) and their argmax (B,)."""
-        scores = self.q_net({"state": state, "history": history})
-        return scores, scores.argmax(dim=1)
+        return self.scores({"state": state, "history": history})
 
 
 class LogitsPolicyModule(nn.Module):
@@ -221,20 +229,31 @@ class LogitsPolicyModule(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, state: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
-        """Action logits (B, m) and their argmax (B,)."""
+    def scores(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Action logits (B, m) of a (batched) observation dict and their argmax (B,)."""
         p: Any = self.policy
-        features = p.extract_features({"state": state, "history": history}, p.pi_features_extractor)
+        features = p.extract_features(obs, p.pi_features_extractor)
         logits = p.action_net(p.mlp_extractor.forward_actor(features))
         return logits, logits.argmax(dim=1)
 
+    def forward(self, state: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
+        """Action logits (B, m) and their argmax (B,)."""
+        return self.scores({"state": state, "history": history})
 
-def policy_module(model: Any) -> tuple[nn.Module, str]:
+
+def policy_module(
+    model: Any,
+    q_module: type[QValuePolicyModule] = QValuePolicyModule,
+    logits_module: type[LogitsPolicyModule] = LogitsPolicyModule,
+) -> tuple[nn.Module, str]:
     """The exportable network of an SB3 model and the meaning of its scores.
 
     Args:
         model: An SB3 ``DQN`` (or subclass, e.g. Double DQN) or an on-policy model with a
             discrete action space (``PPO``, ``A2C``).
+        q_module: The wrapper of a Q-network, which gives the signature (default:
+            Interleave's ``state, history``).
+        logits_module: The wrapper of an actor-critic policy, likewise.
 
     Returns:
         ``(module, "q_values" | "logits")``, the module in eval mode.
@@ -245,9 +264,9 @@ def policy_module(model: Any) -> tuple[nn.Module, str]:
     policy = getattr(model, "policy", model)
     q_net = getattr(policy, "q_net", None)
     if isinstance(q_net, nn.Module):
-        return QValuePolicyModule(q_net).eval(), "q_values"
+        return q_module(q_net).eval(), "q_values"
     if all(hasattr(policy, a) for a in ("action_net", "mlp_extractor", "pi_features_extractor")):
-        return LogitsPolicyModule(policy).eval(), "logits"
+        return logits_module(policy).eval(), "logits"
     raise ConfigError(
         f"cannot export {type(model).__name__}: expected an SB3 DQN (policy.q_net) or an actor-critic policy "
         "(PPO/A2C with action_net, mlp_extractor)"
@@ -528,14 +547,18 @@ def read_policy_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     side, meta = read_policy_sidecar_json(path)
     env = meta.get("env")
-    if isinstance(env, dict) and str(env.get("id", "")).startswith("gistgym/Glimpse-v"):
-        raise PolicyMismatchError(
-            side,
-            f"policy was exported for {env.get('id')!r} (an AdaFrame agent), not an interleave schedule; run it with "
-            "`gistgym detect VIDEO --policy FILE` (the glimpse runtime) or load it with "
-            "gistgym.agents.glimpse_export.load_glimpse_policy",
-            field="env.id",
-        )
+    env_id = str(env.get("id", "")) if isinstance(env, dict) else ""
+    for prefix, what, loader in (
+        ("gistgym/Glimpse-v", "an AdaFrame agent", "gistgym.agents.glimpse_export.load_glimpse_policy"),
+        ("gistgym/Keyframe-v", "a DFF key scheduler", "gistgym.agents.keyframe_export.load_keyframe_policy"),
+    ):
+        if env_id.startswith(prefix):
+            raise PolicyMismatchError(
+                side,
+                f"policy was exported for {env_id!r} ({what}), not an interleave schedule; run it with "
+                f"`gistgym detect VIDEO --policy FILE` or load it with {loader}",
+                field="env.id",
+            )
     check_sidecar_fields(
         side, meta, ("export_format", "file_sha256", "env", "cache", "history_len", "action_meanings", "memory")
     )
@@ -696,8 +719,7 @@ def load_exported_policy(
                 f"cache {cache} was built from weights {expected['weights_sha256']}, not {weights_sha256}"
             )
     check_policy_matches(path, meta, **expected)
-    fmt = meta["export_format"]
-    run = _load_torchscript(path) if fmt == "torchscript" else _load_onnx(path, meta)
+    run = module_runner(path, meta, ("state", "history"), ("scores", "action"))
     return ExportedPolicy(path=path, sidecar=meta, name=name or path.name, _run=run)
 
 
@@ -763,25 +785,31 @@ def load_torchscript_module(path: Path) -> Any:
     return module
 
 
-def _load_torchscript(path: Path) -> Any:
-    module = load_torchscript_module(path)
+def module_runner(
+    path: Path, meta: Mapping[str, Any], input_names: Sequence[str], output_names: Sequence[str]
+) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Load an exported file (its sidecar's format) as a function of numpy inputs, in signature order.
 
-    def run(state: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            scores, actions = module(torch.from_numpy(state), torch.from_numpy(history))
-        return scores.numpy(), actions.numpy()
+    Raises:
+        PolicyFileError: A corrupt TorchScript archive or ONNX file, or other inputs than ``input_names``.
+        OnnxOpsetError: An ONNX file of another opset.
+    """
+    if meta["export_format"] == "torchscript":
+        module = load_torchscript_module(path)
 
-    return run
+        def run_torchscript(*args: np.ndarray) -> tuple[np.ndarray, ...]:
+            with torch.inference_mode():
+                outs = module(*(torch.from_numpy(a) for a in args))
+            return tuple(o.numpy() for o in outs)
 
+        return run_torchscript
+    session = onnx_session(path, meta, input_names)
 
-def _load_onnx(path: Path, meta: Mapping[str, Any]) -> Any:
-    session = onnx_session(path, meta, ("state", "history"))
+    def run_onnx(*args: np.ndarray) -> tuple[np.ndarray, ...]:
+        outs = session.run(list(output_names), dict(zip(input_names, args, strict=True)))
+        return tuple(np.asarray(o) for o in outs)
 
-    def run(state: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, actions = session.run(None, {"state": state, "history": history})
-        return scores, actions
-
-    return run
+    return run_onnx
 
 
 def onnx_session(path: Path, meta: Mapping[str, Any], expected_inputs: Sequence[str]) -> Any:
@@ -882,9 +910,14 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], exp
     """
     from gistgym.agents.runs import load_run, read_run_config  # type: ignore[import-not-found,unused-ignore]
 
-    if read_run_config(Path(run_dir)).get("algo") == "adaframe":
+    config = read_run_config(Path(run_dir))
+    if config.get("algo") == "adaframe":
         from gistgym.agents.glimpse_export import export_adaframe_run
 
         return export_adaframe_run(run_dir, out, export_format)
+    if str(config.get("env_id", "")).startswith("gistgym/Keyframe-v"):
+        from gistgym.agents.keyframe_export import export_keyframe_run
+
+        return export_keyframe_run(run_dir, out, export_format)
     run = load_run(run_dir)
     return export_policy(run.model, out, export_format, run_context(run_dir, run.config, run.model))

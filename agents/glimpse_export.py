@@ -67,8 +67,7 @@ from gistgym.agents.export import (
     ExportResult,
     check_file_sha256,
     check_sidecar_fields,
-    load_torchscript_module,
-    onnx_session,
+    module_runner,
     read_policy_sidecar_json,
     sidecar_header,
     sidecar_path,
@@ -314,7 +313,7 @@ class GlimpsePolicy:
 
     path: Path
     sidecar: dict[str, Any] = field(repr=False)
-    _run: Callable[..., StepOutputs] = field(repr=False)
+    _run: Callable[..., tuple[np.ndarray, ...]] = field(repr=False)
 
     @property
     def export_format(self) -> str:
@@ -366,7 +365,8 @@ class GlimpsePolicy:
     ) -> StepOutputs:
         """One call of the exported module (float32 numpy in and out, see the module docstring)."""
         args = [np.ascontiguousarray(x, dtype=np.float32) for x in (frame_feature, memory, h, c, started)]
-        return self._run(*args)
+        logits, location, utility, h_out, c_out = self._run(*args)
+        return logits, location, utility, h_out, c_out
 
 
 def read_glimpse_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -440,7 +440,7 @@ def load_glimpse_policy(
         memory_dim=memory_dim,
         num_classes=num_classes,
     )
-    run = _load_torchscript(path) if meta["export_format"] == "torchscript" else _load_onnx(path, meta)
+    run = module_runner(path, meta, INPUT_NAMES, OUTPUT_NAMES)
     return GlimpsePolicy(path=path, sidecar=meta, _run=run)
 
 
@@ -480,29 +480,6 @@ def check_glimpse_policy_matches(
                 f"policy was exported for {key} = {have!r} but is used with {want!r}: {why}",
                 field=key,
             )
-
-
-def _load_torchscript(path: Path) -> Callable[..., StepOutputs]:
-    module = load_torchscript_module(path)
-
-    def run(*args: np.ndarray) -> StepOutputs:
-        with torch.inference_mode():
-            outs = module(*(torch.from_numpy(a) for a in args))
-        logits, location, utility, h, c = (o.numpy() for o in outs)
-        return logits, location, utility, h, c
-
-    return run
-
-
-def _load_onnx(path: Path, meta: Mapping[str, Any]) -> Callable[..., StepOutputs]:
-    session = onnx_session(path, meta, INPUT_NAMES)
-
-    def run(*args: np.ndarray) -> StepOutputs:
-        outs = session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, args, strict=True)))
-        logits, location, utility, h, c = (np.asarray(o) for o in outs)
-        return logits, location, utility, h, c
-
-    return run
 
 
 def policy_env_id(path: str | os.PathLike[str]) -> str | None:

@@ -73,7 +73,7 @@ def _fixed(env: str, period: int) -> Any:
 
 
 def _oracle(env: str, evaluator: Any) -> Any:
-    reward = tuple(evaluator.speed_reward)
+    reward = tuple(evaluator.speed_reward if env == "keyframe" else evaluator.env_kwargs["speed_reward"])
     return KeyframeOraclePolicy(reward) if env == "keyframe" else OraclePolicy(reward)
 
 
@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in ladder:
             r = evaluator.evaluate(_fixed(args.env, p))
             fixed.append((_fraction(args.env, r), float(r.map50)))
-        frontier = segment_frontier(evaluate, names, ladder, progress=not args.json)
         o = evaluator.evaluate(_oracle(args.env, evaluator))
         oracle = (_fraction(args.env, o), float(o.map50))
+        frontier = segment_frontier(evaluate, names, ladder, progress=not args.json)
     except GistgymError as exc:
         print(f"benchmarks/headroom.py: error: {exc}", file=sys.stderr)
         return 2

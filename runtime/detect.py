@@ -38,7 +38,8 @@ class DetectArgs:
     video: str
     """The video file (any container/codec PyAV decodes)."""
     policy: str = "fixed:9"
-    """heavy, light, fixed:TAU or an exported policy file (with its .json sidecar)."""
+    """heavy, light, fixed:TAU or an exported policy file (with its .json sidecar); a Keyframe-v0 policy, every-frame,
+    key=L or flow-threshold@X runs Deep Feature Flow instead, an exported AdaFrame agent the glimpse runtime."""
     out: str = "runs/detect"
     """Output folder (written atomically; a previous detect output is replaced)."""
     async_mode: bool = False

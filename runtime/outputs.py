@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,9 @@ def detection_line(
     scores: np.ndarray,
     labels: np.ndarray,
     class_names: tuple[str, ...],
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """One line of ``detections.jsonl`` (boxes already in the video's pixels)."""
+    """One line of ``detections.jsonl`` (boxes already in the video's pixels; ``extra`` fields appended)."""
     return json.dumps(
         {
             "frame": index,
@@ -123,6 +125,7 @@ def detection_line(
             "scores": np.round(np.asarray(scores, dtype=np.float64), 5).tolist(),
             "labels": [int(x) for x in labels],
             "classes": [class_names[int(x)] if 0 <= int(x) < len(class_names) else str(int(x)) for x in labels],
+            **(extra or {}),
         }
     )
 

@@ -29,6 +29,18 @@ _DETECT_FIELDS = (
     "eager",
 )
 """The ``DetectArgs`` fields ``gistgym detect`` takes from options of the same name."""
+_KEYFRAME_DETECT_FIELDS = (
+    "video",
+    "policy",
+    "out",
+    "dff_weights",
+    "max_distance",
+    "annotate",
+    "max_frames",
+    "draw_threshold",
+)
+"""The ``KeyframeDetectArgs`` fields ``gistgym detect`` takes from options of the same name (key schedulers)."""
+
 _GLIMPSE_DETECT_FIELDS = ("video", "policy", "out", "glimpse_weights", "mu", "patience", "num_glimpses", "max_frames")
 """The ``GlimpseDetectArgs`` fields ``gistgym detect`` takes from options of the same name (AdaFrame policies)."""
 
@@ -87,12 +99,22 @@ def _is_glimpse_policy(spec: str) -> bool:
 
 
 def cmd_detect(ns: argparse.Namespace) -> int:
-    """Run the interleaved detector (or, for an exported AdaFrame agent, the glimpse runtime) on a video file."""
+    """Run the interleaved detector, DFF with a key scheduler, or the glimpse runtime (AdaFrame) on a video file."""
     from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
+    from gistgym.runtime.keyframe import is_keyframe_spec
 
     _set_threads()
     if _is_glimpse_policy(ns.policy):
         return _cmd_detect_glimpse(ns)
+    if is_keyframe_spec(ns.policy):
+        return _cmd_detect_keyframe(ns)
+    if ns.dff_weights or ns.max_distance:
+        from gistgym.errors import ConfigError
+
+        raise ConfigError(
+            f"--dff-weights and --max-distance apply to key schedulers (an exported Keyframe-v0 policy, every-frame, "
+            f"key=L, flow-threshold@X); {ns.policy} drives the interleaved detector"
+        )
     return _run_detect(ns, DetectArgs, _DETECT_FIELDS, detect_video, format_summary)
 
 
@@ -122,6 +144,18 @@ def _run_detect(
     return 0
 
 
+def _cmd_detect_keyframe(ns: argparse.Namespace) -> int:
+    from gistgym.errors import ConfigError
+    from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary
+
+    if ns.async_mode or ns.weights or ns.heavy_delay_frames or ns.eager:
+        raise ConfigError(
+            f"--async, --weights, --heavy-delay-frames and --eager apply to the interleaved detector; {ns.policy} is a "
+            "Deep Feature Flow key scheduler: use --dff-weights and --max-distance"
+        )
+    return _run_detect(ns, KeyframeDetectArgs, _KEYFRAME_DETECT_FIELDS, detect_keyframe, format_keyframe_summary)
+
+
 def _cmd_detect_glimpse(ns: argparse.Namespace) -> int:
     from gistgym.errors import ConfigError
     from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
@@ -146,6 +180,7 @@ def register_runtime_commands(sub: Any) -> None:
     """Add ``export``, ``detect`` and ``sample-video`` to the top-level subparsers."""
     from gistgym.runtime.detect import ANNOTATE_CHOICES, DetectArgs
     from gistgym.runtime.glimpse import GlimpseDetectArgs
+    from gistgym.runtime.keyframe import KeyframeDetectArgs
 
     docs = field_docs(ExportArgs)
     p = sub.add_parser("export", help="export a trained policy network to TorchScript or ONNX (+ JSON sidecar)")
@@ -158,8 +193,8 @@ def register_runtime_commands(sub: Any) -> None:
     docs = field_docs(DetectArgs)
     p = sub.add_parser(
         "detect",
-        help="run the interleaved detector on a video file with a policy (sync or async), or an exported "
-        "AdaFrame agent (glimpse runtime)",
+        help="run the interleaved detector on a video file with a policy (sync or async), Deep Feature Flow with a "
+        "key scheduler, or an exported AdaFrame agent (glimpse runtime)",
     )
     p.add_argument("video", help=docs["video"])
     p.add_argument("--policy", default=DetectArgs.policy, help=docs["policy"])
@@ -173,6 +208,12 @@ def register_runtime_commands(sub: Any) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help=docs["progress"])
     p.add_argument("--eager", action="store_true", help=docs["eager"])
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    kdocs = field_docs(KeyframeDetectArgs)
+    k = p.add_argument_group(
+        "Deep Feature Flow key schedulers (an exported Keyframe-v0 policy, every-frame, key=L, flow-threshold@X)"
+    )
+    k.add_argument("--dff-weights", default="", help=kdocs["dff_weights"])
+    k.add_argument("--max-distance", type=int, default=0, help=kdocs["max_distance"])
     gdocs = field_docs(GlimpseDetectArgs)
     g = p.add_argument_group("AdaFrame policies (an exported gistgym/Glimpse-v0 agent: the glimpse runtime)")
     g.add_argument("--glimpse-weights", default="", help=gdocs["glimpse_weights"])

@@ -1,0 +1,337 @@
+"""``gistgym detect VIDEO --policy KEY_SCHEDULER``: Deep Feature Flow online, with a key scheduler.
+
+:func:`run_keyframe` is ``gistgym/Keyframe-v0``'s semantics on live frames. With ``d`` the
+distance of frame t to the last keyframe k (had t propagated) and D = ``max_distance``:
+
+* frame 0, and any frame with d >= D, is a keyframe whatever the scheduler says (forced);
+* otherwise the flow network runs on (I_k, I_t) and the scheduler sees the environment's
+  observation: the flow cues (:func:`gistgym.feature_cache.keyframe.flow_cues`, clipped to
+  the observation bounds), ``since_key = min(d, D) / D`` and the keyframe history, with the
+  ``info`` of frame t - 1; it answers 0 (keyframe) or 1 (propagate);
+* a keyframe runs N_feat on I_t and becomes the new k; a propagated frame warps k's features
+  with that flow and scale field (W); N_task then gives the frame's detections.
+
+On a cached benchmark video this reproduces the environment's schedule and the cache's
+detections for the same scheduler (a test), since the cache holds exactly N_task's output
+for every (frame, distance). The one difference in cost: a cue-based scheduler has to run F
+before it can decide, so a frame it makes a keyframe also pays for F here (the environment
+counts N_feat + N_task for it). Schedulers: an exported Keyframe-v0 policy
+(:mod:`gistgym.agents.keyframe_export`, its DFF weights checked against the sidecar), or
+the baselines ``every-frame``, ``key=L`` and ``flow-threshold@X``
+(:mod:`gistgym.agents.keyframe_baselines`).
+
+Outputs, written atomically as ``gistgym detect``'s (:mod:`gistgym.runtime.outputs`):
+``detections.jsonl`` (per frame, with ``keyframe`` and ``distance``), the annotated video with
+keyframes marked, and ``summary.json`` (key fraction, frames/s, latency p50/p95/max).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import gistgym
+from gistgym.agents.policy import Policy
+from gistgym.backbones.dff import DeepFeatureFlow, warp
+from gistgym.backbones.ssdlite import Detections
+from gistgym.errors import ConfigError, InvalidActionError
+from gistgym.runtime.online import percentiles_ms
+from gistgym.runtime.outputs import DETECTIONS_FILE, SUMMARY_FILE, SUMMARY_FORMAT, Annotator, AtomicOutputDir
+from gistgym.runtime.outputs import detection_line as _line
+from gistgym.runtime.video_source import VideoSource
+from gistgym.videos.dataset import atomic_write_json
+
+BASELINE_PREFIXES = ("key=", "flow-threshold@")
+"""``--policy`` values (besides ``every-frame``) that name a keyframe baseline, not a file."""
+
+
+def is_keyframe_spec(spec: str) -> bool:
+    """Whether ``gistgym detect --policy SPEC`` means the DFF runtime (a baseline name or an exported key scheduler)."""
+    from gistgym.agents.glimpse_export import policy_env_id
+
+    if spec == "every-frame" or spec.startswith(BASELINE_PREFIXES):
+        return True
+    env_id = policy_env_id(spec)
+    return env_id is not None and env_id.startswith("gistgym/Keyframe-v")
+
+
+@dataclass(frozen=True)
+class KeyframeDetectArgs:
+    """Arguments of ``gistgym detect`` with a key scheduler."""
+
+    video: str
+    """The video file (any container/codec PyAV decodes)."""
+    policy: str = "key=10"
+    """An exported Keyframe-v0 policy (with its .json sidecar), every-frame, key=L or flow-threshold@X."""
+    out: str = "runs/detect"
+    """Output folder (written atomically; a previous detect output is replaced)."""
+    dff_weights: str = ""
+    """DFF weights (.pt with its .json sidecar); empty = the shipped ones."""
+    max_distance: int = 0
+    """D_max: a frame this far from its keyframe is made one (0 = the policy's, else 20)."""
+    annotate: str = "mp4"
+    """Annotated output: mp4, gif or none."""
+    max_frames: int = 0
+    """Process only the first N frames (0 = all)."""
+    draw_threshold: float = 0.5
+    """Detections scoring at least this are drawn on the annotated video."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class KeyframeFrameResult:
+    """What the DFF runtime produced for one frame."""
+
+    index: int
+    keyframe: bool
+    forced: bool
+    """Frame 0 or at D_max: a keyframe whatever the scheduler said."""
+    distance: int
+    """Distance to the keyframe whose features gave the detections (0 on keyframes)."""
+    detections: Detections
+    """In the model's S x S pixels."""
+    latency_s: float
+    """Time from the resized frame to its detections (F, the decision, N_feat or W, N_task, NMS)."""
+    cues: np.ndarray | None
+    """The cues the scheduler saw (``None`` on forced keyframes, where it is not asked)."""
+
+
+def _check_action(action: Any, policy: Policy) -> int:
+    a = int(np.asarray(action).reshape(-1)[0])
+    if a not in (0, 1):
+        raise InvalidActionError(
+            f"key scheduler {policy.name!r} chose action {a}; expected 0 (keyframe) or 1 (propagate)"
+        )
+    return a
+
+
+@torch.inference_mode()
+def run_keyframe(
+    model: DeepFeatureFlow,
+    frames: Iterable[np.ndarray],
+    policy: Policy,
+    *,
+    max_distance: int,
+    history_len: int,
+) -> Iterator[KeyframeFrameResult]:
+    """Deep Feature Flow on resized frames with ``policy`` choosing the keyframes (see the module docstring).
+
+    Args:
+        model: The frozen DFF model.
+        frames: (S, S, 3) uint8 RGB frames.
+        policy: A Keyframe-v0 policy (batch of one).
+        max_distance: D_max.
+        history_len: Length of the keyframe history in the observation.
+
+    Yields:
+        One :class:`KeyframeFrameResult` per frame, as soon as it is processed.
+    """
+    from gistgym.envs.keyframe import CUE_HIGH
+    from gistgym.feature_cache.keyframe import flow_cues
+
+    if max_distance < 1:
+        raise ConfigError(f"max_distance must be >= 1, got {max_distance}")
+    policy.reset(1)
+    policy.episode_started(np.zeros(1, dtype=np.int64))
+    cell = model.config.cell_pixels
+    history = np.zeros((1, history_len), dtype=np.int8)
+    key_images = key_feats = None
+    info: dict[str, Any] = {}
+    d = 0
+    for t, image in enumerate(frames):
+        start = time.perf_counter()
+        images = model.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
+        forced = t == 0 or d >= max_distance
+        cues = flow = None
+        if not forced:
+            assert key_images is not None
+            flow = model.flow(key_images, images)
+            cues = np.clip(flow_cues(flow.flow, flow.scale, cell).numpy(), 0.0, CUE_HIGH).astype(np.float32)
+            obs = {
+                "cues": cues,
+                "since_key": np.array([[min(d, max_distance) / max_distance]], dtype=np.float32),
+                "history": history.copy(),
+            }
+            key = _check_action(policy.act(obs, [info]), policy) == 0
+        else:
+            key = True
+        if key:
+            key_images, key_feats = images, model.features(images)
+            feats = key_feats
+        else:
+            assert flow is not None and key_feats is not None
+            feats = warp(key_feats, flow.flow, flow.scale)
+        dets = model.detect(*model.task(feats))[0]
+        distance = 0 if key else d
+        history[:, 1:] = history[:, :-1]
+        history[:, 0] = key
+        info = {
+            "action": 0 if key else 1,
+            "distance": d if t > 0 else 0,
+            "forced": forced,
+            "frame_index": t,
+            "video_id": "",
+        }
+        d = 1 if key else d + 1
+        latency = time.perf_counter() - start
+        yield KeyframeFrameResult(t, key, forced, distance, dets, latency, None if cues is None else cues[0])
+
+
+def keyframe_scheduler(spec: str, dff_sha256: str, max_distance: int = 0) -> tuple[Policy, int, int]:
+    """The scheduler ``--policy SPEC`` names, with its D_max and history length.
+
+    Args:
+        spec: An exported Keyframe-v0 policy file, ``every-frame``, ``key=L`` or ``flow-threshold@X``.
+        dff_sha256: sha256 of the DFF weights the runtime uses (an exported policy must match).
+        max_distance: D_max override (0: the policy's, else the environment's default).
+
+    Raises:
+        ConfigError: ``oracle`` (it needs the next frame's true loss) or a bad baseline.
+        PolicyFileError, PolicyMismatchError, OnnxOpsetError: A bad exported policy.
+    """
+    from gistgym.agents.keyframe_baselines import parse_keyframe_baseline
+    from gistgym.envs.keyframe import DEFAULT_HISTORY_LEN, DEFAULT_MAX_DISTANCE, DEFAULT_SPEED_REWARD
+
+    if max_distance < 0:
+        raise ConfigError(f"--max-distance must be >= 0 (0 = the policy's), got {max_distance}")
+    if spec == "every-frame" or spec.startswith(BASELINE_PREFIXES):
+        return (
+            parse_keyframe_baseline(spec, DEFAULT_SPEED_REWARD),
+            max_distance or DEFAULT_MAX_DISTANCE,
+            DEFAULT_HISTORY_LEN,
+        )
+    if spec == "oracle":
+        raise ConfigError("the oracle reads the next frame's true loss, which a live video does not have")
+    from gistgym.agents.keyframe_export import load_keyframe_policy
+
+    policy = load_keyframe_policy(spec, dff_sha256=dff_sha256)
+    return policy, max_distance or policy.max_distance, policy.history_len
+
+
+def detect_keyframe(
+    args: KeyframeDetectArgs, *, on_frame: Callable[[KeyframeFrameResult], None] | None = None
+) -> dict[str, Any]:
+    """Run DFF with a key scheduler on a video file and return the summary (also ``OUT/summary.json``).
+
+    Summary keys: ``format``, ``gistgym_version``, ``runtime`` (``"keyframe"``), ``video``,
+    ``policy``, ``policy_name``, ``max_distance``, ``frames``, ``key_fraction``,
+    ``forced_keyframes``, ``fps`` (frames over the summed per-frame latencies), ``fps_wall``,
+    ``p50_ms``, ``p95_ms``, ``max_ms``, ``mean_ms``, ``dff_weights``, ``dff_sha256``, ``outputs``.
+
+    Raises:
+        VideoError: Missing, corrupt, unsupported or empty video (nothing is written).
+        ConfigError, PolicyFileError, PolicyMismatchError, OnnxOpsetError, WeightsError: Bad
+            arguments, scheduler or weights (nothing is written).
+        OutputDirError: ``--out`` cannot be written or is not a previous detect output.
+    """
+    from gistgym.backbones.dff import load_dff
+    from gistgym.runtime.detect import ANNOTATE_CHOICES, class_names_for
+
+    if args.annotate not in ANNOTATE_CHOICES:
+        raise ConfigError(f"--annotate must be one of {', '.join(ANNOTATE_CHOICES)}, got {args.annotate!r}")
+    if args.max_frames < 0:
+        raise ConfigError("--max-frames must be >= 0")
+    model, meta = load_dff(args.dff_weights or None)
+    policy, max_distance, history_len = keyframe_scheduler(args.policy, str(meta.get("sha256")), args.max_distance)
+    size = model.config.image_size
+    source = VideoSource(args.video, size, max_frames=args.max_frames or None)
+    classes = class_names_for(meta, model.config.num_classes)
+    out = AtomicOutputDir(args.out)
+    latencies: list[float] = []
+    keys: list[bool] = []
+    forced = 0
+    annotated = None if args.annotate == "none" else f"annotated.{args.annotate}"
+    wall0 = time.perf_counter()
+    try:
+        annotator = (
+            Annotator(out.path(annotated), source.info.fps, classes, draw_threshold=args.draw_threshold)
+            if annotated
+            else None
+        )
+        originals: list[np.ndarray] = []
+
+        def resized() -> Iterator[np.ndarray]:
+            for original, small in source.frames():
+                originals.append(original)
+                yield small
+
+        total = args.max_frames or source.info.frames or None
+        bar = tqdm(total=total, desc=f"detect {source.path.name}", unit="frame", disable=not args.progress)
+        results = run_keyframe(model, resized(), policy, max_distance=max_distance, history_len=history_len)
+        with open(out.path(DETECTIONS_FILE), "w") as lines:
+            for r in results:
+                original = originals.pop(0)
+                boxes = source.to_source_boxes(r.detections.boxes)
+                kind = "keyframe" if r.keyframe else "propagated"
+                extra = {"keyframe": r.keyframe, "forced": r.forced, "distance": r.distance}
+                lines.write(
+                    _line(
+                        r.index, kind, r.keyframe, None, boxes, r.detections.scores, r.detections.labels, classes, extra
+                    )
+                    + "\n"
+                )
+                if annotator is not None:
+                    caption = f"frame {r.index}: " + ("keyframe" if r.keyframe else f"propagated d={r.distance}")
+                    annotator.add(
+                        annotator.draw(original, boxes, r.detections.scores, r.detections.labels, caption, r.keyframe)
+                    )
+                latencies.append(r.latency_s)
+                keys.append(r.keyframe)
+                forced += int(r.forced)
+                if on_frame is not None:
+                    on_frame(r)
+                bar.update(1)
+        bar.close()
+        if annotator is not None:
+            annotator.close()
+        n = len(latencies)
+        busy = float(np.sum(latencies))
+        summary: dict[str, Any] = {
+            "format": SUMMARY_FORMAT,
+            "gistgym_version": gistgym.__version__,
+            "runtime": "keyframe",
+            "video": source.describe(),
+            "policy": args.policy,
+            "policy_name": policy.name,
+            "max_distance": max_distance,
+            "frames": n,
+            "key_fraction": float(np.mean(keys)) if n else None,
+            "forced_keyframes": forced,
+            "fps": n / busy if busy > 0 else float("nan"),
+            "fps_wall": n / (time.perf_counter() - wall0),
+            **percentiles_ms(latencies),
+            "dff_weights": str(args.dff_weights or "shipped"),
+            "dff_sha256": meta.get("sha256"),
+            "outputs": [DETECTIONS_FILE, *([annotated] if annotated else []), SUMMARY_FILE],
+        }
+        atomic_write_json(out.path(SUMMARY_FILE), summary)
+    except BaseException:
+        out.abort()
+        raise
+    out.commit()
+    summary["out"] = str(Path(args.out))
+    return summary
+
+
+def format_keyframe_summary(summary: dict[str, Any]) -> str:
+    """The printed summary of a DFF ``gistgym detect`` run."""
+    v = summary["video"]
+    return "\n".join(
+        [
+            f"{v['path']}: {summary['frames']} frames {v['width']}x{v['height']} @ {v['fps']:.2f} fps "
+            f"(resized to {v['resized_to'][0]}x{v['resized_to'][1]})",
+            f"key scheduler {summary['policy']} (D_max {summary['max_distance']}): key fraction "
+            f"{summary['key_fraction']:.3f} ({summary['forced_keyframes']} forced)",
+            f"{summary['fps']:.1f} frames/s (DFF + scheduler; {summary['fps_wall']:.1f} including decode and outputs), "
+            f"latency p50 {summary['p50_ms']:.2f} ms, p95 {summary['p95_ms']:.2f} ms, max {summary['max_ms']:.2f} ms",
+            f"wrote {summary['out']}/" + ", ".join(summary["outputs"]),
+        ]
+    )
