@@ -12,7 +12,10 @@ load hits every configuration alike. Configurations (the JSON keys):
 
 * ``heavy``, ``light``: one extractor on every frame (sync);
 * ``tau=9``: the fixed schedule (sync); ``tau=9+async``: the same requests in async mode;
-* ``adaptive``, ``adaptive+async``: an exported policy (``--policy``), sync and async.
+* ``adaptive``, ``adaptive+async``: an exported policy (``--policy``), sync and async;
+* ``dff every-frame``, ``dff key=10``, ``dff adaptive``: Deep Feature Flow
+  (:mod:`gistgym.runtime.keyframe`, the shipped DFF weights) with a keyframe on every frame,
+  every 10th frame, and an exported Keyframe-v0 key scheduler (``--keyframe-policy``).
 
 Latency is the main thread's time per frame from the resized frame to its detections and
 the next decision (:mod:`gistgym.runtime.online`); frames are fed back to back (throughput
@@ -36,6 +39,7 @@ import json
 import platform
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -74,6 +78,20 @@ def _configs(policy: str | None) -> list[tuple[str, str, bool]]:
     return out
 
 
+def run_keyframe_once(dff: Any, spec: str, frames: list[np.ndarray]) -> dict[str, Any]:
+    """One DFF pass over ``frames`` with the key scheduler ``spec``: fps, latency percentiles, key fraction."""
+    from gistgym.runtime.keyframe import keyframe_scheduler, run_keyframe
+
+    policy, max_distance, history_len = keyframe_scheduler(spec, str(dff.sha256))
+    results = list(run_keyframe(dff.model, iter(frames), policy, max_distance=max_distance, history_len=history_len))
+    lat = [r.latency_s for r in results]
+    return {
+        "fps": len(lat) / float(np.sum(lat)),
+        **percentiles_ms(lat),
+        "heavy_fraction": float(np.mean([r.keyframe for r in results])),  # the key fraction, in the same column
+    }
+
+
 def run_once(
     model: Any, choice: ScheduleChoice, frames: list[np.ndarray], async_mode: bool, frozen: bool = True
 ) -> dict[str, Any]:
@@ -97,9 +115,15 @@ def run_once(
 
 
 def bench_video(
-    model: Any, meta: dict[str, Any], video: Path, policy: str | None, repeats: int, frozen: bool = True
+    model: Any,
+    meta: dict[str, Any],
+    video: Path,
+    policy: str | None,
+    repeats: int,
+    frozen: bool = True,
+    dff: Any = None,
 ) -> dict[str, Any]:
-    """Every configuration on one video, round-robin over ``repeats``."""
+    """Every configuration on one video, round-robin over ``repeats`` (DFF rows when ``dff`` is given)."""
     source = VideoSource(video, model.config.image_size)
     frames = [small for _, small in source.frames()]
     configs = _configs(policy)
@@ -114,10 +138,16 @@ def bench_video(
         for key, spec, _ in configs
     }
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in configs}
+    dff_specs = {} if dff is None else {f"dff {s}": s for s in ("every-frame", "key=10")}
+    if dff is not None and dff.policy:
+        dff_specs["dff adaptive"] = dff.policy
+    runs.update({key: [] for key in dff_specs})
     run_once(model, choices["heavy"], frames[:10], False, frozen)  # warm-up (allocator, lazy init, freezing)
     for _ in range(repeats):
         for key, _, async_mode in configs:
             runs[key].append(run_once(model, choices[key], frames, async_mode, frozen))
+        for key, spec in dff_specs.items():
+            runs[key].append(run_keyframe_once(dff, spec, frames))
     report: dict[str, Any] = {}
     for key, per_repeat in runs.items():
         report[key] = {k: float(np.median([r[k] for r in per_repeat])) for k in per_repeat[0]}
@@ -170,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="detector weights (default: the shipped ones)")
     parser.add_argument("--repeats", type=int, default=5, help="passes over each video per configuration")
     parser.add_argument("--eager", action="store_true", help="run the eager torch modules, not frozen TorchScript")
+    parser.add_argument(
+        "--keyframe-policy", default=None, help="exported Keyframe-v0 policy for the 'dff adaptive' row"
+    )
+    parser.add_argument("--no-dff", action="store_true", help="skip the Deep Feature Flow rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", default="runs/runtime/benchmark.png", help="PNG to write ('' = none)")
     args = parser.parse_args(argv)
@@ -178,8 +212,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, meta = load_detector(args.weights)
+        dff = None
+        if not args.no_dff:
+            from gistgym.backbones.dff import load_dff
+
+            dff_model, dff_meta = load_dff()
+            dff = SimpleNamespace(model=dff_model, sha256=dff_meta.get("sha256"), policy=args.keyframe_policy)
         videos = [Path(v) for v in args.video] if args.video else _default_videos()
-        results = [bench_video(model, meta, v, args.policy, args.repeats, not args.eager) for v in videos]
+        results = [bench_video(model, meta, v, args.policy, args.repeats, not args.eager, dff) for v in videos]
     except GistgymError as exc:
         print(f"benchmarks/runtime.py: error: {exc}", file=sys.stderr)
         return 2
@@ -197,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{res['video']}: {res['frames']} frames {res['size'][0]}x{res['size'][1]}, median of {res['repeats']}, "
             f"{res['modules']} modules"
         )
-        print("| config | frames/s | x heavy | p50 ms | p95 ms | max ms | max / light max | heavy fraction |")
+        print("| config | frames/s | x heavy | p50 ms | p95 ms | max ms | max / light max | heavy (dff: key) frac. |")
         print("|---|---|---|---|---|---|---|---|")
         for key, r in res["configs"].items():
             print(
