@@ -16,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 import gistgym
 from gistgym.backbones.detector import InterleavedDetector
 from gistgym.errors import ConfigError, PolicyMismatchError
 from gistgym.runtime.online import AsyncStats, FrameResult, OnlineMemory, percentiles_ms, run_async, run_sync
-from gistgym.runtime.outputs import DETECTIONS_FILE, SUMMARY_FILE, SUMMARY_FORMAT, Annotator, AtomicOutputDir
-from gistgym.runtime.outputs import detection_line as _line
+from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter
 from gistgym.runtime.schedules import ScheduleChoice, parse_policy
 from gistgym.runtime.video_source import VideoSource
-from gistgym.videos.dataset import atomic_write_json
 
 ANNOTATE_CHOICES = ("mp4", "gif", "none")
 
@@ -160,67 +157,35 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
     detector, meta, choice, memory = build_runtime(args.policy, args.weights or None, frozen=not args.eager)
     source = VideoSource(args.video, detector.config.image_size, max_frames=args.max_frames or None)
     classes = class_names_for(meta, detector.config.num_classes)
-    out = AtomicOutputDir(args.out)
     stats = AsyncStats()
     latencies: list[float] = []
     heavy: list[bool] = []
     used: dict[str, int] = {}
-    annotated = None if args.annotate == "none" else f"annotated.{args.annotate}"
     wall0 = time.perf_counter()
-    try:
-        annotator = (
-            Annotator(out.path(annotated), source.info.fps, classes, draw_threshold=args.draw_threshold)
-            if annotated
-            else None
-        )
-        originals: list[np.ndarray] = []
-
-        def resized() -> Iterator[np.ndarray]:
-            for original, small in source.frames():
-                originals.append(original)
-                yield small
-
-        total = args.max_frames or source.info.frames or None
-        bar = tqdm(total=total, desc=f"detect {source.path.name}", unit="frame", disable=not args.progress)
+    with DetectionsWriter(
+        args.out,
+        source,
+        classes,
+        annotate=args.annotate,
+        draw_threshold=args.draw_threshold,
+        progress=args.progress,
+        max_frames=args.max_frames,
+    ) as writer:
         results = run_frames(
             memory,
             choice,
-            resized(),
+            writer.frames(),
             async_mode=args.async_mode,
             heavy_delay_frames=args.heavy_delay_frames,
             stats=stats,
         )
-        with open(out.path(DETECTIONS_FILE), "w") as lines:
-            for r in results:
-                original = originals.pop(0)
-                boxes = source.to_source_boxes(r.detections.boxes)
-                lines.write(
-                    _line(
-                        r.index,
-                        r.extractor,
-                        r.heavy,
-                        r.fused_from,
-                        boxes,
-                        r.detections.scores,
-                        r.detections.labels,
-                        classes,
-                    )
-                    + "\n"
-                )
-                if annotator is not None:
-                    caption = _caption(r, args.async_mode)
-                    annotator.add(
-                        annotator.draw(original, boxes, r.detections.scores, r.detections.labels, caption, r.heavy)
-                    )
-                latencies.append(r.latency_s)
-                heavy.append(r.heavy)
-                used[r.extractor] = used.get(r.extractor, 0) + 1
-                if on_frame is not None:
-                    on_frame(r)
-                bar.update(1)
-        bar.close()
-        if annotator is not None:
-            annotator.close()
+        for r in results:
+            writer.write(r.index, r.extractor, r.heavy, r.fused_from, r.detections, _caption(r, args.async_mode))
+            latencies.append(r.latency_s)
+            heavy.append(r.heavy)
+            used[r.extractor] = used.get(r.extractor, 0) + 1
+            if on_frame is not None:
+                on_frame(r)
         n = len(latencies)
         busy = float(np.sum(latencies))
         summary: dict[str, Any] = {
@@ -243,15 +208,8 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
             else None,
             "weights": str(args.weights or "shipped"),
             "weights_sha256": meta.get("sha256"),
-            "outputs": [DETECTIONS_FILE, *([annotated] if annotated else []), SUMMARY_FILE],
         }
-        atomic_write_json(out.path(SUMMARY_FILE), summary)
-    except BaseException:
-        out.abort()
-        raise
-    out.commit()
-    summary["out"] = str(Path(args.out))
-    return summary
+        return writer.finish(summary)
 
 
 def _caption(r: FrameResult, async_mode: bool) -> str:

@@ -30,12 +30,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 import gistgym
 from gistgym.agents.policy import Policy
@@ -43,10 +41,8 @@ from gistgym.backbones.dff import DeepFeatureFlow, warp
 from gistgym.backbones.ssdlite import Detections
 from gistgym.errors import ConfigError, InvalidActionError
 from gistgym.runtime.online import percentiles_ms
-from gistgym.runtime.outputs import DETECTIONS_FILE, SUMMARY_FILE, SUMMARY_FORMAT, Annotator, AtomicOutputDir
-from gistgym.runtime.outputs import detection_line as _line
+from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter
 from gistgym.runtime.video_source import VideoSource
-from gistgym.videos.dataset import atomic_write_json
 
 BASELINE_PREFIXES = ("key=", "flow-threshold@")
 """``--policy`` values (besides ``every-frame``) that name a keyframe baseline, not a file."""
@@ -244,54 +240,30 @@ def detect_keyframe(
     size = model.config.image_size
     source = VideoSource(args.video, size, max_frames=args.max_frames or None)
     classes = class_names_for(meta, model.config.num_classes)
-    out = AtomicOutputDir(args.out)
     latencies: list[float] = []
     keys: list[bool] = []
     forced = 0
-    annotated = None if args.annotate == "none" else f"annotated.{args.annotate}"
     wall0 = time.perf_counter()
-    try:
-        annotator = (
-            Annotator(out.path(annotated), source.info.fps, classes, draw_threshold=args.draw_threshold)
-            if annotated
-            else None
-        )
-        originals: list[np.ndarray] = []
-
-        def resized() -> Iterator[np.ndarray]:
-            for original, small in source.frames():
-                originals.append(original)
-                yield small
-
-        total = args.max_frames or source.info.frames or None
-        bar = tqdm(total=total, desc=f"detect {source.path.name}", unit="frame", disable=not args.progress)
-        results = run_keyframe(model, resized(), policy, max_distance=max_distance, history_len=history_len)
-        with open(out.path(DETECTIONS_FILE), "w") as lines:
-            for r in results:
-                original = originals.pop(0)
-                boxes = source.to_source_boxes(r.detections.boxes)
-                kind = "keyframe" if r.keyframe else "propagated"
-                extra = {"keyframe": r.keyframe, "forced": r.forced, "distance": r.distance}
-                lines.write(
-                    _line(
-                        r.index, kind, r.keyframe, None, boxes, r.detections.scores, r.detections.labels, classes, extra
-                    )
-                    + "\n"
-                )
-                if annotator is not None:
-                    caption = f"frame {r.index}: " + ("keyframe" if r.keyframe else f"propagated d={r.distance}")
-                    annotator.add(
-                        annotator.draw(original, boxes, r.detections.scores, r.detections.labels, caption, r.keyframe)
-                    )
-                latencies.append(r.latency_s)
-                keys.append(r.keyframe)
-                forced += int(r.forced)
-                if on_frame is not None:
-                    on_frame(r)
-                bar.update(1)
-        bar.close()
-        if annotator is not None:
-            annotator.close()
+    with DetectionsWriter(
+        args.out,
+        source,
+        classes,
+        annotate=args.annotate,
+        draw_threshold=args.draw_threshold,
+        progress=args.progress,
+        max_frames=args.max_frames,
+    ) as writer:
+        results = run_keyframe(model, writer.frames(), policy, max_distance=max_distance, history_len=history_len)
+        for r in results:
+            kind = "keyframe" if r.keyframe else "propagated"
+            caption = f"frame {r.index}: " + ("keyframe" if r.keyframe else f"propagated d={r.distance}")
+            extra = {"keyframe": r.keyframe, "forced": r.forced, "distance": r.distance}
+            writer.write(r.index, kind, r.keyframe, None, r.detections, caption, extra)
+            latencies.append(r.latency_s)
+            keys.append(r.keyframe)
+            forced += int(r.forced)
+            if on_frame is not None:
+                on_frame(r)
         n = len(latencies)
         busy = float(np.sum(latencies))
         summary: dict[str, Any] = {
@@ -310,15 +282,8 @@ def detect_keyframe(
             **percentiles_ms(latencies),
             "dff_weights": str(args.dff_weights or "shipped"),
             "dff_sha256": meta.get("sha256"),
-            "outputs": [DETECTIONS_FILE, *([annotated] if annotated else []), SUMMARY_FILE],
         }
-        atomic_write_json(out.path(SUMMARY_FILE), summary)
-    except BaseException:
-        out.abort()
-        raise
-    out.commit()
-    summary["out"] = str(Path(args.out))
-    return summary
+        return writer.finish(summary)
 
 
 def format_keyframe_summary(summary: dict[str, Any]) -> str:

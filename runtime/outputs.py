@@ -23,11 +23,12 @@ Files:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from gistgym.errors import OutputDirError
+from gistgym.videos.dataset import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 DETECTIONS_FILE = "detections.jsonl"
@@ -231,3 +233,113 @@ class Annotator:
                 self._container.mux(packet)
             self._container.close()
             self._container = None
+
+
+class DetectionsWriter:
+    """Everything a ``gistgym detect`` runtime writes, into an :class:`AtomicOutputDir`.
+
+    Feeds the runtime the resized frames of ``source`` (:meth:`frames`) and keeps each
+    original until :meth:`write` draws on it; :meth:`finish` writes ``summary.json`` and
+    renames the folder into place. Used as a context manager, any exception discards the
+    temporary folder, so every runtime (interleaved detector, Deep Feature Flow) leaves either
+    a complete output or none.
+
+    Args:
+        out: The output folder (``--out``).
+        source: The video being read (a :class:`~gistgym.runtime.video_source.VideoSource`).
+        class_names: Label names.
+        annotate: ``"mp4"``, ``"gif"`` or ``"none"``.
+        draw_threshold: Detections scoring at least this are drawn.
+        progress: Show a progress bar.
+        max_frames: The frame limit of the run (0 = none), for the progress bar's total.
+
+    Raises:
+        OutputDirError: ``out`` is not a previous detect output, or cannot be written.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        source: Any,
+        class_names: tuple[str, ...],
+        *,
+        annotate: str,
+        draw_threshold: float,
+        progress: bool,
+        max_frames: int = 0,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.folder = AtomicOutputDir(out)
+        self.source = source
+        self.class_names = class_names
+        self.annotated = None if annotate == "none" else f"annotated.{annotate}"
+        self._originals: list[np.ndarray] = []
+        self._annotator: Annotator | None = None
+        try:
+            self._lines = open(self.folder.path(DETECTIONS_FILE), "w")  # noqa: SIM115 (closed by close())
+            if self.annotated:
+                self._annotator = Annotator(
+                    self.folder.path(self.annotated), source.info.fps, class_names, draw_threshold=draw_threshold
+                )
+        except BaseException:
+            self.folder.abort()
+            raise
+        total = max_frames or source.info.frames or None
+        self._bar = tqdm(total=total, desc=f"detect {source.path.name}", unit="frame", disable=not progress)
+
+    def __enter__(self) -> DetectionsWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            with contextlib.suppress(Exception):
+                self.close()
+            self.folder.abort()
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """The resized frames, in order (each original is kept for :meth:`write`)."""
+        for original, small in self.source.frames():
+            self._originals.append(original)
+            yield small
+
+    def write(
+        self,
+        index: int,
+        extractor: str,
+        heavy: bool,
+        fused_from: int | None,
+        detections: Any,
+        caption: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One processed frame: its line of ``detections.jsonl`` and its annotated frame (the oldest kept original)."""
+        original = self._originals.pop(0)
+        boxes = self.source.to_source_boxes(detections.boxes)
+        scores, labels = detections.scores, detections.labels
+        line = detection_line(index, extractor, heavy, fused_from, boxes, scores, labels, self.class_names, extra)
+        self._lines.write(line + "\n")
+        if self._annotator is not None:
+            self._annotator.add(self._annotator.draw(original, boxes, scores, labels, caption, heavy))
+        self._bar.update(1)
+
+    def close(self) -> None:
+        """Close the files (the annotated video is finalised) and the progress bar."""
+        self._bar.close()
+        self._lines.close()
+        if self._annotator is not None:
+            self._annotator.close()
+            self._annotator = None
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Close the files, write ``summary.json`` (with ``outputs``) and rename the folder to ``out``.
+
+        Returns:
+            ``summary`` with ``outputs`` and, not in the file, ``out``.
+        """
+        self.close()
+        summary["outputs"] = [DETECTIONS_FILE, *([self.annotated] if self.annotated else []), SUMMARY_FILE]
+        atomic_write_json(self.folder.path(SUMMARY_FILE), summary)
+        self.folder.commit()
+        summary["out"] = str(self.folder.out)
+        return summary

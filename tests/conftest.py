@@ -188,3 +188,32 @@ def glimpse_runs(adaframe_config: Callable[..., TrainConfig], tmp_path_factory: 
     train_one(adaframe_config(out))
     train_one(adaframe_config(out, algo="ppo", name="ppo", num_envs=2, n_steps=6, total_timesteps=24, eval_every=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def keyframe_run(keyframe_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
+    """A tiny Double DQN run on Keyframe-v0 (64 steps, alone in its runs folder) and its config, trained once.
+
+    Its network is barely trained: enough for the train, compare, export and runtime plumbing.
+    """
+    from gistgym.agents.train import TrainConfig, train
+
+    config = TrainConfig(
+        cache=str(keyframe_cache),
+        env="gistgym/Keyframe-v0",
+        out=str(tmp_path_factory.mktemp("keyframe-runs")),
+        split="val",  # the tiny cache's val split: the module's tests evaluate on it too
+        clip_len=8,
+        num_envs=4,
+        total_timesteps=64,
+        learning_starts=16,
+        buffer_size=100,
+        batch_size=8,
+        eval_every=0,
+        eval_videos=1,
+        checkpoint_every=0,
+        gamma=0.4,
+        progress=False,
+    )
+    (run_dir,) = train(config, log=lambda _: None)
+    return config, Path(run_dir)

@@ -200,30 +200,13 @@ def test_bad_arguments(keyframe_cache: Path, evaluator: KeyframeEvaluator) -> No
     assert list(out) == ["every-frame", "key=2"]
 
 
-def test_train_and_compare_on_keyframe(keyframe_cache: Path, tmp_path: Path) -> None:
+def test_train_and_compare_on_keyframe(keyframe_cache: Path, keyframe_run: tuple[Any, Path], tmp_path: Path) -> None:
     from gistgym.agents.compare import CompareConfig, compare
     from gistgym.agents.runs import load_run
-    from gistgym.agents.train import TrainConfig, train
+    from gistgym.agents.train import train
 
-    runs = tmp_path / "runs"
-    config = TrainConfig(
-        cache=str(keyframe_cache),
-        env="gistgym/Keyframe-v0",
-        out=str(runs),
-        split="val",  # the module's cache holds the val split only
-        clip_len=8,
-        num_envs=4,
-        total_timesteps=64,
-        learning_starts=16,
-        buffer_size=100,
-        batch_size=8,
-        eval_every=0,
-        eval_videos=1,
-        checkpoint_every=0,
-        gamma=0.4,
-        progress=False,
-    )
-    (run_dir,) = train(config, log=lambda _: None)
+    config, run_dir = keyframe_run
+    runs = run_dir.parent
     run = load_run(run_dir, cache=keyframe_cache)
     assert run.config["env_kwargs"]["speed_reward"] == [0.0, 0.4] and run.config["env_kwargs"]["max_distance"] == 20
     assert "key_fraction" in json.loads((run_dir / "eval.json").read_text())["history"][-1]

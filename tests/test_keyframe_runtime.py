@@ -23,36 +23,10 @@ PARITY_OBSERVATIONS = 10_240
 
 
 @pytest.fixture(scope="module")
-def keyframe_run(keyframe_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Double DQN run on Keyframe-v0 (its network is barely trained; parity does not need more)."""
-    from gistgym.agents.train import TrainConfig, train
-
-    config = TrainConfig(
-        cache=str(keyframe_cache),
-        env="gistgym/Keyframe-v0",
-        out=str(tmp_path_factory.mktemp("kf-runs")),
-        split="val",
-        clip_len=8,
-        num_envs=4,
-        total_timesteps=64,
-        learning_starts=16,
-        buffer_size=100,
-        batch_size=8,
-        eval_every=0,
-        eval_videos=1,
-        checkpoint_every=0,
-        gamma=0.3,
-        progress=False,
-    )
-    (run_dir,) = train(config, log=lambda _: None)
-    return Path(run_dir)
-
-
-@pytest.fixture(scope="module")
-def exported(keyframe_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exported(keyframe_run: tuple[Any, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("kf-export")
     return {
-        fmt: export_run(keyframe_run, folder / f"policy.{ext}", fmt).path
+        fmt: export_run(keyframe_run[1], folder / f"policy.{ext}", fmt).path
         for fmt, ext in (("torchscript", "pt"), ("onnx", "onnx"))
     }
 
@@ -73,13 +47,13 @@ def _observations(cache: Path) -> dict[str, np.ndarray]:
 
 
 def test_exported_scheduler_matches_the_python_network_on_10k_env_observations(
-    keyframe_run: Path, exported: dict[str, Path], keyframe_cache: Path
+    keyframe_run: tuple[Any, Path], exported: dict[str, Path], keyframe_cache: Path
 ) -> None:
     from gistgym.agents.runs import load_run
 
     obs = _observations(keyframe_cache)
     assert len(obs["cues"]) >= PARITY_OBSERVATIONS and len(np.unique(obs["cues"][:, 0])) > 100
-    model = load_run(keyframe_run).model
+    model = load_run(keyframe_run[1]).model
     with torch.no_grad():
         q = model.q_net({k: torch.as_tensor(v).float() for k, v in obs.items()}).numpy()
     for path in exported.values():
@@ -90,8 +64,10 @@ def test_exported_scheduler_matches_the_python_network_on_10k_env_observations(
         np.testing.assert_array_equal(policy.act(obs, [{}] * len(actions)), actions)
 
 
-def test_sidecar_records_the_keyframe_signature_and_cache(keyframe_run: Path, exported: dict[str, Path]) -> None:
-    run = json.loads((keyframe_run / "config.json").read_text())
+def test_sidecar_records_the_keyframe_signature_and_cache(
+    keyframe_run: tuple[Any, Path], exported: dict[str, Path]
+) -> None:
+    run = json.loads((keyframe_run[1] / "config.json").read_text())
     for path in exported.values():
         meta = json.loads(sidecar_path(path).read_text())
         assert meta["env"]["id"] == "gistgym/Keyframe-v0" and meta["algorithm"] == "DoubleDQN"
