@@ -20,8 +20,8 @@ import numpy as np
 import gistgym
 from gistgym.backbones.detector import InterleavedDetector
 from gistgym.errors import ConfigError, PolicyMismatchError
-from gistgym.runtime.online import AsyncStats, FrameResult, OnlineMemory, percentiles_ms, run_async, run_sync
-from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter
+from gistgym.runtime.online import AsyncStats, FrameResult, OnlineMemory, run_async, run_sync
+from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter, timing_summary
 from gistgym.runtime.schedules import ScheduleChoice, parse_policy
 from gistgym.runtime.video_source import VideoSource
 
@@ -162,15 +162,7 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
     heavy: list[bool] = []
     used: dict[str, int] = {}
     wall0 = time.perf_counter()
-    with DetectionsWriter(
-        args.out,
-        source,
-        classes,
-        annotate=args.annotate,
-        draw_threshold=args.draw_threshold,
-        progress=args.progress,
-        max_frames=args.max_frames,
-    ) as writer:
+    with DetectionsWriter.for_args(args, source, classes) as writer:
         results = run_frames(
             memory,
             choice,
@@ -187,7 +179,6 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
             if on_frame is not None:
                 on_frame(r)
         n = len(latencies)
-        busy = float(np.sum(latencies))
         summary: dict[str, Any] = {
             "format": SUMMARY_FORMAT,
             "gistgym_version": gistgym.__version__,
@@ -198,10 +189,8 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
             "mode": "async" if args.async_mode else "sync",
             "modules": "eager" if args.eager else "frozen-torchscript",
             "frames": n,
-            "fps": n / busy if busy > 0 else None,
-            "fps_wall": n / (time.perf_counter() - wall0),
             "heavy_fraction": float(np.mean(heavy)) if n else None,
-            **percentiles_ms(latencies),
+            **timing_summary(latencies, wall0),
             "detections_from": used,
             "async": {**stats.to_dict(), "heavy_delay_frames": args.heavy_delay_frames or None}
             if args.async_mode

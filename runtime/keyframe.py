@@ -40,8 +40,7 @@ from gistgym.agents.policy import Policy
 from gistgym.backbones.dff import DeepFeatureFlow, warp
 from gistgym.backbones.ssdlite import Detections
 from gistgym.errors import ConfigError, InvalidActionError
-from gistgym.runtime.online import percentiles_ms
-from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter
+from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter, timing_summary
 from gistgym.runtime.video_source import VideoSource
 
 BASELINE_PREFIXES = ("key=", "flow-threshold@")
@@ -244,15 +243,7 @@ def detect_keyframe(
     keys: list[bool] = []
     forced = 0
     wall0 = time.perf_counter()
-    with DetectionsWriter(
-        args.out,
-        source,
-        classes,
-        annotate=args.annotate,
-        draw_threshold=args.draw_threshold,
-        progress=args.progress,
-        max_frames=args.max_frames,
-    ) as writer:
+    with DetectionsWriter.for_args(args, source, classes) as writer:
         results = run_keyframe(model, writer.frames(), policy, max_distance=max_distance, history_len=history_len)
         for r in results:
             kind = "keyframe" if r.keyframe else "propagated"
@@ -265,7 +256,6 @@ def detect_keyframe(
             if on_frame is not None:
                 on_frame(r)
         n = len(latencies)
-        busy = float(np.sum(latencies))
         summary: dict[str, Any] = {
             "format": SUMMARY_FORMAT,
             "gistgym_version": gistgym.__version__,
@@ -277,9 +267,7 @@ def detect_keyframe(
             "frames": n,
             "key_fraction": float(np.mean(keys)) if n else None,
             "forced_keyframes": forced,
-            "fps": n / busy if busy > 0 else float("nan"),
-            "fps_wall": n / (time.perf_counter() - wall0),
-            **percentiles_ms(latencies),
+            **timing_summary(latencies, wall0),
             "dff_weights": str(args.dff_weights or "shipped"),
             "dff_sha256": meta.get("sha256"),
         }

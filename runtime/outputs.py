@@ -28,7 +28,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,22 @@ class DetectionsWriter:
         total = max_frames or source.info.frames or None
         self._bar = tqdm(total=total, desc=f"detect {source.path.name}", unit="frame", disable=not progress)
 
+    @classmethod
+    def for_args(cls, args: Any, source: Any, class_names: tuple[str, ...]) -> DetectionsWriter:
+        """The writer a runtime's arguments ask for.
+
+        Reads ``out``, ``annotate``, ``draw_threshold``, ``progress`` and ``max_frames``.
+        """
+        return cls(
+            args.out,
+            source,
+            class_names,
+            annotate=args.annotate,
+            draw_threshold=args.draw_threshold,
+            progress=args.progress,
+            max_frames=args.max_frames,
+        )
+
     def __enter__(self) -> DetectionsWriter:
         return self
 
@@ -343,3 +360,22 @@ class DetectionsWriter:
         self.folder.commit()
         summary["out"] = str(self.folder.out)
         return summary
+
+
+def timing_summary(latencies: Sequence[float], wall0: float) -> dict[str, Any]:
+    """Frames/s and latency statistics of a run, for ``summary.json``.
+
+    Returns:
+        ``fps`` (frames over the summed per-frame latencies), ``fps_wall`` (frames over the wall
+        time since ``wall0``, decoding and writing included) and ``p50_ms``, ``p95_ms``,
+        ``max_ms``, ``mean_ms``.
+    """
+    from gistgym.runtime.online import percentiles_ms
+
+    n = len(latencies)
+    busy = float(np.sum(latencies))
+    return {
+        "fps": n / busy if busy > 0 else None,
+        "fps_wall": n / (time.perf_counter() - wall0),
+        **percentiles_ms(latencies),
+    }
