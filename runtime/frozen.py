@@ -13,6 +13,9 @@ Python GIL, so the heavy job in the background thread no longer takes turns with
 frames of the main thread on every operator (in eager mode it does, and the light frames'
 latency doubles while a heavy job runs).
 
+:func:`frozen_dff` does the same for Deep Feature Flow's N_feat, F and N_task (the DFF runtime,
+:mod:`gistgym.runtime.keyframe`); the warp W stays eager.
+
 Extractors that carry temporal-shift buffers (``uses_shift``) stay eager: their state is a
 Python object per block. The frozen modules are built once per detector object and reused
 (building them takes about a second).
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.detector import InterleavedDetector
+from gistgym.backbones.dff import DeepFeatureFlow, FlowOutput
 from gistgym.errors import ConfigError
 
 PARITY_ATOL = 1e-4
@@ -152,3 +156,57 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor) -> float:
             "run with the eager modules (frozen=False)"
         )
     return worst
+
+
+class _FlowStep(nn.Module):
+    """DFF's flow network with plain tensors out (what tracing needs)."""
+
+    def __init__(self, model: DeepFeatureFlow) -> None:
+        super().__init__()
+        self.flow_net = model.flow_net
+
+    def forward(self, key_images: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.flow_net(key_images, images)
+        return out.flow, out.scale
+
+
+@dataclass(frozen=True)
+class FrozenDFF:
+    """Frozen graphs of a Deep Feature Flow model's per-frame networks (batch one); W stays eager."""
+
+    features: torch.jit.ScriptModule
+    """N_feat: normalised (1, 3, S, S) -> (1, C, g, g)."""
+    flow_net: torch.jit.ScriptModule
+    """F: ``(key_images, images) -> (flow, scale)``."""
+    task: torch.jit.ScriptModule
+    """N_task: features -> (loc, conf)."""
+
+    def flow(self, key_images: Tensor, images: Tensor) -> FlowOutput:
+        """F with :class:`~gistgym.backbones.dff.FlowOutput` out, as the eager model returns it."""
+        flow, scale = self.flow_net(key_images, images)
+        return FlowOutput(flow, scale)
+
+
+_DFF_CACHE: weakref.WeakKeyDictionary[DeepFeatureFlow, FrozenDFF] = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def frozen_dff(model: DeepFeatureFlow) -> FrozenDFF:
+    """The frozen per-frame networks of a DFF model (built on first use, then cached per model).
+
+    Raises:
+        ConfigError: The model is in training mode.
+    """
+    cached = _DFF_CACHE.get(model)
+    if cached is not None:
+        return cached
+    if model.training:
+        raise ConfigError("the DFF runtime freezes the model's networks; call model.eval() first")
+    size = model.config.image_size
+    images = torch.zeros(1, 3, size, size)
+    features = model.features(images)
+    frozen = FrozenDFF(
+        _freeze(model.feature_net, images), _freeze(_FlowStep(model), images, images), _freeze(model.task_net, features)
+    )
+    _DFF_CACHE[model] = frozen
+    return frozen

@@ -40,6 +40,7 @@ from gistgym.agents.policy import Policy
 from gistgym.backbones.dff import DeepFeatureFlow, warp
 from gistgym.backbones.ssdlite import Detections
 from gistgym.errors import ConfigError, InvalidActionError
+from gistgym.runtime.frozen import frozen_dff
 from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter, timing_summary
 from gistgym.runtime.video_source import VideoSource
 
@@ -79,6 +80,8 @@ class KeyframeDetectArgs:
     """Detections scoring at least this are drawn on the annotated video."""
     progress: bool = True
     """Show a progress bar."""
+    eager: bool = False
+    """Run DFF's eager torch networks instead of frozen TorchScript graphs (slower; for debugging)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ def run_keyframe(
     *,
     max_distance: int,
     history_len: int,
+    frozen: bool = True,
 ) -> Iterator[KeyframeFrameResult]:
     """Deep Feature Flow on resized frames with ``policy`` choosing the keyframes (see the module docstring).
 
@@ -125,6 +129,8 @@ def run_keyframe(
         policy: A Keyframe-v0 policy (batch of one).
         max_distance: D_max.
         history_len: Length of the keyframe history in the observation.
+        frozen: Run N_feat, F and N_task as frozen TorchScript graphs
+            (:func:`gistgym.runtime.frozen.frozen_dff`); ``False`` runs the eager networks.
 
     Yields:
         One :class:`KeyframeFrameResult` per frame, as soon as it is processed.
@@ -137,6 +143,7 @@ def run_keyframe(
     policy.reset(1)
     policy.episode_started(np.zeros(1, dtype=np.int64))
     cell = model.config.cell_pixels
+    nets: Any = frozen_dff(model) if frozen else model
     history = np.zeros((1, history_len), dtype=np.int8)
     key_images = key_feats = None
     info: dict[str, Any] = {}
@@ -148,7 +155,7 @@ def run_keyframe(
         cues = flow = None
         if not forced:
             assert key_images is not None
-            flow = model.flow(key_images, images)
+            flow = nets.flow(key_images, images)
             cues = np.clip(flow_cues(flow.flow, flow.scale, cell).numpy(), 0.0, CUE_HIGH).astype(np.float32)
             obs = {
                 "cues": cues,
@@ -159,12 +166,12 @@ def run_keyframe(
         else:
             key = True
         if key:
-            key_images, key_feats = images, model.features(images)
+            key_images, key_feats = images, nets.features(images)
             feats = key_feats
         else:
             assert flow is not None and key_feats is not None
             feats = warp(key_feats, flow.flow, flow.scale)
-        dets = model.detect(*model.task(feats))[0]
+        dets = model.detect(*nets.task(feats))[0]
         distance = 0 if key else d
         history[:, 1:] = history[:, :-1]
         history[:, 0] = key
@@ -217,7 +224,7 @@ def detect_keyframe(
     """Run DFF with a key scheduler on a video file and return the summary (also ``OUT/summary.json``).
 
     Summary keys: ``format``, ``gistgym_version``, ``runtime`` (``"keyframe"``), ``video``,
-    ``policy``, ``policy_name``, ``max_distance``, ``frames``, ``key_fraction``,
+    ``policy``, ``policy_name``, ``max_distance``, ``modules``, ``frames``, ``key_fraction``,
     ``forced_keyframes``, ``fps`` (frames over the summed per-frame latencies), ``fps_wall``,
     ``p50_ms``, ``p95_ms``, ``max_ms``, ``mean_ms``, ``dff_weights``, ``dff_sha256``, ``outputs``.
 
@@ -244,7 +251,9 @@ def detect_keyframe(
     forced = 0
     wall0 = time.perf_counter()
     with DetectionsWriter.for_args(args, source, classes) as writer:
-        results = run_keyframe(model, writer.frames(), policy, max_distance=max_distance, history_len=history_len)
+        results = run_keyframe(
+            model, writer.frames(), policy, max_distance=max_distance, history_len=history_len, frozen=not args.eager
+        )
         for r in results:
             kind = "keyframe" if r.keyframe else "propagated"
             caption = f"frame {r.index}: " + ("keyframe" if r.keyframe else f"propagated d={r.distance}")
@@ -264,6 +273,7 @@ def detect_keyframe(
             "policy": args.policy,
             "policy_name": policy.name,
             "max_distance": max_distance,
+            "modules": "eager" if args.eager else "frozen-torchscript",
             "frames": n,
             "key_fraction": float(np.mean(keys)) if n else None,
             "forced_keyframes": forced,

@@ -38,6 +38,7 @@ _KEYFRAME_DETECT_FIELDS = (
     "annotate",
     "max_frames",
     "draw_threshold",
+    "eager",
 )
 """The ``KeyframeDetectArgs`` fields ``gistgym detect`` takes from options of the same name (key schedulers)."""
 
@@ -148,9 +149,9 @@ def _cmd_detect_keyframe(ns: argparse.Namespace) -> int:
     from gistgym.errors import ConfigError
     from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary
 
-    if ns.async_mode or ns.weights or ns.heavy_delay_frames or ns.eager:
+    if ns.async_mode or ns.weights or ns.heavy_delay_frames:
         raise ConfigError(
-            f"--async, --weights, --heavy-delay-frames and --eager apply to the interleaved detector; {ns.policy} is a "
+            f"--async, --weights and --heavy-delay-frames apply to the interleaved detector; {ns.policy} is a "
             "Deep Feature Flow key scheduler: use --dff-weights and --max-distance"
         )
     return _run_detect(ns, KeyframeDetectArgs, _KEYFRAME_DETECT_FIELDS, detect_keyframe, format_keyframe_summary)

@@ -160,3 +160,28 @@ def test_mismatched_or_foreign_schedulers_are_typed_errors(
         from gistgym.runtime.keyframe import keyframe_scheduler
 
         keyframe_scheduler("oracle", "")
+
+
+def test_frozen_dff_networks_match_the_eager_ones(tiny_bench: Path, tmp_path: Path) -> None:
+    from gistgym.agents.keyframe_baselines import FlowThresholdPolicy
+    from gistgym.backbones.dff import load_dff
+    from gistgym.runtime.frozen import frozen_dff
+    from gistgym.runtime.keyframe import run_keyframe
+
+    model = load_dff()[0]
+    assert frozen_dff(model) is frozen_dff(model)  # built once per model
+    frames = load_dataset(tiny_bench).split("val")[0].read_frames()
+    runs = [
+        list(run_keyframe(model, iter(frames), FlowThresholdPolicy(1.0), max_distance=6, history_len=20, frozen=f))
+        for f in (True, False)
+    ]
+    assert [r.keyframe for r in runs[0]] == [r.keyframe for r in runs[1]]
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a.detections.labels, b.detections.labels)
+        np.testing.assert_allclose(a.detections.boxes, b.detections.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.detections.scores, b.detections.scores, atol=1e-4)
+        if a.cues is not None:
+            assert b.cues is not None
+            np.testing.assert_allclose(a.cues, b.cues, atol=1e-4)
+    with pytest.raises(ConfigError, match="eval"):
+        frozen_dff(load_dff()[0].train())
