@@ -18,7 +18,8 @@ latency doubles while a heavy job runs).
 
 Extractors that carry temporal-shift buffers (``uses_shift``) stay eager: their state is a
 Python object per block. The frozen modules are built once per detector object and reused
-(building them takes about a second).
+(building them takes about a second); they hold a copy of the weights, so a detector whose
+weights change afterwards (further training) needs a new object to be frozen again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from gistgym.backbones.detector import InterleavedDetector
 from gistgym.backbones.dff import DeepFeatureFlow, FlowOutput
 from gistgym.errors import ConfigError
 
+WARMUP_CALLS = 3
+"""Calls of each frozen graph at build time (the executor's profiling runs)."""
 PARITY_ATOL = 1e-4
 """Largest absolute difference :func:`check_frozen_parity` accepts between frozen and eager outputs."""
 
@@ -76,6 +79,10 @@ def _freeze(module: nn.Module, *example: Tensor) -> torch.jit.ScriptModule:
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
         frozen = torch.jit.freeze(traced)
+        # TorchScript's executor profiles and optimises a graph on its first calls (tens of ms):
+        # do that here, not on the first frames of a video, whose latency would show it
+        for _ in range(WARMUP_CALLS):
+            frozen(*example)
     return frozen
 
 
