@@ -185,3 +185,17 @@ def test_frozen_dff_networks_match_the_eager_ones(tiny_bench: Path, tmp_path: Pa
             np.testing.assert_allclose(a.cues, b.cues, atol=1e-4)
     with pytest.raises(ConfigError, match="eval"):
         frozen_dff(load_dff()[0].train())
+
+
+@pytest.mark.parametrize("content", [b"", "truncated"])
+def test_bad_video_is_one_line_exit_2_and_writes_nothing(
+    content: bytes | str, tiny_bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = load_dataset(tiny_bench).split("val")[0].path
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(video.read_bytes()[:2000] if content == "truncated" else content)
+    out = tmp_path / "out"
+    assert main(["detect", str(bad), "--policy", "key=3", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
