@@ -21,7 +21,7 @@ DEMO := runs/demo
 
 # The whole loop on the embedded default: benchmark -> detector table -> cache -> a short
 # Double DQN run -> comparison against the baselines -> export -> online detection on a
-# benchmark video and on a real one; then the same loop for AdaFrame frame selection on the
+# benchmark video and on a real one (and DFF with a fixed key duration on it); then the same loop for AdaFrame frame selection on the
 # untrimmed benchmark. Every step's outputs are under $(DEMO)/.
 demo: $(STAMP)
 	$(BIN)/gistgym videos make --out data/bench --seed 0
@@ -35,6 +35,9 @@ demo: $(STAMP)
 		--no-progress
 	$(BIN)/gistgym sample-video --out $(DEMO)/sample
 	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy $(DEMO)/policy.onnx --out $(DEMO)/detect-bikes --no-progress
+	# Deep Feature Flow on the same real video, a keyframe every 10 frames (--policy takes an exported
+	# Keyframe-v0 scheduler the same way)
+	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy key=10 --out $(DEMO)/dff-bikes --no-progress
 	# AdaFrame on Glimpse-v0: untrimmed videos -> glimpse cache -> a short AdaFrame run -> comparison
 	# with uniform/random/all frames -> export -> classify a benchmark video by glimpsing it.
 	$(BIN)/gistgym videos make --kind untrimmed --out data/glimpse --train 300 --val 200 --test 0
@@ -48,6 +51,7 @@ demo: $(STAMP)
 	@echo "demo outputs: $(DEMO)/table.md (detector), $(DEMO)/compare/{table.md,pareto.png,timeline.png},"
 	@echo "  $(DEMO)/agents/ddqn-demo (run: tb/, training.png), $(DEMO)/policy.onnx(.json),"
 	@echo "  $(DEMO)/detect-val_0000 and $(DEMO)/detect-bikes (detections.jsonl, annotated video, summary.json),"
+	@echo "  $(DEMO)/dff-bikes (Deep Feature Flow, key=10),"
 	@echo "  $(DEMO)/agents/adaframe-demo, $(DEMO)/compare-glimpse/{table.md,pareto.png,timeline.png},"
 	@echo "  $(DEMO)/adaframe.onnx(.json), $(DEMO)/glimpse-val_0000 (summary.json, glimpses.png)"
 
