@@ -136,7 +136,13 @@ def plot(env: str, fixed: list, frontier: list, oracle: tuple[float, float], pat
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot(*zip(*sorted(fixed), strict=True), "o-", label="fixed period", color="tab:blue")
-    ax.plot([f for f, _, _ in frontier], [m for _, m, _ in frontier], "s--", label="segment-aware (in-sample)")
+    ax.plot(
+        [f for f, _, _ in frontier],
+        [m for _, m, _ in frontier],
+        "s--",
+        label="segment-aware (in-sample)",
+        color="tab:orange",
+    )
     ax.plot(*oracle, "r*", markersize=12, label="myopic oracle")
     ax.axvspan(*SPAN, color="0.93", zorder=0)
     ax.set_xlabel("keyframe fraction" if env == "keyframe" else "heavy fraction")
