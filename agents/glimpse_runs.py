@@ -12,11 +12,9 @@ trainer; :class:`GlimpseEnvEvaluator` runs such a policy over whole videos of a 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from gistgym.agents.runs import (
     check_cache_identity,
     load_run,
     read_run_config,
+    staged_run_dir,
 )
 from gistgym.errors import RunError
 from gistgym.feature_cache import FeatureCache
@@ -142,22 +141,8 @@ def _load_split(cache_path: str, split: str, max_videos: int | None = None) -> t
     finally:
         cache.close()
     if max_videos:
-        videos = subset(videos, max_videos)
+        videos = videos.first(max_videos)
     return section, videos
-
-
-def subset(videos: GlimpseVideos, count: int) -> GlimpseVideos:
-    """The first ``count`` videos."""
-    keep = slice(0, int(count))
-    return replace(
-        videos,
-        video_ids=videos.video_ids[keep],
-        labels=videos.labels[keep],
-        num_frames=videos.num_frames[keep],
-        frame_features=videos.frame_features[keep],
-        memory=videos.memory[keep],
-        evidence=videos.evidence[keep],
-    )
 
 
 def evaluate_adaframe(
@@ -194,9 +179,7 @@ def train_adaframe_run(config: Any, target: Path, *, command: Sequence[str] = ()
     identity = cache_identity(config.cache)
     section, train_videos = _load_split(config.cache, config.split)
     _, eval_videos = _load_split(config.cache, config.eval_split, config.eval_videos)
-    out = target.parent
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out))
-    try:
+    with staged_run_dir(target) as partial:
         writer = SummaryWriter(str(partial / TENSORBOARD_DIR))
         history: list[dict[str, Any]] = []
 
@@ -249,12 +232,6 @@ def train_adaframe_run(config: Any, target: Path, *, command: Sequence[str] = ()
                 "command": list(command),
             },
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return target
 
 

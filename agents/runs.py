@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,24 @@ class Run:
     def name(self) -> str:
         """The run's name: its directory name (the key in comparisons)."""
         return self.path.name
+
+
+@contextmanager
+def staged_run_dir(target: Path) -> Iterator[Path]:
+    """A hidden ``.NAME.partial-*`` folder beside ``target`` to write a run into.
+
+    When the block completes the folder is renamed to ``target`` (replacing an existing one);
+    on any exception (Ctrl-C included) it is deleted, so a reader never takes it for a run.
+    """
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield partial
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -24,10 +24,7 @@ The run directory layout is in :mod:`gistgym.agents.runs`.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -55,6 +52,7 @@ from gistgym.agents.runs import (
     RUN_FORMAT_VERSION,
     TENSORBOARD_DIR,
     cache_identity,
+    staged_run_dir,
 )
 from gistgym.errors import ConfigError, OutputDirError
 from gistgym.videos.dataset import atomic_write_json
@@ -366,64 +364,58 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
     evaluator = backend.make_evaluator(
         config.cache, config.eval_split, backend.eval_kwargs(kwargs), max_videos=config.eval_videos
     )
-    partial = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out))  # renamed to OUT/NAME once complete
     try:
-        venv.seed(config.seed)
-        model = make_model(config, venv)
-        model.set_logger(configure(str(partial / TENSORBOARD_DIR), ["tensorboard", "csv"]))
-        tracker = _TrainingCallback(config, evaluator, name, backend)
-        callbacks: list[BaseCallback] = [tracker]
-        if config.checkpoint_every > 0:
-            every = max(1, config.checkpoint_every // config.num_envs)
-            callbacks.append(CheckpointCallback(every, str(partial / CHECKPOINT_DIR), name_prefix="model"))
-        started = time.perf_counter()
-        model.learn(config.total_timesteps, callback=CallbackList(callbacks), log_interval=4 * config.num_envs)
-        seconds = time.perf_counter() - started
-        if not tracker.history or tracker.history[-1]["timesteps"] != model.num_timesteps:
-            tracker.evaluate()
-        model.save(partial / MODEL_FILE)
-        history = {"split": config.eval_split, "videos": list(evaluator.video_ids), "history": tracker.history}
-        atomic_write_json(partial / EVAL_FILE, history)
-        plot_training(
-            tracker.history,
-            partial / "training.png",
-            f"{name} on {config.eval_split}",
-            backend.fraction,
-            backend.score,
-            fraction_max=float(backend.fraction_max(kwargs)),
-        )
-        policy = model.policy
-        q_net = getattr(policy, "q_net", None)
-        atomic_write_json(
-            partial / CONFIG_FILE,
-            {
-                "format": RUN_FORMAT,
-                "format_version": RUN_FORMAT_VERSION,
-                "name": name,
-                "env_id": config.env,
-                "algo": config.algo,
-                "algorithm": type(model).__name__,
-                "env_kwargs": kwargs,
-                "cache_path": str(Path(config.cache).resolve()),
-                "cache_identity": identity,
-                "train": {**asdict(config), "gamma_sweep": False, "name": name},
-                "policy_network": {
-                    "extractor": extractor_name(config, backend),
-                    "parameters": count_parameters(q_net if q_net is not None else policy),
-                    "macs": count_macs(q_net, venv.observation_space) if q_net is not None else None,
+        with staged_run_dir(target) as partial:  # renamed to OUT/NAME once complete
+            venv.seed(config.seed)
+            model = make_model(config, venv)
+            model.set_logger(configure(str(partial / TENSORBOARD_DIR), ["tensorboard", "csv"]))
+            tracker = _TrainingCallback(config, evaluator, name, backend)
+            callbacks: list[BaseCallback] = [tracker]
+            if config.checkpoint_every > 0:
+                every = max(1, config.checkpoint_every // config.num_envs)
+                callbacks.append(CheckpointCallback(every, str(partial / CHECKPOINT_DIR), name_prefix="model"))
+            started = time.perf_counter()
+            model.learn(config.total_timesteps, callback=CallbackList(callbacks), log_interval=4 * config.num_envs)
+            seconds = time.perf_counter() - started
+            if not tracker.history or tracker.history[-1]["timesteps"] != model.num_timesteps:
+                tracker.evaluate()
+            model.save(partial / MODEL_FILE)
+            history = {"split": config.eval_split, "videos": list(evaluator.video_ids), "history": tracker.history}
+            atomic_write_json(partial / EVAL_FILE, history)
+            plot_training(
+                tracker.history,
+                partial / "training.png",
+                f"{name} on {config.eval_split}",
+                backend.fraction,
+                backend.score,
+                fraction_max=float(backend.fraction_max(kwargs)),
+            )
+            policy = model.policy
+            q_net = getattr(policy, "q_net", None)
+            atomic_write_json(
+                partial / CONFIG_FILE,
+                {
+                    "format": RUN_FORMAT,
+                    "format_version": RUN_FORMAT_VERSION,
+                    "name": name,
+                    "env_id": config.env,
+                    "algo": config.algo,
+                    "algorithm": type(model).__name__,
+                    "env_kwargs": kwargs,
+                    "cache_path": str(Path(config.cache).resolve()),
+                    "cache_identity": identity,
+                    "train": {**asdict(config), "gamma_sweep": False, "name": name},
+                    "policy_network": {
+                        "extractor": extractor_name(config, backend),
+                        "parameters": count_parameters(q_net if q_net is not None else policy),
+                        "macs": count_macs(q_net, venv.observation_space) if q_net is not None else None,
+                    },
+                    "train_seconds": round(seconds, 2),
+                    "timesteps": int(model.num_timesteps),
+                    "gistgym_version": gistgym.__version__,
+                    "command": list(command),
                 },
-                "train_seconds": round(seconds, 2),
-                "timesteps": int(model.num_timesteps),
-                "gistgym_version": gistgym.__version__,
-                "command": list(command),
-            },
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+            )
     finally:
         venv.close()
         evaluator.close()
