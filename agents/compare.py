@@ -49,6 +49,7 @@ from gistgym.agents.glimpse_compare import DEFAULT_GLIMPSE_COUNTS, DEFAULT_MUS
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.runs import find_runs, load_run, read_run_config
 from gistgym.errors import ConfigError
+from gistgym.metrics import best_curve
 from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 DEFAULT_TAUS = (1, 2, 3, 4, 6, 9, 14, 19, 29)
@@ -124,15 +125,6 @@ class Comparison:
         return {name: {**r.summary(), "adaptive": name in self.adaptive} for name, r in self.results.items()}
 
 
-def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Heavy fractions (sorted) and mAPs of a curve; equal fractions keep the best mAP."""
-    best: dict[float, float] = {}
-    for x, y in points:
-        best[x] = max(y, best.get(x, -np.inf))
-    xs = np.array(sorted(best))
-    return xs, np.array([best[x] for x in xs])
-
-
 def dominance(
     points: Sequence[tuple[float, float]],
     runs: Sequence[tuple[float, float, str]],
@@ -157,8 +149,8 @@ def dominance(
     """
     if not points or not runs:
         return {}
-    fx, fy = _curve(points)
-    ax, ay = _curve([(x, y) for x, y, _ in runs])
+    fx, fy = best_curve(points)
+    ax, ay = best_curve([(x, y) for x, y, _ in runs])
     grid = np.round(np.arange(span[0], span[1] + 1e-9, 0.001), 3)
     covered = bool(ax[0] <= span[0] and ax[-1] >= span[1])
     gap = np.interp(grid, ax, ay) - np.interp(grid, fx, fy)
@@ -250,14 +242,14 @@ def plot_pareto(comparison: Comparison, path: Path, title: str) -> None:
     res, frac = comparison.results, comparison.fraction
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     for (ref, prefix), color in zip(comparison.backend.references.items(), ("tab:gray", "tab:orange"), strict=False):
-        fx, fy = _curve(reference_points(comparison, prefix))
+        fx, fy = best_curve(reference_points(comparison, prefix))
         if len(fx):
             ax.plot(fx, fy, "s-", color=color, markersize=4, label=ref)
             for n in res:
                 if n.startswith(prefix):
                     ax.annotate(n, (frac(n), res[n].map50), fontsize=5, xytext=(3, -8), textcoords="offset points")
     if comparison.adaptive:
-        xs, ys = _curve([(frac(n), res[n].map50) for n in comparison.adaptive])
+        xs, ys = best_curve([(frac(n), res[n].map50) for n in comparison.adaptive])
         ax.plot(xs, ys, "o-", color="tab:blue", label="adaptive (trained runs)")
         for n in comparison.adaptive:
             ax.annotate(n, (frac(n), res[n].map50), fontsize=6, xytext=(3, 4), textcoords="offset points")

@@ -38,6 +38,7 @@ from gistgym.agents.glimpse_eval import GlimpseBaselines, GlimpseEvaluation, is_
 from gistgym.errors import ConfigError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.glimpse import SECTION_GLIMPSE, GlimpseSection, GlimpseVideos, read_glimpse_section
+from gistgym.metrics import best_curve
 from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 DEFAULT_GLIMPSE_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
@@ -71,14 +72,6 @@ class GlimpseComparison:
             name: {**r.summary(), "adaptive": name in self.adaptive or name in self.runs}
             for name, r in self.results.items()
         }
-
-
-def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
-    best: dict[float, float] = {}
-    for x, y in points:
-        best[x] = max(y, best.get(x, -np.inf))
-    xs = np.array(sorted(best))
-    return xs, np.array([best[x] for x in xs])
 
 
 def curve_points(results: Mapping[str, GlimpseEvaluation], prefix: str) -> list[tuple[float, float]]:
@@ -119,7 +112,7 @@ def glimpse_verdict(comparison: GlimpseComparison) -> dict[str, Any]:
     }
     beats: dict[str, Any] = {}
     for ref in ("uniform", "random"):
-        fx, fy = _curve(curve_points(res, ref))
+        fx, fy = best_curve(curve_points(res, ref))
         if not len(fx):
             continue
         margins = {n: y - float(np.interp(x, fx, fy)) for n, x, y in points}
@@ -205,11 +198,11 @@ def plot_glimpse_pareto(comparison: GlimpseComparison, path: Path, title: str) -
         for prefix, (marker, color) in styles.items():
             pts = [(r.frames_used, getattr(r, metric)) for n, r in res.items() if n.startswith(prefix + "@")]
             if pts:
-                xs, ys = _curve(pts)
+                xs, ys = best_curve(pts)
                 ax.plot(xs, ys, marker, color=color, markersize=4, label=f"{prefix}@K")
         if comparison.adaptive:
             pts = [(res[n].frames_used, getattr(res[n], metric)) for n in comparison.adaptive]
-            xs, ys = _curve(pts)
+            xs, ys = best_curve(pts)
             ax.plot(xs, ys, "o-", color="tab:blue", label="AdaFrame, adaptive lookahead")
         for n in comparison.runs:
             ax.plot(res[n].frames_used, getattr(res[n], metric), "*", markersize=10, label=n)
@@ -328,15 +321,7 @@ def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEval
     finally:
         cache.close()
     if config.max_videos:
-        keep = slice(0, int(config.max_videos))
-        videos = GlimpseVideos(
-            video_ids=videos.video_ids[keep],
-            labels=videos.labels[keep],
-            num_frames=videos.num_frames[keep],
-            frame_features=videos.frame_features[keep],
-            memory=videos.memory[keep],
-            evidence=videos.evidence[keep],
-        )
+        videos = videos.first(config.max_videos)
     baselines = GlimpseBaselines(section, videos)
     specs = ["all"]
     for k in config.glimpse_counts:

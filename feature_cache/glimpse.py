@@ -22,7 +22,7 @@ interleaved detector the ``interleave`` section uses.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,19 @@ class GlimpseVideos:
         return (
             f"GlimpseVideos(videos={len(self.video_ids)}, frames={self.frame_features.shape}, "
             f"memory={self.memory.shape})"
+        )
+
+    def first(self, count: int) -> GlimpseVideos:
+        """The first ``count`` videos (views, no copies)."""
+        keep = slice(0, int(count))
+        return replace(
+            self,
+            video_ids=self.video_ids[keep],
+            labels=self.labels[keep],
+            num_frames=self.num_frames[keep],
+            frame_features=self.frame_features[keep],
+            memory=self.memory[keep],
+            evidence=self.evidence[keep],
         )
 
 

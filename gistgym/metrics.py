@@ -228,3 +228,16 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float((scores.argmax(axis=1) == labels).mean())
+
+
+def best_curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """A cost-accuracy curve from ``(cost, score)`` points: costs sorted, the best score kept per cost.
+
+    Used by the comparisons' Pareto plots and dominance verdicts (costs are heavy or key
+    fractions, or frames per video), which interpolate it piecewise linearly.
+    """
+    best: dict[float, float] = {}
+    for x, y in points:
+        best[x] = max(y, best.get(x, -np.inf))
+    xs = np.array(sorted(best))
+    return xs, np.array([best[x] for x in xs])

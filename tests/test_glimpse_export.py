@@ -23,7 +23,7 @@ from gistgym.agents.glimpse_export import (
     export_adaframe_run,
     load_glimpse_policy,
 )
-from gistgym.agents.glimpse_runs import load_adaframe_run, subset
+from gistgym.agents.glimpse_runs import load_adaframe_run
 from gistgym.agents.runs import read_run_config
 from gistgym.errors import OnnxOpsetError, PolicyFileError, PolicyMismatchError
 from gistgym.feature_cache import FeatureCache
@@ -298,7 +298,7 @@ def _offline(net: AdaFrameNet, glimpse_cache: Path, video_id: str, mu: float, pa
     keep = slice(list(videos.video_ids).index(video_id), None)
     fields = ("labels", "num_frames", "frame_features", "memory", "evidence")
     rest = replace(videos, video_ids=videos.video_ids[keep], **{f: getattr(videos, f)[keep] for f in fields})
-    return adaptive_lookahead(net, subset(rest, 1), mu=mu, patience=patience, num_glimpses=K_RUNTIME)
+    return adaptive_lookahead(net, rest.first(1), mu=mu, patience=patience, num_glimpses=K_RUNTIME)
 
 
 def _check_outputs(out: Path, summary: dict[str, Any]) -> None:
