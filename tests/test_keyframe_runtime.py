@@ -138,7 +138,9 @@ def test_detect_command_routes_key_schedulers_to_dff(
     assert "--async" in capsys.readouterr().err
     assert main(["detect", str(video), "--policy", "fixed:3", "--max-distance", "5", "--out", str(tmp_path / "y")]) == 2
     assert "--max-distance" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert main(["detect", str(video), "--policy", "key=3", "--mu", "0.3", "--out", str(tmp_path / "z")]) == 2
+    assert "--mu does not apply" in capsys.readouterr().err  # a glimpse option is not silently ignored either
+    assert not any((tmp_path / d).exists() for d in "xyz")
 
 
 def test_mismatched_or_foreign_schedulers_are_typed_errors(
