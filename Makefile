@@ -29,15 +29,15 @@ demo: $(STAMP)
 	$(BIN)/gistgym cache build --videos data/bench --out data/demo.h5 --split train val --sections interleave
 	$(BIN)/gistgym train --cache data/demo.h5 --out $(DEMO)/agents --name ddqn-demo --total-timesteps 24000 \
 		--eval-every 8000 --overwrite
-	$(BIN)/gistgym compare --cache data/demo.h5 --split val --runs $(DEMO)/agents --out $(DEMO)/compare
-	$(BIN)/gistgym export --run $(DEMO)/agents/ddqn-demo --format onnx --out $(DEMO)/policy.onnx
+	$(BIN)/gistgym compare --cache data/demo.h5 --split val --runs $(DEMO)/agents --out $(DEMO)/compare --overwrite
+	$(BIN)/gistgym export --run $(DEMO)/agents/ddqn-demo --format onnx --out $(DEMO)/policy.onnx --overwrite
 	$(BIN)/gistgym detect data/bench/val_0000/video.mp4 --policy $(DEMO)/policy.onnx --out $(DEMO)/detect-val_0000 \
-		--no-progress
+		--no-progress --overwrite
 	$(BIN)/gistgym sample-video --out $(DEMO)/sample
-	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy $(DEMO)/policy.onnx --out $(DEMO)/detect-bikes --no-progress
+	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy $(DEMO)/policy.onnx --out $(DEMO)/detect-bikes --no-progress --overwrite
 	# Deep Feature Flow on the same real video, a keyframe every 10 frames (--policy takes an exported
 	# Keyframe-v0 scheduler the same way)
-	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy key=10 --out $(DEMO)/dff-bikes --no-progress
+	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy key=10 --out $(DEMO)/dff-bikes --no-progress --overwrite
 	# AdaFrame on Glimpse-v0: untrimmed videos -> glimpse cache -> a short AdaFrame run -> comparison
 	# with uniform/random/all frames -> export -> classify a benchmark video by glimpsing it.
 	$(BIN)/gistgym videos make --kind untrimmed --out data/glimpse --train 300 --val 200 --test 0
@@ -45,9 +45,9 @@ demo: $(STAMP)
 	$(BIN)/gistgym train --env gistgym/Glimpse-v0 --algo adaframe --cache data/glimpse-demo.h5 --out $(DEMO)/agents \
 		--name adaframe-demo --adaframe-steps 1200 --overwrite
 	$(BIN)/gistgym compare --env gistgym/Glimpse-v0 --cache data/glimpse-demo.h5 --split val --runs $(DEMO)/agents \
-		--out $(DEMO)/compare-glimpse
-	$(BIN)/gistgym export --run $(DEMO)/agents/adaframe-demo --format onnx --out $(DEMO)/adaframe.onnx
-	$(BIN)/gistgym detect data/glimpse/val_0000/video.mp4 --policy $(DEMO)/adaframe.onnx --out $(DEMO)/glimpse-val_0000
+		--out $(DEMO)/compare-glimpse --overwrite
+	$(BIN)/gistgym export --run $(DEMO)/agents/adaframe-demo --format onnx --out $(DEMO)/adaframe.onnx --overwrite
+	$(BIN)/gistgym detect data/glimpse/val_0000/video.mp4 --policy $(DEMO)/adaframe.onnx --out $(DEMO)/glimpse-val_0000 --overwrite
 	@echo "demo outputs: $(DEMO)/table.md (detector), $(DEMO)/compare/{table.md,pareto.png,timeline.png},"
 	@echo "  $(DEMO)/agents/ddqn-demo (run: tb/, training.png), $(DEMO)/policy.onnx(.json),"
 	@echo "  $(DEMO)/detect-val_0000 and $(DEMO)/detect-bikes (detections.jsonl, annotated video, summary.json),"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +46,10 @@ from gistgym.agents.backends import (
 from gistgym.agents.baselines import parse_baseline
 from gistgym.agents.glimpse_compare import DEFAULT_GLIMPSE_COUNTS, DEFAULT_MUS
 from gistgym.agents.policy import Policy, SB3Policy
+from gistgym.agents.report import check_compare_out, write_report
 from gistgym.agents.runs import find_runs, load_run, read_run_config
 from gistgym.errors import ConfigError
 from gistgym.metrics import best_curve
-from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 DEFAULT_TAUS = (1, 2, 3, 4, 6, 9, 14, 19, 29)
 """Fixed-tau schedules of an Interleave comparison: heavy fractions from 1/2 down to 1/30."""
@@ -98,6 +97,8 @@ class CompareConfig:
     """Seed of the random baselines."""
     out: str = "runs/compare"
     """Folder for table.md, results.csv, results.json, pareto.png and timeline.png."""
+    overwrite: bool = False
+    """Replace a previous comparison at --out (a folder that is not one is never replaced)."""
     json: bool = False
     """Print one JSON object keyed by policy name instead of the table."""
     progress: bool = True
@@ -333,6 +334,7 @@ def compare(config: CompareConfig) -> Comparison:
     """
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
+    check_compare_out(config.out, config.overwrite)
     backend = get_backend(config.env)
     if backend.env_id == GLIMPSE_ENV_ID:
         raise ConfigError(f"{GLIMPSE_ENV_ID} is compared by gistgym.agents.glimpse_compare (compare_any)")
@@ -378,24 +380,20 @@ def compare(config: CompareConfig) -> Comparison:
 
 
 def write_outputs(comparison: Comparison, config: CompareConfig) -> None:
-    """table.md, results.csv, results.json, pareto.png and timeline.png in ``config.out`` (each atomically)."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """table.md, results.csv, results.json, pareto.png and timeline.png in ``config.out`` (written whole)."""
     title = f"{config.env} on {Path(config.cache).name} [{config.split}], gamma={config.gamma:g} for mean reward"
-    verdict = format_verdict(comparison.verdict, comparison.backend.fraction.replace("_", " "))
-    atomic_write_bytes(out / "table.md", f"{title}\n\n{format_table(comparison)}\n\n{verdict}\n".encode())
-    atomic_write_bytes(out / "results.csv", _csv(comparison))
-    atomic_write_json(out / "results.json", {"policies": comparison.as_json(), "verdict": comparison.verdict})
-    for name in ("pareto.png", "timeline.png"):
-        tmp = out / f".{name}.tmp{os.getpid()}.png"
-        try:
-            if name == "pareto.png":
-                plot_pareto(comparison, tmp, title)
-            else:
-                plot_timeline(comparison, tmp)
-            os.replace(tmp, out / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+    write_report(
+        config.out,
+        title=title,
+        table=format_table(comparison),
+        verdict=format_verdict(comparison.verdict, comparison.backend.fraction.replace("_", " ")),
+        csv=_csv(comparison),
+        results={"policies": comparison.as_json(), "verdict": comparison.verdict},
+        plots={
+            "pareto.png": lambda path: plot_pareto(comparison, path, title),
+            "timeline.png": lambda path: plot_timeline(comparison, path),
+        },
+    )
 
 
 def compare_any(config: CompareConfig) -> Any:
@@ -408,6 +406,7 @@ def compare_any(config: CompareConfig) -> Any:
         return compare(config)
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
+    check_compare_out(config.out, config.overwrite)
     from gistgym.agents.glimpse_compare import compare_glimpse
     from gistgym.agents.glimpse_eval import is_glimpse_baseline
     from gistgym.agents.glimpse_runs import glimpse_run_evaluator

@@ -49,7 +49,8 @@ from torch import Tensor, nn
 
 import gistgym
 from gistgym.errors import ConfigError, OnnxOpsetError, PolicyFileError, PolicyMismatchError
-from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json, new_temp_file
+from gistgym.staging import check_output, has_format, new_staging_file
+from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 SIDECAR_FORMAT = "gistgym-policy"
 SIDECAR_FORMAT_VERSION = 1
@@ -353,8 +354,7 @@ def write_exported_module(
         What was written.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_temp_file(out.parent, f".{out.name}.", ".tmp")
+    tmp = new_staging_file(out)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # torch.jit and the exporter warn about their own deprecations and about
@@ -900,15 +900,48 @@ def run_context(run_dir: str | os.PathLike[str], config: Any, model: Any) -> Pol
     )
 
 
-def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str) -> ExportResult:
+def is_exported_policy(path: Path) -> bool:
+    """Whether ``path`` is a gistgym export: its sidecar ``path.json`` carries the policy format marker."""
+    return has_format(sidecar_path(path), SIDECAR_FORMAT)
+
+
+def check_export_target(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check ``--out`` of ``gistgym export`` before any work.
+
+    An existing file (or sidecar ``FILE.json``) is replaced only with ``overwrite`` and only
+    if it is a previous export; a folder or a foreign file is refused.
+
+    Raises:
+        OutputDirError: What is in the way, and what to do.
+    """
+    path = Path(out)
+    marker = f"no sidecar {sidecar_path(path).name} of format {SIDECAR_FORMAT!r} beside it"
+    what = "an exported gistgym policy"
+    check_output(path, overwrite=overwrite, is_ours=is_exported_policy, what=what, marker=marker, kind="file")
+    side = sidecar_path(path)
+    check_output(
+        side, overwrite=overwrite, is_ours=lambda p: has_format(p, SIDECAR_FORMAT), what="a policy sidecar", kind="file"
+    )
+    return path
+
+
+def export_run(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str, *, overwrite: bool = False
+) -> ExportResult:
     """``gistgym export --run DIR``: export a training run's policy network.
 
     Args:
         run_dir: A run directory that :func:`gistgym.agents.runs.load_run` reads.
         out: The file to write (sidecar ``out.json`` beside it).
         export_format: ``"torchscript"`` or ``"onnx"``.
+        overwrite: Replace a previous export at ``out`` (anything else there is refused).
+
+    Raises:
+        OutputDirError: ``out`` is a folder, a foreign file, or a previous export without ``overwrite``.
     """
     from gistgym.agents.runs import load_run, read_run_config  # type: ignore[import-not-found,unused-ignore]
+
+    check_export_target(out, overwrite)
 
     config = read_run_config(Path(run_dir))
     if config.get("algo") == "adaframe":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from gistgym.agents.glimpse_eval import GlimpseBaselines, GlimpseEvaluation, is_glimpse_baseline
+from gistgym.agents.report import check_compare_out, write_report
 from gistgym.errors import ConfigError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.glimpse import SECTION_GLIMPSE, GlimpseSection, GlimpseVideos, read_glimpse_section
 from gistgym.metrics import best_curve
-from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
 DEFAULT_GLIMPSE_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 """K of the uniform/random baselines."""
@@ -280,22 +279,19 @@ def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
 
 
 def write_glimpse_outputs(comparison: GlimpseComparison, out: Path, title: str) -> None:
-    """table.md, results.csv, results.json, pareto.png and timeline.png in ``out`` (each atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
-    verdict = format_glimpse_verdict(comparison.verdict)
-    atomic_write_bytes(out / "table.md", f"{title}\n\n{format_glimpse_table(comparison)}\n\n{verdict}\n".encode())
-    atomic_write_bytes(out / "results.csv", _csv(comparison))
-    atomic_write_json(out / "results.json", {"policies": comparison.as_json(), "verdict": comparison.verdict})
-    for name, plot in (("pareto.png", plot_glimpse_pareto), ("timeline.png", None)):
-        tmp = out / f".{name}.tmp{os.getpid()}.png"
-        try:
-            if plot is not None:
-                plot(comparison, tmp, title)
-            else:
-                plot_glimpse_timeline(comparison, tmp)
-            os.replace(tmp, out / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+    """table.md, results.csv, results.json, pareto.png and timeline.png in ``out`` (written whole)."""
+    write_report(
+        out,
+        title=title,
+        table=format_glimpse_table(comparison),
+        verdict=format_glimpse_verdict(comparison.verdict),
+        csv=_csv(comparison),
+        results={"policies": comparison.as_json(), "verdict": comparison.verdict},
+        plots={
+            "pareto.png": lambda path: plot_glimpse_pareto(comparison, path, title),
+            "timeline.png": lambda path: plot_glimpse_timeline(comparison, path),
+        },
+    )
 
 
 def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEvaluator) -> GlimpseComparison:
@@ -311,6 +307,7 @@ def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEval
         ConfigError: Bad arguments (a baseline name, duplicate names).
         CacheSectionError: The cache has no ``glimpse`` section.
     """
+    check_compare_out(config.out, config.overwrite)
     bad = [k for k in config.glimpse_counts if k < 1]
     if bad:
         raise ConfigError(f"--glimpse-counts must be frame counts >= 1, got {list(config.glimpse_counts)}")

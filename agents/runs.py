@@ -10,8 +10,11 @@ A run directory ``RUNS/NAME`` holds::
     eval.json          the evaluations made during training (the data of the Fig. 8 plot)
     training.png       eval mAP and heavy fraction over training steps
 
-A run is trained in ``RUNS/.NAME.partial-XXXX`` and renamed to ``RUNS/NAME`` only once
-everything is written, so a directory named like a run is always a complete one.
+A run is trained in ``RUNS/.NAME.partial-HOST-PID-XXXXXXXX`` and renamed to ``RUNS/NAME`` only
+once everything is written, so a directory named like a run is always a complete one; the
+next run on the same target removes a partial folder whose process died (see
+:mod:`gistgym.staging`). ``--overwrite`` replaces only a folder that is a complete run
+(:func:`is_run_dir`), never anything else.
 
 The cache identity recorded is what the observations depend on: the schema version and the
 sha256 of the detector weights the cache was built from (its memory and head produce the
@@ -24,16 +27,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gistgym.errors import CacheMismatchError, RunError
+from gistgym.errors import CacheMismatchError, OutputDirError, RunError
 from gistgym.feature_cache import FeatureCache
+from gistgym.staging import check_name, check_output, has_format, staged_dir
 
 RUN_FORMAT = "gistgym-run"
 RUN_FORMAT_VERSION = 1
@@ -106,22 +108,39 @@ class Run:
         return self.path.name
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a complete gistgym run (its ``config.json`` carries the run format marker)."""
+    return has_format(path / CONFIG_FILE, RUN_FORMAT)
+
+
+def prepare_run_target(out: str | os.PathLike[str], name: str, overwrite: bool) -> Path:
+    """Check ``OUT/NAME`` before training: what ``--out``, ``--name`` and ``--overwrite`` allow.
+
+    ``NAME`` must be one plain path component; an existing ``OUT/NAME`` is replaced only with
+    ``overwrite`` and only if it is a complete run. Leftovers of dead runs beside it are removed.
+
+    Raises:
+        ConfigError: ``name`` is not a plain folder name.
+        OutputDirError: ``OUT`` is a file, or ``OUT/NAME`` exists and may not be replaced.
+    """
+    check_name(name)
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise OutputDirError(root, "exists and is a file; --out names the folder that holds the runs")
+    marker = f"no {CONFIG_FILE} of format {RUN_FORMAT!r}"
+    return check_output(root / name, overwrite=overwrite, is_ours=is_run_dir, what="a gistgym run", marker=marker)
+
+
 @contextmanager
 def staged_run_dir(target: Path) -> Iterator[Path]:
-    """A hidden ``.NAME.partial-*`` folder beside ``target`` to write a run into.
+    """A hidden ``.NAME.partial-HOST-PID-*`` folder beside ``target`` to write a run into.
 
-    When the block completes the folder is renamed to ``target`` (replacing an existing one);
-    on any exception (Ctrl-C included) it is deleted, so a reader never takes it for a run.
+    When the block completes the folder is renamed to ``target`` (a replaced run is moved
+    aside first, then deleted); on any exception (Ctrl-C included) it is deleted, so a reader
+    never takes it for a run. Check the target with :func:`prepare_run_target` first.
     """
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with staged_dir(target, "partial") as partial:
         yield partial
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

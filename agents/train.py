@@ -52,9 +52,11 @@ from gistgym.agents.runs import (
     RUN_FORMAT_VERSION,
     TENSORBOARD_DIR,
     cache_identity,
+    prepare_run_target,
     staged_run_dir,
 )
-from gistgym.errors import ConfigError, OutputDirError
+from gistgym.errors import ConfigError
+from gistgym.staging import check_name
 from gistgym.videos.dataset import atomic_write_json
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO}
@@ -206,6 +208,8 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"gammas must be finite numbers, got {list(gammas)}")
     if config.gamma_sweep and config.name:
         raise ConfigError("--name names one run; --gamma-sweep names its runs ALGO-gGAMMA")
+    if config.name:
+        check_name(config.name)
 
 
 def make_model(config: TrainConfig, venv: Any) -> BaseAlgorithm:
@@ -333,26 +337,18 @@ def plot_training(
     plt.close(fig)
 
 
-def _prepare_target(out: Path, name: str, overwrite: bool) -> Path:
-    target = out / name
-    if target.exists() and not overwrite:
-        raise OutputDirError(target, "a run of this name exists; pass --overwrite to replace it or --name to rename")
-    out.mkdir(parents=True, exist_ok=True)
-    return target
-
-
 def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
     """Train one run (``config.gamma``) into ``config.out/NAME``; returns the run directory.
 
     Raises:
         ConfigError: Bad arguments.
-        OutputDirError: The run exists (without ``overwrite``).
+        OutputDirError: The run exists (without ``overwrite``), or is not a run.
         CacheError, CacheSectionError, EnvArgumentError: A bad cache or environment argument.
     """
     check_config(config)
     name = run_name(config)
     out = Path(config.out)
-    target = _prepare_target(out, name, config.overwrite)
+    target = prepare_run_target(out, name, config.overwrite)
     if config.algo == ADAFRAME:
         from gistgym.agents.glimpse_runs import train_adaframe_run
 
@@ -429,7 +425,7 @@ def train(config: TrainConfig, *, command: Sequence[str] = (), log: Callable[[st
         return [train_one(config, command=command)]
     configs = [replace(config, gamma=float(g), gamma_sweep=False) for g in config.gammas]
     for c in configs:  # refuse before the first hour of training, not after
-        _prepare_target(Path(c.out), run_name(c), c.overwrite)
+        prepare_run_target(c.out, run_name(c), c.overwrite)
     runs = []
     for c in configs:
         runs.append(train_one(c, command=command))

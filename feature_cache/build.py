@@ -3,6 +3,7 @@
 Crash safety by construction::
 
     <OUT>.parts/                       the build's working folder (flock'ed while a build runs)
+      owner.json                       host and pid of the build that last worked in it
       .<video_id>.<random>.h5.tmp      a shard being written (a crash leaves it; the next run deletes it)
       <video_id>.h5                    a finished shard: data, fsync, completion mark, fsync, rename
     <OUT>.tmp-<random>                 the combined file being written (same: deleted if stale)
@@ -32,7 +33,7 @@ tasks receive the video bytes and return numpy arrays, so a remote cluster needs
 shared file system; the driver alone writes shards. Results do not depend on where the
 work ran: the same videos and weights give identical datasets.
 
-Test hook. ``GISTGYM_TEST_STALL_AT=<point>`` makes the driver print
+Test hook (:data:`gistgym.staging.STALL_ENV`). ``GISTGYM_TEST_STALL_AT=<point>`` makes the driver print
 ``gistgym-test-stall <point>`` to stderr and sleep forever at that point, so the crash
 tests can SIGKILL a build at an exact place: ``shard-temp`` (first shard written, not
 yet renamed), ``shard-done`` (first shard renamed), ``combine`` (first video copied into
@@ -50,10 +51,9 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ from gistgym.errors import (
     GistgymError,
     InputFileError,
     WeightsError,
+    add_note,
 )
 from gistgym.feature_cache import schema
 from gistgym.feature_cache.hdf5 import (
@@ -88,17 +89,9 @@ from gistgym.feature_cache.hdf5 import (
 from gistgym.feature_cache.reader import FeatureCache
 from gistgym.feature_cache.sections import FrozenModels, dataset_kind, get_model_spec, get_section, list_sections
 from gistgym.feature_cache.verify import array_sha256
-from gistgym.videos.dataset import ANNOTATION_FILE, VideoRecord, load_dataset, new_temp_file
-
-STALL_ENV = "GISTGYM_TEST_STALL_AT"
-"""Test hook (see the module docstring)."""
-
-
-def _stall(point: str) -> None:
-    if os.environ.get(STALL_ENV) == point:
-        print(f"gistgym-test-stall {point}", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(60)
+from gistgym.procs import die_with_parent
+from gistgym.staging import default_log, owner_dead, owner_tag, read_json_marker, stall
+from gistgym.videos.dataset import ANNOTATION_FILE, VideoRecord, atomic_write_json, load_dataset, new_temp_file
 
 
 @contextlib.contextmanager
@@ -299,6 +292,7 @@ _WORKER_SOURCE: ModelSources | None = None
 
 def _init_pool_worker(sources: ModelSources) -> None:
     global _WORKER_SOURCE
+    die_with_parent()  # a SIGKILLed build must not leave its workers computing
     torch.set_num_threads(1)
     _WORKER_SOURCE = sources
     _cached_models(sources)
@@ -537,6 +531,58 @@ def _existing_differs(out: Path, expected: dict[str, Any]) -> str | None:
     return f"it differs in {', '.join(differing)}" if differing else None
 
 
+PARTS_OWNER = "owner.json"
+"""The file in ``<OUT>.parts/`` naming the host and pid of the build that last worked there."""
+
+
+def _finished_shards(parts: Path) -> list[Path]:
+    return sorted(p for p in parts.glob("*.h5") if not p.name.startswith(".")) if parts.is_dir() else []
+
+
+@contextlib.contextmanager
+def _note_kept_shards(parts: Path) -> Iterator[None]:
+    """On any error, add a note to it that the finished shards are kept for resuming (and how to drop them)."""
+    try:
+        yield
+    except BaseException as exc:
+        kept = len(_finished_shards(parts))
+        if kept:
+            add_note(
+                exc,
+                f"{kept} finished shard(s) are kept in {parts} for resuming: re-run the same command to resume, "
+                "or add --fresh to drop them",
+            )
+        raise
+
+
+def _resume_line(reused: int, parts: Path, owner: Mapping[str, Any]) -> str:
+    host, pid = str(owner.get("host", "?")), owner.get("pid")
+    who = f"pid {pid} on {host}" if isinstance(pid, int) else "an earlier build"
+    gone = ", which is no longer running" if isinstance(pid, int) and owner_dead(host, pid) else ""
+    return f"resuming from {reused} finished shard(s) in {parts} (left by {who}{gone}); --fresh drops them"
+
+
+def _take_over_parts(parts: Path, fresh: bool, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Clear stray temporaries (and with ``fresh`` every shard), record this build as the owner.
+
+    Returns:
+        The previous owner's record, if an earlier build left finished shards.
+    """
+    previous = read_json_marker(parts / PARTS_OWNER)
+    for stray in parts.glob(".*.tmp"):
+        stray.unlink()
+    if fresh:
+        dropped = _finished_shards(parts)
+        for shard in dropped:
+            shard.unlink()
+        if dropped:
+            log(f"--fresh: dropped {len(dropped)} finished shard(s) of an earlier build in {parts}")
+        previous = None
+    host, _, pid = owner_tag().rpartition("-")
+    atomic_write_json(parts / PARTS_OWNER, {"host": host, "pid": int(pid), "started": time.time()})
+    return previous
+
+
 def build_cache(
     videos: str | Path,
     out: str | Path,
@@ -549,8 +595,10 @@ def build_cache(
     ray: str | None = None,
     compression: str = DEFAULT_COMPRESSION,
     overwrite: bool = False,
+    fresh: bool = False,
     measure_latency: bool = True,
     progress: bool = True,
+    log: Callable[[str], None] = default_log,
 ) -> BuildReport:
     """Build (or resume building) a feature cache.
 
@@ -570,8 +618,11 @@ def build_cache(
             the address of a Ray cluster (``ray.init(address=...)``).
         compression: Storage of section arrays (see :mod:`gistgym.feature_cache.hdf5`).
         overwrite: Replace an existing ``out`` built from other inputs.
+        fresh: Drop the finished shards an interrupted or failed build left in
+            ``<OUT>.parts/`` instead of resuming from them.
         measure_latency: Measure per-module latency for the ``costs`` metadata.
         progress: Show a progress bar.
+        log: Where the one-line notes go (resuming from an earlier build's shards).
 
     Raises:
         ConfigError: Unknown section, split or compression; bad worker count; Ray missing.
@@ -661,9 +712,8 @@ def build_cache(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     parts.mkdir(exist_ok=True)
-    with _locked(parts, out):
-        for stray in parts.glob(".*.tmp"):
-            stray.unlink()
+    with _locked(parts, out), _note_kept_shards(parts):
+        previous_owner = _take_over_parts(parts, fresh, log)
         pending: list[VideoJob] = []
         compute_seconds = 0.0
         shard_checksums: dict[str, dict[str, str]] = {}
@@ -681,6 +731,8 @@ def build_cache(
             shard.unlink(missing_ok=True)
             pending.append(VideoJob(record, section_names))
         reused = len(records) - len(pending)
+        if reused and previous_owner is not None:
+            log(_resume_line(reused, parts, previous_owner))
         by_id = {r.video_id: (r, e) for r, e in zip(records, index, strict=True)}
 
         results = (
@@ -746,14 +798,14 @@ def build_cache(
                 shards=[(e["video_id"], parts / f"{e['video_id']}.h5") for e in index],
                 sections=embedded,
                 file_attrs=file_attrs,
-                after_copy=lambda i: _stall("combine") if i == 0 else None,
+                after_copy=lambda i: stall("combine") if i == 0 else None,
             )
             os.replace(tmp, out)
             fsync_path(out.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _stall("renamed")
+        stall("renamed")
         shutil.rmtree(parts)
     return BuildReport(
         out,
@@ -813,11 +865,11 @@ def _write_shard(
             arrays=arrays,
             compression=str(identity[schema.ATTR_STORAGE]["compression"]),
         )
-        _stall("shard-temp")
+        stall("shard-temp")
         os.replace(tmp, parts / f"{vid}.h5")
         fsync_path(parts)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _stall("shard-done")
+    stall("shard-done")
     return checksums

@@ -13,6 +13,22 @@ class GistgymError(Exception):
     """Base class of every error gistgym raises on bad input."""
 
 
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` (``BaseException.add_note``; the command line prints notes on the error's line)."""
+    notes = getattr(exc, "__notes__", None)
+    if notes is None:
+        notes = []
+        exc.__notes__ = notes  # type: ignore[attr-defined,unused-ignore]
+    notes.append(note)
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` and its notes as one line (what the command line prints for bad input)."""
+    text = " ".join(str(exc).split("\n"))
+    notes = [str(n) for n in getattr(exc, "__notes__", ())]
+    return "; ".join([text, *notes])
+
+
 class InputFileError(GistgymError):
     """A file is missing, unreadable, or holds something other than what it should.
 

@@ -38,7 +38,9 @@ class DetectArgs:
     """heavy, light, fixed:TAU or an exported policy file (with its .json sidecar); a Keyframe-v0 policy, every-frame,
     key=L or flow-threshold@X runs Deep Feature Flow instead, an exported AdaFrame agent the glimpse runtime."""
     out: str = "runs/detect"
-    """Output folder (written atomically; a previous detect output is replaced)."""
+    """Output folder (written atomically; replaces only a previous detect output, and only with --overwrite)."""
+    overwrite: bool = False
+    """Replace a previous detect output at --out (a folder that is not one is never replaced)."""
     async_mode: bool = False
     """The paper's asynchronous mode: light on every frame, heavy in a background thread."""
     weights: str = ""

@@ -67,7 +67,9 @@ class GlimpseDetectArgs:
     policy: str
     """The exported AdaFrame agent (with its .json sidecar)."""
     out: str = "runs/detect"
-    """Output folder (written atomically; a previous detect output is replaced)."""
+    """Output folder (written atomically; replaces only a previous detect output, and only with --overwrite)."""
+    overwrite: bool = False
+    """Replace a previous detect output at --out (a folder that is not one is never replaced)."""
     glimpse_weights: str = ""
     """Glimpse models (.pt with its .json sidecar); empty = the shipped weights."""
     mu: float = 0.1
@@ -260,7 +262,7 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         "glimpse_weights_sha256": sha,
         "outputs": [GLIMPSES_FILE, SHEET_FILE, SUMMARY_FILE],
     }
-    out = AtomicOutputDir(args.out)
+    out = AtomicOutputDir(args.out, overwrite=args.overwrite)
     try:
         with open(out.path(GLIMPSES_FILE), "w") as f:
             for r in rows:

@@ -67,7 +67,9 @@ class KeyframeDetectArgs:
     policy: str = "key=10"
     """An exported Keyframe-v0 policy (with its .json sidecar), every-frame, key=L or flow-threshold@X."""
     out: str = "runs/detect"
-    """Output folder (written atomically; a previous detect output is replaced)."""
+    """Output folder (written atomically; replaces only a previous detect output, and only with --overwrite)."""
+    overwrite: bool = False
+    """Replace a previous detect output at --out (a folder that is not one is never replaced)."""
     dff_weights: str = ""
     """DFF weights (.pt with its .json sidecar); empty = the shipped ones."""
     max_distance: int = 0

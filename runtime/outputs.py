@@ -1,9 +1,11 @@
 """What ``gistgym detect`` writes, and how it makes sure nothing half-written is ever left.
 
-Everything goes into a hidden temporary folder beside ``--out`` (``.OUT.tmp-XXXX``) and the
-folder is renamed to ``OUT`` only after every file is complete; on any error the temporary
-folder is deleted and ``OUT`` is untouched. An existing ``OUT`` is replaced only if it is a
-previous ``gistgym detect`` output (its ``summary.json`` says so); anything else is refused.
+Everything goes into a hidden staging folder beside ``--out`` (``.OUT.tmp-HOST-PID-XXXXXXXX``)
+and the folder is renamed to ``OUT`` only after every file is complete; on any error the
+staging folder is deleted and ``OUT`` is untouched (one left by a killed process is removed by
+the next detect on the same ``OUT``). An existing ``OUT`` is replaced only with ``--overwrite``
+and only if it is a previous ``gistgym detect`` output (its ``summary.json`` says so);
+anything else is refused (:mod:`gistgym.staging`).
 
 Files:
 
@@ -27,7 +29,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from gistgym.errors import OutputDirError
+from gistgym.staging import check_output, has_format, new_staging_dir, replace_into, stall
 from gistgym.videos.dataset import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
@@ -47,29 +49,21 @@ BOX_COLOURS = ((40, 220, 40), (40, 160, 255), (255, 200, 0), (220, 60, 220), (0,
 
 
 class AtomicOutputDir:
-    """A temporary folder that becomes ``out`` on :meth:`commit` and disappears on :meth:`abort`.
+    """A staging folder beside ``out`` that becomes ``out`` on :meth:`commit` and disappears on :meth:`abort`.
+
+    Args:
+        out: The output folder (``--out``).
+        overwrite: Replace a previous ``gistgym detect`` output (anything else is refused).
 
     Raises:
-        OutputDirError: ``out`` exists and is not a previous ``gistgym detect`` output, or
-            its parent cannot be written.
+        OutputDirError: ``out`` exists and is not a previous ``gistgym detect`` output, exists
+            without ``overwrite``, or its parent cannot be written.
     """
 
-    def __init__(self, out: str | os.PathLike[str]) -> None:
-        self.out = Path(out)
-        if self.out.exists():
-            if not self.out.is_dir():
-                raise OutputDirError(self.out, "exists and is not a folder; pass a new folder to --out")
-            if any(self.out.iterdir()) and not _is_detect_output(self.out):
-                raise OutputDirError(
-                    self.out,
-                    f"exists and is not a previous `gistgym detect` output (no {SUMMARY_FILE} of format "
-                    f"{SUMMARY_FORMAT!r}); refusing to replace it: pass a new folder to --out",
-                )
-        try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
-        except OSError as exc:
-            raise OutputDirError(self.out.parent, f"cannot create the output folder: {exc}") from exc
+    def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        self.out = check_detect_out(out, overwrite)
+        self.tmp = new_staging_dir(self.out, "tmp")
+        stall("staged")
 
     def path(self, name: str) -> Path:
         """Where to write ``name`` (inside the temporary folder)."""
@@ -77,14 +71,7 @@ class AtomicOutputDir:
 
     def commit(self) -> Path:
         """Rename the finished folder to ``out`` (replacing a previous output); returns ``out``."""
-        os.chmod(self.tmp, 0o755 & ~_umask())
-        old: Path | None = None
-        if self.out.exists():
-            old = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
-            os.replace(self.out, old / "previous")
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_into(self.tmp, self.out)
         return self.out
 
     def abort(self) -> None:
@@ -92,18 +79,20 @@ class AtomicOutputDir:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def check_detect_out(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check ``--out`` of ``gistgym detect`` before any work (see :func:`gistgym.staging.check_output`).
+
+    Raises:
+        OutputDirError: ``out`` is a file, a folder that is not a previous detect output, or a
+            previous output without ``overwrite``.
+    """
+    marker = f"no {SUMMARY_FILE} of format {SUMMARY_FORMAT!r}"
+    what = "a previous `gistgym detect` output"
+    return check_output(out, overwrite=overwrite, is_ours=_is_detect_output, what=what, marker=marker)
 
 
 def _is_detect_output(folder: Path) -> bool:
-    try:
-        doc = json.loads((folder / SUMMARY_FILE).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") == SUMMARY_FORMAT
+    return has_format(folder / SUMMARY_FILE, SUMMARY_FORMAT)
 
 
 def detection_line(
@@ -253,9 +242,11 @@ class DetectionsWriter:
         draw_threshold: Detections scoring at least this are drawn.
         progress: Show a progress bar.
         max_frames: The frame limit of the run (0 = none), for the progress bar's total.
+        overwrite: Replace a previous detect output at ``out``.
 
     Raises:
-        OutputDirError: ``out`` is not a previous detect output, or cannot be written.
+        OutputDirError: ``out`` is not a previous detect output (or is one, without
+            ``overwrite``), or cannot be written.
     """
 
     def __init__(
@@ -268,10 +259,11 @@ class DetectionsWriter:
         draw_threshold: float,
         progress: bool,
         max_frames: int = 0,
+        overwrite: bool = False,
     ) -> None:
         from tqdm.auto import tqdm
 
-        self.folder = AtomicOutputDir(out)
+        self.folder = AtomicOutputDir(out, overwrite=overwrite)
         self.source = source
         self.class_names = class_names
         self.annotated = None if annotate == "none" else f"annotated.{annotate}"
@@ -293,7 +285,7 @@ class DetectionsWriter:
     def for_args(cls, args: Any, source: Any, class_names: tuple[str, ...]) -> DetectionsWriter:
         """The writer a runtime's arguments ask for.
 
-        Reads ``out``, ``annotate``, ``draw_threshold``, ``progress`` and ``max_frames``.
+        Reads ``out``, ``overwrite``, ``annotate``, ``draw_threshold``, ``progress`` and ``max_frames``.
         """
         return cls(
             args.out,
@@ -303,6 +295,7 @@ class DetectionsWriter:
             draw_threshold=args.draw_threshold,
             progress=args.progress,
             max_frames=args.max_frames,
+            overwrite=args.overwrite,
         )
 
     def __enter__(self) -> DetectionsWriter:

@@ -43,6 +43,8 @@ class CacheBuildArgs:
     """Storage of the features: none (fastest episode loads, the measured default), lzf or gzip."""
     overwrite: bool = False
     """Replace an existing --out that was built from other inputs."""
+    fresh: bool = False
+    """Drop the finished shards an interrupted or failed build left in OUT.parts/ instead of resuming from them."""
     latency: bool = True
     """Measure each module's latency for the cache metadata (--no-latency skips ~2 s)."""
     progress: bool = True
@@ -108,6 +110,7 @@ def cmd_cache_build(ns: argparse.Namespace) -> int:
         ray=ns.ray,
         compression=ns.compression,
         overwrite=ns.overwrite,
+        fresh=ns.fresh,
         measure_latency=ns.latency,
         progress=ns.progress,
     )
@@ -238,7 +241,7 @@ def register_cache_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help=docs["workers"])
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=docs["ray"])
     p.add_argument("--compression", default="none", choices=("none", "lzf", "gzip"), help=docs["compression"])
-    for flag in ("overwrite", "latency", "progress"):
+    for flag in ("overwrite", "fresh", "latency", "progress"):
         p.add_argument(
             f"--{flag}",
             action=argparse.BooleanOptionalAction,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gistgym.errors import GistgymError
+from gistgym.errors import GistgymError, one_line
 from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args
 
 EXIT_BAD_INPUT = 2
@@ -196,10 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(ns.func(ns))
     except GistgymError as exc:
-        print(f"gistgym: error: {exc}", file=sys.stderr)
+        print(f"gistgym: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("gistgym: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        notes = "; ".join(str(n) for n in getattr(exc, "__notes__", ()))
+        print("gistgym: interrupted" + (f"; {notes}" if notes else ""), file=sys.stderr)
         return 130
 
 

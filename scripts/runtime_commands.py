@@ -20,6 +20,7 @@ _DETECT_FIELDS = (
     "video",
     "policy",
     "out",
+    "overwrite",
     "async_mode",
     "weights",
     "annotate",
@@ -33,6 +34,7 @@ _KEYFRAME_DETECT_FIELDS = (
     "video",
     "policy",
     "out",
+    "overwrite",
     "dff_weights",
     "max_distance",
     "annotate",
@@ -42,7 +44,17 @@ _KEYFRAME_DETECT_FIELDS = (
 )
 """The ``KeyframeDetectArgs`` fields ``gistgym detect`` takes from options of the same name (key schedulers)."""
 
-_GLIMPSE_DETECT_FIELDS = ("video", "policy", "out", "glimpse_weights", "mu", "patience", "num_glimpses", "max_frames")
+_GLIMPSE_DETECT_FIELDS = (
+    "video",
+    "policy",
+    "out",
+    "overwrite",
+    "glimpse_weights",
+    "mu",
+    "patience",
+    "num_glimpses",
+    "max_frames",
+)
 """The ``GlimpseDetectArgs`` fields ``gistgym detect`` takes from options of the same name (AdaFrame policies)."""
 
 
@@ -56,6 +68,8 @@ class ExportArgs:
     """torchscript or onnx."""
     out: str = ""
     """File to write (its sidecar FILE.json is written beside it). Required."""
+    overwrite: bool = False
+    """Replace a previous export at --out (a file that is not a gistgym export is never replaced)."""
     json: bool = False
     """Print one JSON object instead of text."""
 
@@ -84,7 +98,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
     if not ns.out:
         raise ConfigError("--out is required (the file to write, e.g. runs/policy.onnx)")
     _set_threads()
-    result = export_run(ns.run, ns.out, ns.format)
+    result = export_run(ns.run, ns.out, ns.format, overwrite=ns.overwrite)
     if ns.json:
         print(json.dumps({"path": str(result.path), "sidecar": str(result.sidecar), "sha256": result.sha256}))
     else:
@@ -143,7 +157,9 @@ def cmd_detect(ns: argparse.Namespace) -> int:
     from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
     from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
     from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary, is_keyframe_spec
+    from gistgym.runtime.outputs import check_detect_out
 
+    check_detect_out(ns.out, ns.overwrite)  # before any work
     _set_threads()
     if _is_glimpse_policy(ns.policy):
         _refuse_foreign_options(ns, ns.detect_defaults, "glimpse")
@@ -200,6 +216,7 @@ def register_runtime_commands(sub: Any) -> None:
     p.add_argument("--run", required=True, help=docs["run"])
     p.add_argument("--format", default="torchscript", choices=("torchscript", "onnx"), help=docs["format"])
     p.add_argument("--out", default="", help=docs["out"])
+    p.add_argument("--overwrite", action="store_true", help=docs["overwrite"])
     p.add_argument("--json", action="store_true", help=docs["json"])
     p.set_defaults(func=cmd_export)
 
@@ -212,6 +229,7 @@ def register_runtime_commands(sub: Any) -> None:
     p.add_argument("video", help=docs["video"])
     p.add_argument("--policy", default=DetectArgs.policy, help=docs["policy"])
     p.add_argument("--out", default=DetectArgs.out, help=docs["out"])
+    p.add_argument("--overwrite", action="store_true", help=docs["overwrite"])
     p.add_argument("--async", dest="async_mode", action="store_true", help=docs["async_mode"])
     p.add_argument("--weights", default="", help=docs["weights"])
     p.add_argument("--annotate", default=DetectArgs.annotate, choices=ANNOTATE_CHOICES, help=docs["annotate"])

@@ -236,10 +236,10 @@ def test_cli_compare_json_and_bad_input(
     data = json.loads(capsys.readouterr().out)
     for name in ("heavy", "light", "tau=3", "oracle", "ddqn-g2"):
         assert {"map50", "heavy_fraction", "gflops_per_frame", "mean_reward"} <= data[name].keys()
-    assert main(["compare", "--cache", str(tmp_path / "none.h5"), "--out", str(tmp_path)]) == 2
+    assert main(["compare", "--cache", str(tmp_path / "none.h5"), "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none.h5" in err
-    assert main(["compare", "--cache", str(tiny_cache), "--policies", "greedy", "--out", str(tmp_path)]) == 2
+    assert main(["compare", "--cache", str(tiny_cache), "--policies", "greedy", "--out", str(tmp_path / "b")]) == 2
     assert "greedy" in capsys.readouterr().err
     assert main(["train", "--cache", str(tiny_cache), "--algo", "sarsa", "--out", str(tmp_path)]) == 2
     assert "--algo 'sarsa'" in capsys.readouterr().err

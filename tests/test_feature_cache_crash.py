@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from gistgym.feature_cache import FeatureCache, verify_cache
-from gistgym.feature_cache.build import STALL_ENV
+from gistgym.staging import STALL_ENV
 
 
 def build_command(tiny_bench: Path, out: Path, weights: Path) -> list[str]:

@@ -184,7 +184,6 @@ def test_unknown_video_and_split(tiny_cache: Path) -> None:
 
 
 def test_a_shard_is_not_a_cache(tiny_cache: Path, tiny_bench: Path, tmp_path: Path) -> None:
-    from gistgym.feature_cache.build import STALL_ENV  # noqa: F401  (documents where shards come from)
     from gistgym.feature_cache.hdf5 import write_shard
 
     shard = tmp_path / "x.h5"

@@ -146,6 +146,7 @@ def test_compare_writes_outputs_and_refuses_unknown_policies(glimpse_cache: Path
         seed=0,
         max_videos=3,
         out=str(tmp_path / "cmp"),
+        overwrite=True,
     )
     comp = compare_glimpse(config, [], lambda *a: [])
     assert set(comp.results) == {

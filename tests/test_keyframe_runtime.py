@@ -82,7 +82,9 @@ def test_sidecar_records_the_keyframe_signature_and_cache(
 
 def _runtime(video: Path, spec: str, out: Path) -> tuple[dict[str, Any], list[KeyframeFrameResult]]:
     results: list[KeyframeFrameResult] = []
-    args = KeyframeDetectArgs(video=str(video), policy=spec, out=str(out), annotate="none", progress=False)
+    args = KeyframeDetectArgs(
+        video=str(video), policy=spec, out=str(out), annotate="none", progress=False, overwrite=True
+    )
     return detect_keyframe(args, on_frame=results.append), results
 
 

@@ -308,7 +308,7 @@ def test_detect_command_writes_jsonl_annotated_video_and_summary(
     # mp4 and async through the command line too
     code = main(
         ["detect", str(record.path), "--policy", "fixed:3", "--async", "--weights", str(weights),
-         "--out", str(out), "--no-progress", "--json", "--eager"]
+         "--out", str(out), "--no-progress", "--json", "--eager", "--overwrite"]
     )  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -360,7 +360,9 @@ def test_failure_mid_run_leaves_the_previous_output_untouched(record: Any, weigh
         if r.index == 5:
             raise RuntimeError("disk full")
 
-    args = DetectArgs(video=str(record.path), policy="light", out=str(out), weights=str(weights), progress=False)
+    args = DetectArgs(
+        video=str(record.path), policy="light", out=str(out), weights=str(weights), progress=False, overwrite=True
+    )
     with pytest.raises(RuntimeError, match="disk full"):
         detect_video(args, on_frame=explode)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from gistgym.errors import AnnotationError, VideoError
+from gistgym.staging import new_staging_file
 from gistgym.videos.synthetic import FrameAnnotation
 
 FORMAT_NAME = "gistgym-videos"
@@ -63,8 +64,13 @@ def new_temp_file(directory: Path, prefix: str, suffix: str = "") -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    tmp = new_temp_file(path.parent, f".{path.name}.", ".tmp")
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+
+    The temporary file is a staging sibling (:mod:`gistgym.staging`): if this process is
+    killed mid-write, the next command writing ``path`` through :func:`~gistgym.staging.check_output`
+    removes it.
+    """
+    tmp = new_staging_file(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
