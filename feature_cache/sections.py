@@ -125,7 +125,11 @@ UNTRIMMED_GENERATOR = "gistgym.untrimmed"
 
 
 def dataset_kind(generator: Mapping[str, Any] | None) -> str:
-    """``untrimmed`` for the untrimmed (frame selection) benchmark, ``detection`` for anything else."""
+    """``untrimmed`` for the untrimmed (frame selection) benchmark, ``detection`` for anything else.
+
+    Anything else includes the streams benchmark (``gistgym.streams``): its long videos are
+    scheduled frame by frame like the detection clips, so it gets the same sections.
+    """
     return "untrimmed" if generator and generator.get("name") == UNTRIMMED_GENERATOR else "detection"
 
 

@@ -28,17 +28,17 @@ class VideosMakeArgs:
     out: str = "data/bench"
     """Output folder of the benchmark."""
     kind: str = "detection"
-    """`detection` (the detection benchmark) or `untrimmed` (the class shows in one window: frame selection)."""
+    """`detection` (short clips), `untrimmed` (the class shows in one window) or `streams` (long: cuts, idle gaps)."""
     seed: int = 0
     """Benchmark seed (same seed, byte-identical files)."""
     train: int = -1
-    """Videos in the train split (-1 = the kind's default: 160 detection, 800 untrimmed)."""
+    """Videos in the train split (-1 = the kind's default: 160 detection, 800 untrimmed, 80 streams)."""
     val: int = -1
-    """Videos in the val split (-1 = the kind's default: 32 detection, 400 untrimmed)."""
+    """Videos in the val split (-1 = the kind's default: 32 detection, 400 untrimmed, 24 streams)."""
     test: int = -1
-    """Videos in the test split (-1 = the kind's default: 32 detection, 200 untrimmed)."""
+    """Videos in the test split (-1 = the kind's default: 32 detection, 200 untrimmed, 24 streams)."""
     frames: int = -1
-    """Frames per video (-1 = the kind's default: 96 detection, 48 untrimmed)."""
+    """Frames per video (-1 = the kind's default: 96 detection, 48 untrimmed, 360 streams; streams need >= 300)."""
 
 
 @dataclass(frozen=True)
@@ -70,18 +70,30 @@ def _set_threads() -> None:
 def cmd_videos_make(ns: argparse.Namespace) -> int:
     """Generate the synthetic benchmark."""
     from gistgym.errors import ConfigError
-    from gistgym.videos.benchmark import DEFAULT_SPLIT_SIZES, UNTRIMMED_SPLIT_SIZES, make_benchmark
+    from gistgym.videos.benchmark import (
+        DEFAULT_SPLIT_SIZES,
+        GENERATORS,
+        STREAMS_SPLIT_SIZES,
+        UNTRIMMED_SPLIT_SIZES,
+        make_benchmark,
+    )
+    from gistgym.videos.streams import MIN_FRAMES, StreamsConfig
     from gistgym.videos.synthetic import SyntheticConfig
     from gistgym.videos.untrimmed import UntrimmedConfig
 
     a = dataclass_from_args(VideosMakeArgs, ns)
-    config: SyntheticConfig | UntrimmedConfig
+    config: SyntheticConfig | UntrimmedConfig | StreamsConfig
     if a.kind == "detection":
         config, defaults = SyntheticConfig(num_frames=96 if a.frames < 0 else a.frames), DEFAULT_SPLIT_SIZES
     elif a.kind == "untrimmed":
         config, defaults = UntrimmedConfig(num_frames=48 if a.frames < 0 else a.frames), UNTRIMMED_SPLIT_SIZES
+    elif a.kind == "streams":
+        if 0 <= a.frames < MIN_FRAMES:
+            raise ConfigError(f"--frames must be >= {MIN_FRAMES} for --kind streams (long videos), got {a.frames}")
+        config, defaults = StreamsConfig(num_frames=360 if a.frames < 0 else a.frames), STREAMS_SPLIT_SIZES
     else:
-        raise ConfigError(f"--kind must be `detection` or `untrimmed`, got {a.kind!r}")
+        kinds = ", ".join(f"`{k}`" for k in GENERATORS)
+        raise ConfigError(f"--kind must be one of {kinds}, got {a.kind!r}")
     requested = {"train": a.train, "val": a.val, "test": a.test}
     sizes = {s: defaults[s] if n < 0 else n for s, n in requested.items()}
     out = make_benchmark(a.out, seed=a.seed, split_sizes=sizes, config=config)

@@ -217,3 +217,17 @@ def keyframe_run(keyframe_cache: Path, tmp_path_factory: pytest.TempPathFactory)
     )
     (run_dir,) = train(config, log=lambda _: None)
     return config, Path(run_dir)
+
+
+@pytest.fixture(scope="session")
+def streams_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small streams benchmark: train = an edited video (9 shots) and a fixed-camera one (3 bursts), val = edited.
+
+    300 frames each (the shortest streams allow).
+    """
+    from gistgym.videos.benchmark import make_benchmark
+    from gistgym.videos.streams import StreamsConfig
+
+    out = tmp_path_factory.mktemp("streams")
+    cfg = StreamsConfig(num_frames=300)
+    return make_benchmark(out, seed=3, split_sizes={"train": 2, "val": 1}, config=cfg, progress=False)

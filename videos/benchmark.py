@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from gistgym.errors import ConfigError
 from gistgym.videos.dataset import ANNOTATION_FILE, DATASET_FILE, VIDEO_FILE, write_dataset_index, write_video
+from gistgym.videos.streams import STREAMS_GENERATOR, StreamsConfig, StreamVideo, generate_stream_video
 from gistgym.videos.synthetic import CLASS_NAMES, SyntheticConfig, SyntheticVideo, generate_video
 from gistgym.videos.untrimmed import UntrimmedConfig, generate_untrimmed_video
 
@@ -19,7 +20,14 @@ DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 160, "val": 32, "test": 32}
 UNTRIMMED_SPLIT_SIZES: dict[str, int] = {"train": 800, "val": 400, "test": 200}
 """Videos per split of the embedded untrimmed (frame selection) benchmark."""
 
-GENERATORS: dict[str, str] = {"detection": "gistgym.synthetic", "untrimmed": "gistgym.untrimmed"}
+STREAMS_SPLIT_SIZES: dict[str, int] = {"train": 80, "val": 24, "test": 24}
+"""Videos per split of the embedded streams benchmark (360 frames each: 46,080 frames)."""
+
+GENERATORS: dict[str, str] = {
+    "detection": "gistgym.synthetic",
+    "untrimmed": "gistgym.untrimmed",
+    "streams": STREAMS_GENERATOR,
+}
 # (gistgym.feature_cache.sections.UNTRIMMED_GENERATOR names the second one for the cache build)
 """Benchmark kind -> generator name recorded in ``dataset.json``."""
 
@@ -47,7 +55,7 @@ def make_benchmark(
     *,
     seed: int = 0,
     split_sizes: dict[str, int] | None = None,
-    config: SyntheticConfig | UntrimmedConfig | None = None,
+    config: SyntheticConfig | UntrimmedConfig | StreamsConfig | None = None,
     progress: bool = True,
 ) -> Path:
     """Generate the benchmark into ``out`` (one folder per video plus ``dataset.json``).
@@ -59,10 +67,12 @@ def make_benchmark(
     Args:
         out: Output folder.
         seed: Benchmark seed; the same seed gives byte-identical files.
-        split_sizes: Videos per split (defaults to ``DEFAULT_SPLIT_SIZES``, or
-            ``UNTRIMMED_SPLIT_SIZES`` for an :class:`UntrimmedConfig`).
+        split_sizes: Videos per split (defaults to ``DEFAULT_SPLIT_SIZES``,
+            ``UNTRIMMED_SPLIT_SIZES`` for an :class:`UntrimmedConfig` or
+            ``STREAMS_SPLIT_SIZES`` for a :class:`StreamsConfig`).
         config: Generator settings: a :class:`SyntheticConfig` (the detection benchmark, the
-            default) or an :class:`UntrimmedConfig` (untrimmed videos for frame selection).
+            default), an :class:`UntrimmedConfig` (untrimmed videos for frame selection) or a
+            :class:`StreamsConfig` (long streams with idle stretches, cuts and bursts).
         progress: Show a progress bar.
 
     Returns:
@@ -73,7 +83,8 @@ def make_benchmark(
         raise ConfigError(f"--out {out} exists and is not a folder")
     cfg = config or SyntheticConfig()
     kind = "untrimmed" if isinstance(cfg, UntrimmedConfig) else "detection"
-    default_sizes = UNTRIMMED_SPLIT_SIZES if kind == "untrimmed" else DEFAULT_SPLIT_SIZES
+    kind = "streams" if isinstance(cfg, StreamsConfig) else kind
+    default_sizes = {"untrimmed": UNTRIMMED_SPLIT_SIZES, "streams": STREAMS_SPLIT_SIZES}.get(kind, DEFAULT_SPLIT_SIZES)
     sizes = dict(default_sizes if split_sizes is None else split_sizes)
     generator = {"name": GENERATORS[kind], "version": GENERATOR_VERSION, "seed": seed, "config": cfg.to_dict()}
     # dataset.json is written last: while it is missing or stale nobody reads the folder as done
@@ -85,12 +96,18 @@ def make_benchmark(
         if _is_current(out / video_id(split, i), source):
             continue
         video = _generate(cfg, seed, split, i)
-        write_video(out, video_id(split, i), video.frames, video.annotations, video.label, fps=cfg.fps, source=source)
+        stream = video.stream if isinstance(video, StreamVideo) else None
+        vid = video_id(split, i)
+        write_video(out, vid, video.frames, video.annotations, video.label, fps=cfg.fps, source=source, stream=stream)
     write_dataset_index(out, CLASS_NAMES, splits, generator)
     return out
 
 
-def _generate(cfg: SyntheticConfig | UntrimmedConfig, seed: int, split: str, index: int) -> SyntheticVideo:
+def _generate(
+    cfg: SyntheticConfig | UntrimmedConfig | StreamsConfig, seed: int, split: str, index: int
+) -> SyntheticVideo:
     if isinstance(cfg, UntrimmedConfig):
         return generate_untrimmed_video(seed, split, index, cfg)
+    if isinstance(cfg, StreamsConfig):
+        return generate_stream_video(seed, split, index, cfg)
     return generate_video(seed, split, index, cfg)

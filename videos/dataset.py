@@ -11,17 +11,24 @@ Layout (``FORMAT_VERSION`` 1)::
                               lossless H.264 RGB (libx264rgb, crf 0) so fine textures survive
         annotations.json      {"format_version": 1, "video_id": str, "num_frames": int,
                                "height": int, "width": int, "fps": float, "label": int,
+                               "stream": {"family": str, "shot_starts": [int, ...]},  (optional)
                                "frames": [{"boxes": [[x0, y0, x1, y1], ...],
                                            "labels": [int, ...],
                                            "track_ids": [int, ...],     (optional)
                                            "speeds": [float, ...],      (optional)
-                                           "segment": str}, ...]}       (optional)
+                                           "segment": str,              (optional)
+                                           "shot": int}, ...]}          (optional)
 
 Boxes are pixels, ``x1``/``y1`` exclusive. A user's own videos load through the same reader
 when written in this layout; ``frames`` may list fewer entries than ``num_frames`` only by
 giving each entry an explicit ``"frame": index`` (frames not listed have no objects).
 Every write goes to a temporary name first and is renamed into place, so a crash never
 leaves a file that looks complete.
+
+A streams dataset (``gistgym videos make --kind streams``, generator ``gistgym.streams``)
+must give every video a ``stream`` entry (family, increasing shot starts from 0 inside the
+video) and every frame a known stretch name as its ``segment`` and the ``shot`` it lies in;
+in any other dataset ``stream`` and ``shot`` are optional and checked when present.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import numpy as np
 
 from gistgym.errors import AnnotationError, VideoError
 from gistgym.staging import new_staging_file
+from gistgym.videos.streams import FAMILIES, STREAMS_GENERATOR, STRETCHES, StreamAnnotation
 from gistgym.videos.synthetic import FrameAnnotation
 
 FORMAT_NAME = "gistgym-videos"
@@ -161,6 +169,8 @@ class VideoRecord:
     fps: float
     label: int
     annotations: tuple[FrameAnnotation, ...] = field(repr=False)
+    stream: StreamAnnotation | None = field(default=None, repr=False)
+    """Family and shot starts of a stream (``None`` outside the streams benchmark)."""
 
     def read_frames(self, num_frames: int | None = None) -> np.ndarray:
         """Decode the frames, checking the count against the annotations.
@@ -199,8 +209,9 @@ def _annotation_payload(
     label: int,
     fps: int,
     source: dict[str, Any] | None,
+    stream: StreamAnnotation | None = None,
 ) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "video_id": video_id,
         "num_frames": int(frames.shape[0]),
@@ -209,17 +220,21 @@ def _annotation_payload(
         "fps": fps,
         "label": int(label),
         "source": source,
-        "frames": [
-            {
-                "boxes": np.round(a.boxes.astype(np.float64), 3).tolist(),
-                "labels": a.labels.tolist(),
-                "track_ids": a.track_ids.tolist(),
-                "speeds": np.round(a.speeds.astype(np.float64), 4).tolist(),
-                "segment": a.segment,
-            }
-            for a in annotations
-        ],
     }
+    if stream is not None:  # only streams have it: other benchmarks' files stay as they were
+        payload["stream"] = stream.to_json()
+    payload["frames"] = [
+        {
+            "boxes": np.round(a.boxes.astype(np.float64), 3).tolist(),
+            "labels": a.labels.tolist(),
+            "track_ids": a.track_ids.tolist(),
+            "speeds": np.round(a.speeds.astype(np.float64), 4).tolist(),
+            "segment": a.segment,
+            **({} if a.shot is None else {"shot": int(a.shot)}),
+        }
+        for a in annotations
+    ]
+    return payload
 
 
 def write_video(
@@ -230,6 +245,7 @@ def write_video(
     label: int,
     fps: int = 15,
     source: dict[str, Any] | None = None,
+    stream: StreamAnnotation | None = None,
 ) -> None:
     """Write one video folder (video file first, annotations last as the completion mark).
 
@@ -242,6 +258,7 @@ def write_video(
         fps: Nominal frame rate.
         source: Where the video came from (e.g. generator, seed, split, index), stored in
             the annotations so a resumed build can tell whether a folder is still current.
+        stream: A stream's family and shot starts (the streams benchmark).
     """
     if len(annotations) != len(frames):
         raise AnnotationError(
@@ -249,7 +266,9 @@ def write_video(
         )
     folder = Path(root) / video_id
     write_video_file(folder / VIDEO_FILE, frames, fps=fps)
-    atomic_write_json(folder / ANNOTATION_FILE, _annotation_payload(video_id, frames, annotations, label, fps, source))
+    atomic_write_json(
+        folder / ANNOTATION_FILE, _annotation_payload(video_id, frames, annotations, label, fps, source, stream)
+    )
 
 
 def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, where: str = "") -> Any:
@@ -295,12 +314,73 @@ def _read_json_object(path: Path, missing: str) -> dict[str, Any]:
     return doc
 
 
-def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tuple[FrameAnnotation, ...]]:
+def _parse_stream(doc: dict[str, Any], path: Path, num_frames: int, *, required: bool) -> StreamAnnotation | None:
+    """The ``stream`` entry (family, shot starts) as a :class:`StreamAnnotation`, or an AnnotationError."""
+    if "stream" not in doc and not required:
+        return None
+    block = _require(doc, "stream", dict, path)
+    family = _require(block, "family", str, path, "stream.")
+    if family not in FAMILIES:
+        raise AnnotationError(
+            path, f"unknown family {family!r} (expected one of {list(FAMILIES)})", field="stream.family"
+        )
+    starts = _numbers(_require(block, "shot_starts", list, path, "stream."), path, "stream.shot_starts", integer=True)
+    if len(starts) == 0 or starts[0] != 0:
+        raise AnnotationError(path, "the first shot must start at frame 0", field="stream.shot_starts")
+    for j in range(1, len(starts)):
+        if not starts[j - 1] < starts[j] < num_frames:
+            raise AnnotationError(
+                path,
+                f"shot start {starts[j]} must lie after {starts[j - 1]} and inside the video "
+                f"(frames 0..{num_frames - 1})",
+                field=f"stream.shot_starts[{j}]",
+            )
+    return StreamAnnotation(family=family, shot_starts=tuple(int(x) for x in starts))
+
+
+def _parse_shot(
+    entry: dict[str, Any], path: Path, where: str, index: int, stream: StreamAnnotation | None
+) -> int | None:
+    """A frame's ``shot``: an index of ``stream``'s shots, the one the frame lies in (if ``stream``)."""
+    if "shot" not in entry and stream is None:
+        return None
+    shot: int = _require(entry, "shot", int, path, where)
+    if stream is None:
+        if shot < 0:
+            raise AnnotationError(path, f"shot index {shot} must be >= 0", field=f"{where}shot")
+        return shot
+    n = len(stream.shot_starts)
+    if not 0 <= shot < n:
+        raise AnnotationError(
+            path, f"shot index {shot} is outside the video's {n} shots (0..{n - 1})", field=f"{where}shot"
+        )
+    expected = int(np.searchsorted(stream.shot_starts, index, side="right")) - 1
+    if shot != expected:
+        raise AnnotationError(
+            path, f"frame {index} lies in shot {expected} by stream.shot_starts, not {shot}", field=f"{where}shot"
+        )
+    return shot
+
+
+def parse_annotations(
+    path: Path, num_classes: int, *, streams: bool = False
+) -> tuple[dict[str, Any], tuple[FrameAnnotation, ...], StreamAnnotation | None]:
     """Load and validate one ``annotations.json``.
+
+    Args:
+        path: The file.
+        num_classes: Labels must lie in ``[0, num_classes)``.
+        streams: The file belongs to a streams dataset: the ``stream`` entry, every frame,
+            a known stretch name as each frame's ``segment`` and its ``shot`` are required.
+
+    Returns:
+        The parsed document, one annotation per frame, and the stream annotation (``None``
+        if the file has none).
 
     Raises:
         AnnotationError: Bad JSON, missing fields, a frame index that does not exist, boxes
-            outside the frame or degenerate, unknown labels.
+            outside the frame or degenerate, unknown labels; in a stream, an unknown family
+            or stretch name, or a shot index or shot start outside the video.
     """
     path = Path(path)
     doc = _read_json_object(path, "annotation file does not exist")
@@ -325,6 +405,7 @@ def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tup
             f"{len(entries)} frame entries for num_frames={n} (give each entry a 'frame' index to list only some)",
             field="frames",
         )
+    stream = _parse_stream(doc, path, n, required=streams)
     per_frame: list[FrameAnnotation | None] = [None] * n
     tol = 0.5  # half a pixel of slack for rounding in other tools' exports
     for i, entry in enumerate(entries):
@@ -374,17 +455,26 @@ def parse_annotations(path: Path, num_classes: int) -> tuple[dict[str, Any], tup
         for name, values in (("track_ids", track_ids), ("speeds", speeds)):
             if len(values) != len(labels):
                 raise AnnotationError(path, f"{len(values)} {name} for {len(labels)} labels", field=f"{where}{name}")
+        segment = str(entry.get("segment", ""))
+        if streams and segment not in STRETCHES:
+            raise AnnotationError(
+                path, f"unknown stretch {segment!r} (expected one of {list(STRETCHES)})", field=f"{where}segment"
+            )
         per_frame[index] = FrameAnnotation(
             boxes=np.clip(boxes, 0, [width, height, width, height]).astype(np.float32),
             labels=labels,
             track_ids=track_ids,
             speeds=speeds.astype(np.float32),
-            segment=str(entry.get("segment", "")),
+            segment=segment,
+            shot=_parse_shot(entry, path, where, index, stream),
         )
+    if streams and None in per_frame:
+        missing = per_frame.index(None)
+        raise AnnotationError(path, f"frame {missing} is not listed (a stream lists every frame)", field="frames")
     empty = FrameAnnotation(
         np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), ""
     )
-    return doc, tuple(a if a is not None else empty for a in per_frame)
+    return doc, tuple(a if a is not None else empty for a in per_frame), stream
 
 
 @dataclass(frozen=True)
@@ -405,7 +495,8 @@ class VideoDataset:
             if not candidates:
                 raise VideoError(video_path, "video file does not exist")
             video_path = candidates[0]
-        doc, annotations = parse_annotations(folder / ANNOTATION_FILE, len(self.classes))
+        streams = self.generator is not None and self.generator.get("name") == STREAMS_GENERATOR
+        doc, annotations, stream = parse_annotations(folder / ANNOTATION_FILE, len(self.classes), streams=streams)
         return VideoRecord(
             video_id=video_id,
             path=video_path,
@@ -415,6 +506,7 @@ class VideoDataset:
             fps=float(doc.get("fps", 15)),
             label=int(doc.get("label", -1)),
             annotations=annotations,
+            stream=stream,
         )
 
     def split(self, name: str) -> list[VideoRecord]:

@@ -129,9 +129,12 @@ class FrameAnnotation:
     """(N,) float32 on-screen speed of each object in px/frame."""
     segment: str = "calm"
     """Difficulty segment this frame belongs to."""
+    shot: int | None = None
+    """Index of the shot the frame belongs to, in videos with cuts (``None``: not annotated)."""
 
     def __repr__(self) -> str:
-        return f"FrameAnnotation(objects={len(self.labels)}, segment={self.segment!r})"
+        shot = "" if self.shot is None else f", shot={self.shot}"
+        return f"FrameAnnotation(objects={len(self.labels)}, segment={self.segment!r}{shot})"
 
 
 @dataclass(frozen=True)
@@ -378,7 +381,16 @@ class _VideoSimulator:
         )
         return pixels, ann
 
-    # --- what a variant of the benchmark overrides (see gistgym.videos.untrimmed) ------------
+    # --- what a variant of the benchmark overrides (see gistgym.videos.untrimmed, .streams) ----
+    def _segment_at(self, t: int) -> str:
+        """The segment of frame ``t``; asked once per frame, in order, before the scene moves to ``t``."""
+        return self.segments[t]
+
+    def _move_camera(self) -> None:
+        """Move the camera by one frame's velocity."""
+        self.cam_x += self.cam_vx
+        self.cam_y += self.cam_vy
+
     def _initial_objects(self, kind: str) -> None:
         """Objects on screen in the first frame."""
         lo, hi = self.cfg.initial_objects
@@ -407,17 +419,17 @@ class _VideoSimulator:
 
     def run(self) -> SyntheticVideo:
         cfg = self.cfg
-        first = self.segments[0]
-        self._enter_segment(first)
-        self._initial_objects(first)
+        kind = self._segment_at(0)
+        self._enter_segment(kind)
+        self._initial_objects(kind)
         frames = np.empty((cfg.num_frames, cfg.height, cfg.width, 3), dtype=np.uint8)
         annotations: list[FrameAnnotation] = []
-        for t, kind in enumerate(self.segments):
+        for t in range(cfg.num_frames):
             if t > 0:
-                if kind != self.segments[t - 1]:
+                previous, kind = kind, self._segment_at(t)
+                if kind != previous:
                     self._enter_segment(kind)
-                self.cam_x += self.cam_vx
-                self.cam_y += self.cam_vy
+                self._move_camera()
                 self._step_objects(kind)
             self._populate(t, kind)
             frames[t], ann = self._render(kind)
