@@ -203,11 +203,18 @@ class SegmentPeriodPolicy:
 
 
 def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
-    """A baseline from its comparison name: ``heavy``, ``light``, ``tau=N``, ``random@F``, ``oracle``.
+    """A baseline from its comparison name: ``heavy``, ``light``, ``tau=N``, ``random@F``, ``oracle``, ``hindsight@W``.
+
+    ``hindsight@W`` and ``hindsight@W:lambda=X`` are the beam-search hindsight oracle
+    (:class:`~gistgym.agents.hindsight.InterleaveHindsightPolicy`).
 
     Raises:
         ConfigError: Anything else, or a bad number.
     """
+    if spec == "hindsight" or spec.startswith(("hindsight@", "hindsight:")):
+        from gistgym.agents.hindsight import parse_interleave_hindsight
+
+        return parse_interleave_hindsight(spec)
     if spec == "heavy":
         return ConstantPolicy(0, "heavy")
     if spec == "light":
@@ -220,4 +227,6 @@ def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
                 return make(spec[len(prefix) :])
             except ValueError as exc:
                 raise ConfigError(f"baseline {spec!r}: {spec[len(prefix) :]!r} is not a number") from exc
-    raise ConfigError(f"unknown baseline {spec!r}; expected heavy, light, tau=N, random@F or oracle")
+    raise ConfigError(
+        f"unknown baseline {spec!r}; expected heavy, light, tau=N, random@F, oracle or hindsight@W[:lambda=X]"
+    )

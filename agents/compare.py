@@ -15,7 +15,8 @@ Interleave, ``latency_ms_per_frame``. Policies:
   ``flow-threshold@X`` for every X of ``flow_thresholds`` and ``oracle``;
 * every complete run directory under ``runs`` for that environment (named by its
   directory), each checked to be trained on a cache with this cache's identity, and any run
-  directory or baseline named in ``policies``.
+  directory or baseline named in ``policies`` (including the hindsight oracles ``hindsight...``
+  of :mod:`gistgym.agents.hindsight`, planned on the comparison's evaluator before they run).
 
 Written to ``out``: ``table.md``, ``results.csv``, ``results.json``, ``pareto.png`` (mAP
 against the expensive fraction: the trained runs' adaptive curve against the reference
@@ -45,6 +46,7 @@ from gistgym.agents.backends import (
 )
 from gistgym.agents.baselines import parse_baseline
 from gistgym.agents.glimpse_compare import DEFAULT_GLIMPSE_COUNTS, DEFAULT_MUS
+from gistgym.agents.hindsight import HINDSIGHT, prepare_policies
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.report import check_compare_out, write_report
 from gistgym.agents.runs import find_runs, load_run, read_run_config
@@ -234,7 +236,7 @@ def _csv(comparison: Comparison) -> bytes:
 
 
 def plot_pareto(comparison: Comparison, path: Path, title: str) -> None:
-    """mAP@0.5 against the expensive fraction: adaptive runs, reference curves, oracle, random, as a PNG."""
+    """mAP@0.5 against the expensive fraction: adaptive runs, reference curves, oracles, random, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,6 +256,10 @@ def plot_pareto(comparison: Comparison, path: Path, title: str) -> None:
         ax.plot(xs, ys, "o-", color="tab:blue", label="adaptive (trained runs)")
         for n in comparison.adaptive:
             ax.annotate(n, (frac(n), res[n].map50), fontsize=6, xytext=(3, 4), textcoords="offset points")
+    hindsight = [(frac(n), res[n].map50) for n in res if n.startswith(HINDSIGHT)]
+    if hindsight:  # the best of every oracle point at each fraction (beam widths, budgets, lambdas)
+        hx, hy = best_curve(hindsight)
+        ax.plot(hx, hy, "P--", color="tab:purple", markersize=6, label="hindsight oracle")
     for n in res:
         if n == "oracle":
             ax.plot(frac(n), res[n].map50, "*", color="tab:green", markersize=11, label="myopic oracle")
@@ -361,6 +367,7 @@ def compare(config: CompareConfig) -> Comparison:
             raise ConfigError(f"two policies are named {clash}; give each a distinct name")
         ev = backend.make_evaluator(config.cache, config.split, settings, max_videos=max_videos)
         try:
+            prepare_policies(policies, ev)  # hindsight oracles plan on the evaluator's videos
             results.update(ev.evaluate_many(policies, seed=config.seed, progress=config.progress))
         finally:
             ev.close()

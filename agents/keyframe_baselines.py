@@ -11,7 +11,9 @@ keyframes whatever the policy says):
   magnitude between the keyframe and the frame about to be decided exceeds X pixels;
 * :class:`KeyframeOraclePolicy`: ``oracle``, the myopic oracle on the next frame's cached
   losses (``info["next_losses"] = (L_key, L_prop)``, supplied by
-  :class:`~gistgym.agents.keyframe_eval.KeyframeEvaluator`).
+  :class:`~gistgym.agents.keyframe_eval.KeyframeEvaluator`);
+* ``hindsight``, ``hindsight@F``, ``hindsight:lambda=X``: the exact hindsight oracle
+  (:class:`~gistgym.agents.hindsight.KeyframeHindsightPolicy`).
 """
 
 from __future__ import annotations
@@ -129,11 +131,18 @@ class KeyframeOraclePolicy(OraclePolicy):
 
 
 def parse_keyframe_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
-    """A baseline from its name: ``every-frame``, ``key=L``, ``flow-threshold@X``, ``oracle``.
+    """A baseline from its name: ``every-frame``, ``key=L``, ``flow-threshold@X``, ``oracle``, ``hindsight...``.
+
+    ``hindsight``, ``hindsight@F`` and ``hindsight:lambda=X`` are the exact hindsight oracle
+    (:class:`~gistgym.agents.hindsight.KeyframeHindsightPolicy`).
 
     Raises:
         ConfigError: Anything else, or a bad number.
     """
+    if spec == "hindsight" or spec.startswith(("hindsight@", "hindsight:")):
+        from gistgym.agents.hindsight import parse_keyframe_hindsight
+
+        return parse_keyframe_hindsight(spec)
     if spec == "every-frame":
         return EveryFramePolicy()
     if spec == "oracle":
@@ -148,4 +157,7 @@ def parse_keyframe_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
                 return make(spec[len(prefix) :])
             except ValueError as exc:
                 raise ConfigError(f"baseline {spec!r}: {spec[len(prefix) :]!r} is not a number") from exc
-    raise ConfigError(f"unknown keyframe baseline {spec!r}; expected every-frame, key=L, flow-threshold@X or oracle")
+    raise ConfigError(
+        f"unknown keyframe baseline {spec!r}; expected every-frame, key=L, flow-threshold@X, oracle or "
+        "hindsight[@F | :lambda=X]"
+    )
