@@ -241,3 +241,79 @@ def best_curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.nd
         best[x] = max(y, best.get(x, -np.inf))
     xs = np.array(sorted(best))
     return xs, np.array([best[x] for x in xs])
+
+
+# --- per-frame signals: how good one frame's detections are, summable over a schedule ----------
+
+OPERATING_THRESHOLD = 0.5
+"""Score threshold at which the detector is used (what ``gistgym detect`` draws)."""
+
+FRAME_SIGNALS = ("f1", "errors", "matched")
+"""Per-frame signals computed from detections and ground truth (higher is better for each;
+``errors`` is reported negated). See :func:`frame_signals`."""
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of ``[x0, y0, x1, y1]`` boxes."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def match_frame(gt: BoxesAndLabels, det: ScoredBoxes, *, iou_threshold: float = 0.5) -> np.ndarray:
+    """Which detections are true positives, matched greedily by score as COCO does.
+
+    Each detection, highest score first, takes the unmatched ground-truth object of its class
+    with the highest IoU >= ``iou_threshold``.
+
+    Returns:
+        (N,) bool over ``det``'s rows.
+    """
+    scores = np.asarray(det.scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(det.labels).reshape(-1)
+    gt_labels = np.asarray(gt.labels).reshape(-1)
+    tp = np.zeros(len(scores), dtype=bool)
+    if len(scores) == 0 or len(gt_labels) == 0:
+        return tp
+    iou = box_iou(det.boxes, gt.boxes)
+    iou[labels[:, None] != gt_labels[None, :]] = -1.0
+    taken = np.zeros(len(gt_labels), dtype=bool)
+    for i in np.argsort(-scores, kind="stable"):
+        cand = np.where(taken, -1.0, iou[i])
+        j = int(np.argmax(cand))
+        if cand[j] >= iou_threshold:
+            taken[j] = True
+            tp[i] = True
+    return tp
+
+
+def frame_signals(
+    gt: BoxesAndLabels, det: ScoredBoxes, *, threshold: float = OPERATING_THRESHOLD, iou_threshold: float = 0.5
+) -> dict[str, float]:
+    """Per-frame quality signals of one frame's detections (each: higher is better).
+
+    * ``f1``: F1 at IoU ``iou_threshold`` of the detections scoring >= ``threshold`` (the
+      operating point); 1 for a frame with neither ground truth nor such detections.
+    * ``errors``: minus the number of errors at the operating point, false positives plus
+      missed objects (a sum over frames is minus the pooled error count).
+    * ``matched``: threshold-free: the summed score of true positives minus the summed score
+      of false positives, over every detection (a soft count of what an AP integrates).
+    """
+    scores = np.asarray(det.scores, dtype=np.float64).reshape(-1)
+    tp = match_frame(gt, det, iou_threshold=iou_threshold)
+    kept = scores >= threshold
+    n_tp = int((tp & kept).sum())
+    n_fp = int((~tp & kept).sum())
+    n_fn = len(np.asarray(gt.labels).reshape(-1)) - n_tp
+    denom = 2 * n_tp + n_fp + n_fn
+    return {
+        "f1": 1.0 if denom == 0 else 2.0 * n_tp / denom,
+        "errors": -float(n_fp + n_fn),
+        "matched": float(scores[tp].sum() - scores[~tp].sum()),
+    }

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from gistgym.metrics import average_precision, detection_map50, detection_map50_subsets, top1_accuracy, video_map
+from gistgym.metrics import (
+    average_precision,
+    box_iou,
+    detection_map50,
+    detection_map50_subsets,
+    frame_signals,
+    match_frame,
+    top1_accuracy,
+    video_map,
+)
 
 
 @dataclass
@@ -193,3 +203,40 @@ def test_video_map_and_top1_by_hand() -> None:
         video_map(VIDEO_SCORES, np.array([0, 0, 1, 1, 3]))
     with pytest.raises(ValueError, match="expected scores"):
         video_map(VIDEO_SCORES, VIDEO_LABELS[:4])
+
+
+# --- per-frame signals -------------------------------------------------------------------------
+def _frame(boxes: list[list[float]], labels: list[int], scores: list[float] | None = None) -> SimpleNamespace:
+    ns = SimpleNamespace(boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4), labels=np.array(labels, dtype=int))
+    if scores is not None:
+        ns.scores = np.array(scores, dtype=np.float64)
+    return ns
+
+
+def test_box_iou_by_hand() -> None:
+    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
+    np.testing.assert_allclose(iou, [[1.0, 50 / 150, 0.0]])
+
+
+def test_frame_signals_by_hand() -> None:
+    gt = _frame([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 1])
+    # a hit on the first object (class 0), a wrong-class box on the second, a low-score hit on the
+    # second (below the operating threshold), and a duplicate of the first
+    det = _frame(
+        [[0, 0, 10, 10], [20, 20, 30, 30], [20, 20, 30, 30], [1, 0, 10, 10]], [0, 0, 1, 0], [0.9, 0.8, 0.3, 0.6]
+    )
+    assert match_frame(gt, det).tolist() == [True, False, True, False]
+    s = frame_signals(gt, det)
+    # at 0.5: tp 1 (0.9), fp 2 (0.8 wrong class, 0.6 duplicate), fn 1 (second object)
+    assert s["f1"] == pytest.approx(2 * 1 / (2 * 1 + 2 + 1))
+    assert s["errors"] == -3.0
+    assert s["matched"] == pytest.approx((0.9 + 0.3) - (0.8 + 0.6))
+
+
+def test_frame_signals_of_empty_frames() -> None:
+    empty = _frame([], [], [])
+    assert frame_signals(_frame([], []), empty) == {"f1": 1.0, "errors": -0.0, "matched": 0.0}
+    fp_only = frame_signals(_frame([], []), _frame([[0, 0, 5, 5]], [2], [0.7]))
+    assert fp_only["f1"] == 0.0 and fp_only["errors"] == -1.0 and fp_only["matched"] == pytest.approx(-0.7)
+    missed = frame_signals(_frame([[0, 0, 5, 5]], [2]), empty)
+    assert missed == {"f1": 0.0, "errors": -1.0, "matched": 0.0}
