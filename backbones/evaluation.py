@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from gistgym.backbones.detector import InterleavedDetector, extract_video_featur
 from gistgym.backbones.flops import StepCost, step_costs
 from gistgym.backbones.ssdlite import Detections
 from gistgym.errors import ConfigError
-from gistgym.metrics import detection_map50_subsets
+from gistgym.metrics import detection_map50, detection_map50_subsets
 from gistgym.videos.dataset import VideoRecord, load_dataset
 from gistgym.videos.synthetic import FrameAnnotation
 
@@ -223,6 +224,114 @@ def evaluate_schedules(
             "heavy_fraction": float((acts == 0).mean()),
         }
     return report
+
+
+def heavy_every(num_frames: int, period: int, phase: int, light: int = 1) -> np.ndarray:
+    """Heavy on frame 0 and on every frame ``t`` with ``(t - phase) % period == 0``, light elsewhere."""
+    t = np.arange(num_frames)
+    return np.where((t == 0) | ((t - phase) % period == 0), 0, light).astype(np.int64)
+
+
+def distances_since_heavy(actions: np.ndarray) -> np.ndarray:
+    """(T,) frames since the last frame the heavy extractor (action 0) ran on (0 on heavy frames)."""
+    heavy_at = np.where(actions == 0, np.arange(len(actions)), 0)
+    return np.arange(len(actions)) - np.maximum.accumulate(heavy_at)
+
+
+def light_by_distance(
+    model: InterleavedDetector,
+    videos_dir: str | Path,
+    split: str = "val",
+    *,
+    max_distance: int = 20,
+    phase_step: int = 3,
+    max_videos: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mAP@0.5 of frames by their distance d = 0..max_distance to the last heavy frame, overall and per stretch.
+
+    Schedules run the heavy extractor every ``max_distance + 1`` frames at phases ``0,
+    phase_step, ...`` so that every frame is seen at several distances; frame ``t`` counts at
+    the distance it has in each schedule. ``d = 0`` rows are heavy frames (whose memory last
+    heard a heavy frame ``max_distance + 1`` frames earlier). The per-stretch columns group
+    frames by their annotated ``segment`` (the detection benchmark's difficulty segments, the
+    streams benchmark's ``active`` / ``idle`` / ``empty``).
+
+    Returns:
+        ``{"distances": [0..D], "all": {"map50": [...], "frames": [...]},
+        "segments": {name: {"map50": [...], "frames": [...]}}}`` (nan where a bucket has no
+        ground truth).
+    """
+    if max_distance < 1 or phase_step < 1:
+        raise ConfigError(f"max_distance and phase_step must be >= 1, got {max_distance} and {phase_step}")
+    records = load_dataset(videos_dir).split(split)[:max_videos]
+    if not records:
+        raise ConfigError(f"split {split!r} of {videos_dir} has no videos")
+    period = max_distance + 1
+    buckets: dict[tuple[str, int], tuple[list[FrameAnnotation], list[Detections]]] = {}
+    by_len: dict[int, list[VideoRecord]] = {}
+    for r in records:
+        by_len.setdefault(r.num_frames, []).append(r)
+    phases = range(0, period, phase_step)
+    bar = tqdm(total=len(by_len) * len(phases), desc=f"light by distance {split}", disable=not progress)
+    for T, group in by_len.items():
+        vf = extract_all(model, group)
+        for phase in phases:
+            actions = heavy_every(T, period, phase)
+            dist = distances_since_heavy(actions)
+            runs = run_schedule(model, vf, Schedule(f"phase={phase}", actions))
+            for r, dets in zip(group, runs, strict=True):
+                for t, (gt, det) in enumerate(zip(r.annotations, dets, strict=True)):
+                    for key in (("all", int(dist[t])), (gt.segment, int(dist[t]))):
+                        bucket = buckets.setdefault(key, ([], []))
+                        bucket[0].append(gt)
+                        bucket[1].append(det)
+            bar.update(1)
+    bar.close()
+    size = (model.config.image_size, model.config.image_size)
+    names = ["all", *sorted({k[0] for k in buckets} - {"all"})]
+    table: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        maps, frames = [], []
+        for d in range(period):
+            gts, dets = buckets.get((name, d), ([], []))
+            has_gt = any(len(g.labels) for g in gts)
+            maps.append(float(detection_map50(gts, dets, model.config.num_classes, image_size=size)) if has_gt else nan)
+            frames.append(len(gts))
+        table[name] = {"map50": maps, "frames": frames}
+    return {"distances": list(range(period)), "all": table.pop("all"), "segments": table}
+
+
+def format_distance_table(report: dict[str, Any]) -> str:
+    """Markdown table of :func:`light_by_distance`: one row per distance, a column per stretch."""
+    cols = [("all", report["all"]), *report["segments"].items()]
+    rows = ["| d | " + " | ".join(name for name, _ in cols) + " |", "|" + "---|" * (1 + len(cols))]
+    for i, d in enumerate(report["distances"]):
+        cells = [f"{c['map50'][i]:.3f}" if np.isfinite(c["map50"][i]) else "-" for _, c in cols]
+        rows.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def plot_distance_report(report: dict[str, Any], path: Path, title: str = "") -> None:
+    """PNG: mAP@0.5 against the distance to the last heavy frame, overall and per stretch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    d = report["distances"]
+    ax.plot(d, report["all"]["map50"], "ko-", lw=2, label="all frames")
+    for name, col in report["segments"].items():
+        ax.plot(d, col["map50"], ".-", label=name)
+    ax.set_xlabel("frames since the last heavy frame (0 = heavy frame)")
+    ax.set_ylabel("mAP@0.5")
+    ax.set_title(title or "light frames by distance to the last heavy frame")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def format_table(report: dict[str, dict[str, Any]]) -> str:

@@ -11,7 +11,16 @@ come in four kinds, drawn per clip:
   will produce;
 * ``heavy``: heavy on every frame (the heavy-only detector);
 * ``light`` / ``light+shift``: one light extractor on every frame from a zero memory
-  (the light-only detectors; with skipped light updates they never write the memory).
+  (the light-only detectors; with skipped light updates they never write the memory);
+* ``periodic``: the heavy extractor on frame 0 and then every ``P`` frames, ``P`` drawn
+  uniformly from ``2..clip_len`` per clip (a fixed tau with a random phase-free period, the
+  structure a fixed schedule or a scheduler that skips idle stretches produces: long runs
+  of light frames after one heavy frame).
+
+Clips are drawn from the train splits of one or more datasets (``videos``), a video with
+probability proportional to its number of clip start positions, so every training frame
+is equally likely whatever the dataset's video length (long ``streams`` videos and short
+``detection`` clips train one detector).
 
 The state-update rule (``skip_light_updates``) used here is stored with the weights and
 is the one inference uses. The light+shift extractor's temporal-shift buffer holds the
@@ -23,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +44,17 @@ from tqdm.auto import tqdm
 
 from gistgym.backbones.detector import DetectorConfig, InterleavedDetector, default_detector_config
 from gistgym.backbones.ssdlite import build_targets, frame_detection_loss
-from gistgym.backbones.weights import save_detector
+from gistgym.backbones.weights import load_detector, save_detector
 from gistgym.errors import ConfigError
-from gistgym.videos.dataset import load_dataset
+from gistgym.videos.dataset import VideoRecord, load_dataset
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of ``gistgym backbones train``."""
 
-    videos: str = "data/bench"
-    """Dataset folder (the train split is used)."""
+    videos: tuple[str, ...] = ("data/bench",)
+    """Dataset folders (the train split of each is used; clips are drawn uniformly over their frames)."""
     out: str = "gistgym/weights/interleaved_detector.pt"
     """Where to write the weights (a JSON sidecar is written beside them)."""
     seed: int = 0
@@ -63,8 +73,8 @@ class TrainConfig:
     """Warm-up steps."""
     max_heavy_prob: float = 0.3
     """Upper bound of the per-step heavy probability in interleaved clips."""
-    clip_mix: tuple[float, float, float, float] = (0.5, 0.25, 0.15, 0.10)
-    """Probabilities of interleaved, heavy, light and light+shift clips."""
+    clip_mix: tuple[float, ...] = (0.5, 0.25, 0.15, 0.10, 0.0)
+    """Probabilities of interleaved, heavy, light, light+shift and periodic clips (a 4-tuple: no periodic clips)."""
     skip_light_updates: bool = True
     """Light steps read but do not write the memory (the paper's default)."""
     light_choice: str = "per-step"
@@ -73,18 +83,49 @@ class TrainConfig:
     every light step (``per-step``, the paper's fully random choice)."""
     threads: int = 1
     """torch threads (1 is fastest on a loaded 2-core machine)."""
+    init: str = ""
+    """Fine-tune: start from these detector weights (.pt with its .json sidecar; its architecture is kept)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.videos, str | Path):  # one folder given as a plain string
+            object.__setattr__(self, "videos", (str(self.videos),))
 
 
 class ClipSampler:
-    """Random training clips (frames and boxes) from the videos of one split, held in memory."""
+    """Random training clips (frames and boxes) from the videos of one split of one or more datasets, in memory.
+
+    A clip starts at a uniformly drawn position among every clip start of every video, so
+    each frame is equally likely whatever its video's length.
+
+    Raises:
+        ConfigError: No video is long enough, or the datasets disagree on classes or frame size.
+    """
 
     def __init__(
-        self, videos_dir: str | Path, split: str, clip_len: int, rng: np.random.Generator, progress: bool = True
+        self,
+        videos_dirs: str | Path | Sequence[str | Path],
+        split: str,
+        clip_len: int,
+        rng: np.random.Generator,
+        progress: bool = True,
     ) -> None:
-        ds = load_dataset(videos_dir)
-        records = [r for r in ds.split(split) if r.num_frames >= clip_len]
+        dirs = [videos_dirs] if isinstance(videos_dirs, str | Path) else list(videos_dirs)
+        if not dirs:
+            raise ConfigError("--videos names no dataset folder")
+        records: list[VideoRecord] = []
+        classes: tuple[str, ...] | None = None
+        for d in dirs:
+            ds = load_dataset(d)
+            if classes is not None and tuple(ds.classes) != classes:
+                raise ConfigError(f"dataset {d} has classes {list(ds.classes)}, the first one {list(classes)}")
+            classes = tuple(ds.classes)
+            records += [r for r in ds.split(split) if r.num_frames >= clip_len]
         if not records:
-            raise ConfigError(f"no {split} video in {videos_dir} has at least clip_len={clip_len} frames")
+            where = ", ".join(map(str, dirs))
+            raise ConfigError(f"no {split} video in {where} has at least clip_len={clip_len} frames")
+        sizes = {(r.height, r.width) for r in records}
+        if len(sizes) != 1:
+            raise ConfigError(f"the datasets' frame sizes differ: {sorted(sizes)}; train on one frame size")
         self.frames = [
             r.read_frames() for r in tqdm(records, desc=f"decode {split}", disable=not progress, unit="video")
         ]
@@ -92,15 +133,18 @@ class ClipSampler:
         self.labels = [[torch.from_numpy(a.labels) for a in r.annotations] for r in records]
         self.clip_len = clip_len
         self.rng = rng
-        self.num_classes = len(ds.classes)
+        assert classes is not None
+        self.num_classes = len(classes)
         self.image_size = records[0].height
+        starts = np.array([len(f) - clip_len + 1 for f in self.frames], dtype=np.float64)
+        self._video_p = starts / starts.sum()
 
     def sample(self, batch: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """(B, T, H, W, 3) uint8 frames and the B*T boxes/labels (time-major within a clip)."""
         frames, boxes, labels = [], [], []
         size = self.image_size
         for _ in range(batch):
-            v = int(self.rng.integers(len(self.frames)))
+            v = int(self.rng.choice(len(self.frames), p=self._video_p))
             t0 = int(self.rng.integers(len(self.frames[v]) - self.clip_len + 1))
             clip = self.frames[v][t0 : t0 + self.clip_len]
             flip_x, flip_y = bool(self.rng.random() < 0.5), bool(self.rng.random() < 0.5)
@@ -125,7 +169,11 @@ def sample_schedules(
     batch: int, clip_len: int, num_extractors: int, cfg: TrainConfig, rng: np.random.Generator
 ) -> np.ndarray:
     """Extractor index per (clip, step), following the clip mix of the module docstring."""
-    kinds = rng.choice(4, size=batch, p=np.asarray(cfg.clip_mix) / sum(cfg.clip_mix))
+    mix = np.zeros(5)
+    mix[: len(cfg.clip_mix)] = cfg.clip_mix
+    if len(cfg.clip_mix) not in (4, 5) or (mix < 0).any() or mix.sum() <= 0:
+        raise ConfigError(f"clip_mix must be 4 or 5 non-negative weights with a positive sum, got {cfg.clip_mix}")
+    kinds = rng.choice(5, size=batch, p=mix / mix.sum())
     actions = np.zeros((batch, clip_len), dtype=np.int64)
     lights = np.arange(1, num_extractors)
     if cfg.light_choice not in ("per-clip", "per-step"):
@@ -139,6 +187,9 @@ def sample_schedules(
             actions[b, 0] = 0
         elif kind == 1:
             actions[b] = 0
+        elif kind == 4:
+            period = int(rng.integers(2, max(2, clip_len) + 1))
+            actions[b] = np.where(np.arange(clip_len) % period == 0, 0, rng.choice(lights))
         else:
             actions[b] = 1 if kind == 2 or num_extractors < 3 else 2
     return actions
@@ -202,14 +253,28 @@ def train_detector(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     sampler = ClipSampler(cfg.videos, "train", cfg.clip_len, rng, progress)
-    det_cfg = detector_config or default_detector_config(sampler.num_classes)
-    det_cfg = dataclasses.replace(
-        det_cfg,
-        skip_light_updates=cfg.skip_light_updates,
-        num_classes=sampler.num_classes,
-        image_size=sampler.image_size,
-    )
-    model = InterleavedDetector(det_cfg)
+    if cfg.init:
+        model, _ = load_detector(cfg.init)
+        if (model.config.num_classes, model.config.image_size) != (sampler.num_classes, sampler.image_size):
+            raise ConfigError(
+                f"--init {cfg.init} is a detector for {model.config.num_classes} classes at {model.config.image_size} "
+                f"px, the data has {sampler.num_classes} classes at {sampler.image_size} px"
+            )
+        if model.config.skip_light_updates != cfg.skip_light_updates:
+            raise ConfigError(
+                f"--init {cfg.init} was trained with skip_light_updates={model.config.skip_light_updates}; "
+                "fine-tune it with the same update rule"
+            )
+        model.requires_grad_(True)
+    else:
+        det_cfg = detector_config or default_detector_config(sampler.num_classes)
+        det_cfg = dataclasses.replace(
+            det_cfg,
+            skip_light_updates=cfg.skip_light_updates,
+            num_classes=sampler.num_classes,
+            image_size=sampler.image_size,
+        )
+        model = InterleavedDetector(det_cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -241,7 +306,7 @@ def train_detector(
         "train_minutes": round(minutes, 2),
         "final_loss": float(np.mean(history[-100:])),
         "command": command,
-        "dataset_generator": load_dataset(cfg.videos).generator,
+        "dataset_generator": [load_dataset(v).generator for v in cfg.videos],
     }
     digest = save_detector(Path(cfg.out), model, summary)
     summary["sha256"] = digest

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gistgym.errors import GistgymError, one_line
 from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args
@@ -55,6 +56,9 @@ class EvalArgs:
     """Folder for the markdown table, the JSON report and the PNG plot."""
     max_videos: int = 0
     """Evaluate only the first N videos (0 = all)."""
+    by_distance: bool = False
+    """Also: mAP@0.5 of frames by their distance d = 0..20 to the last heavy frame, overall and per stretch
+    (by_distance.md, .json, .png; under the JSON key light_by_distance)."""
     json: bool = False
     """Print one JSON object keyed by schedule instead of the table."""
 
@@ -120,7 +124,10 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     """Evaluate fixed schedules of the detector."""
     from gistgym.backbones.evaluation import (
         evaluate_schedules,
+        format_distance_table,
         format_table,
+        light_by_distance,
+        plot_distance_report,
         plot_report,
         ratio_summary,
         report_for_json,
@@ -144,6 +151,14 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     ratios = ratio_summary(report)
     (out / "table.md").write_text(table + "\n\n" + "\n".join(f"- {k}: {v:.3f}" for k, v in ratios.items()) + "\n")
     plot_report(report, out / "map_vs_tau_and_gflops.png")
+    by_distance: dict[str, Any] | None = None
+    if a.by_distance:
+        by_distance = light_by_distance(model, a.videos, a.split, max_videos=a.max_videos or None, progress=not a.json)
+        distance_table = format_distance_table(by_distance)
+        atomic_write_json(out / "by_distance.json", report_for_json(by_distance))
+        (out / "by_distance.md").write_text(distance_table + "\n")
+        plot_distance_report(by_distance, out / "by_distance.png", f"{Path(a.videos).name} [{a.split}]")
+        clean["light_by_distance"] = report_for_json(by_distance)
     if a.json:
         print(json.dumps(clean))
         return 0
@@ -157,7 +172,12 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     )
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
-    print(f"\nwrote {out}/table.md, report.json, map_vs_tau_and_gflops.png")
+    wrote = "table.md, report.json, map_vs_tau_and_gflops.png"
+    if by_distance is not None:
+        print("\nmAP@0.5 by frames since the last heavy frame (d = 0: the heavy frame), overall and per stretch:")
+        print(distance_table)
+        wrote += ", by_distance.md, by_distance.json, by_distance.png"
+    print(f"\nwrote {out}/{wrote}")
     return 0
 
 

@@ -106,3 +106,39 @@ def test_cli_eval_missing_weights_is_one_line(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "nope.json" in err
+
+
+def test_distances_since_the_last_heavy_frame() -> None:
+    from gistgym.backbones.evaluation import distances_since_heavy, heavy_every
+
+    actions = heavy_every(12, 5, 2)
+    assert actions.tolist() == [0, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1]
+    assert distances_since_heavy(actions).tolist() == [0, 1, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
+
+
+def test_light_by_distance_buckets_every_frame_of_every_phase(
+    random_model: InterleavedDetector, tiny_bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gistgym.backbones.evaluation import distances_since_heavy, heavy_every, light_by_distance
+
+    report = light_by_distance(random_model, tiny_bench, "val", max_distance=5, phase_step=2, progress=False)
+    assert report["distances"] == [0, 1, 2, 3, 4, 5]
+    # 2 val videos of 24 frames, phases 0, 2, 4 of period 6: each frame once per phase
+    expected = [0] * 6
+    for phase in (0, 2, 4):
+        for d in distances_since_heavy(heavy_every(24, 6, phase)):
+            expected[int(d)] += 2
+    assert report["all"]["frames"] == expected
+    segments = report["segments"]
+    assert set(segments) <= {"calm", "medium", "fast", "small", "arrivals"} and segments
+    assert [sum(c) for c in zip(*(s["frames"] for s in segments.values()), strict=True)] == expected
+    for m in report["all"]["map50"]:
+        assert 0.0 <= m <= 1.0
+    weights = tmp_path / "w.pt"
+    save_detector(weights, random_model, {"command": "test"})
+    argv = ["backbones", "eval", "--videos", str(tiny_bench), "--weights", str(weights), "--out", str(tmp_path / "ev")]
+    assert main([*argv, "--by-distance", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["light_by_distance"]["distances"] == list(range(21))
+    for name in ("by_distance.md", "by_distance.json", "by_distance.png"):
+        assert (tmp_path / "ev" / name).stat().st_size > 0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,37 @@ def test_training_refuses_clips_longer_than_every_video(tiny_bench: Path, tmp_pa
 
     with pytest.raises(ConfigError, match="clip_len=500"):
         train_detector(_tiny_cfg(tiny_bench, tmp_path / "w.pt", clip_len=500), progress=False)
+
+
+def test_periodic_clips_run_heavy_every_p_frames() -> None:
+    cfg = TrainConfig(clip_mix=(0.0, 0.0, 0.0, 0.0, 1.0))
+    acts = sample_schedules(200, 12, 2, cfg, np.random.default_rng(0))
+    periods = set()
+    for row in acts:
+        heavy = np.flatnonzero(row == 0)
+        assert heavy[0] == 0 and set(row.tolist()) <= {0, 1}
+        gaps = set(np.diff(heavy).tolist())
+        assert len(gaps) <= 1  # one period per clip
+        periods.add(int(heavy[1]) if len(heavy) > 1 else 12)
+    assert periods == set(range(2, 13))  # every period 2..clip_len (12 = heavy on frame 0 only)
+    with pytest.raises(Exception, match="clip_mix"):
+        sample_schedules(2, 12, 2, TrainConfig(clip_mix=(1.0, -1.0, 0.0, 0.0)), np.random.default_rng(0))
+
+
+def test_training_draws_clips_from_several_datasets_and_fine_tunes(
+    tiny_bench: Path, streams_bench: Path, tmp_path: Path
+) -> None:
+    from gistgym.backbones.training import ClipSampler
+    from gistgym.errors import ConfigError
+
+    sampler = ClipSampler([tiny_bench, streams_bench], "train", 6, np.random.default_rng(0), progress=False)
+    # 2 videos of 24 frames and 2 of 300: clip starts 19 and 295 each
+    np.testing.assert_allclose(sampler._video_p, np.array([19, 19, 295, 295]) / 628)
+    first = train_detector(_tiny_cfg(tiny_bench, tmp_path / "a.pt"), progress=False)
+    cfg = _tiny_cfg(tiny_bench, tmp_path / "b.pt", init=str(tmp_path / "a.pt"), iterations=1)
+    tuned = train_detector(replace(cfg, videos=(str(tiny_bench), str(streams_bench))), progress=False)
+    assert tuned["sha256"] != first["sha256"]
+    meta = json.loads((tmp_path / "b.json").read_text())
+    assert meta["train_config"]["init"] == str(tmp_path / "a.pt") and len(meta["dataset_generator"]) == 2
+    with pytest.raises(ConfigError, match="same update rule"):
+        train_detector(replace(cfg, skip_light_updates=False), progress=False)
