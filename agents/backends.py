@@ -135,6 +135,7 @@ def _interleave_run_kwargs(config: Any) -> dict[str, Any]:
         "extractors": list(config.extractors),
         "speed_reward": list(speed_rewards(len(config.extractors), config.gamma)),
         "skip_light_updates": None,
+        "reward": config.reward,
     }
 
 
@@ -162,6 +163,7 @@ def _keyframe_run_kwargs(config: Any) -> dict[str, Any]:
         "history_len": config.history_len,
         "max_distance": config.max_distance,
         "speed_reward": list(speed_rewards(2, config.gamma)),
+        "reward": config.reward,
     }
 
 
@@ -206,7 +208,7 @@ BACKENDS: dict[str, EnvBackend] = {
         fraction_label="heavy fraction (frames the heavy extractor ran on)",
         make_vec=_interleave_vec,
         make_evaluator=_interleave_evaluator,
-        eval_arguments=("extractors", "speed_reward", "skip_light_updates", "history_len"),
+        eval_arguments=("extractors", "speed_reward", "skip_light_updates", "history_len", "reward"),
         extractors={"paper": _interleave_extractor("paper"), "mlp": _interleave_extractor("mlp")},
         ends=("heavy", "light"),
         references={"fixed tau": "tau="},
@@ -221,7 +223,7 @@ BACKENDS: dict[str, EnvBackend] = {
         fraction_label="keyframe fraction (frames N_feat ran on)",
         make_vec=_keyframe_vec,
         make_evaluator=_keyframe_evaluator,
-        eval_arguments=("max_distance", "speed_reward", "history_len"),
+        eval_arguments=("max_distance", "speed_reward", "history_len", "reward"),
         extractors={"mlp": _flat_mlp},
         ends=("every-frame",),
         references={"fixed l": "key=", "flow threshold": "flow-threshold@"},

@@ -317,8 +317,13 @@ def plot_timeline(comparison: Comparison, path: Path, *, videos: int = 4) -> Non
 
 
 def _run_settings(backend: EnvBackend, run_config: Mapping[str, Any], gamma: float) -> dict[str, Any]:
-    """A run's evaluation arguments, with the comparison's gamma (the same reward for every policy)."""
+    """A run's evaluation arguments, with the comparison's gamma (the same reward for every policy).
+
+    The run's ``reward`` is left out for the same reason: every policy's ``mean_reward`` is
+    the environment's default reward, whatever signal a run was trained on.
+    """
     kw = backend.eval_kwargs(dict(run_config.get("env_kwargs") or {}))
+    kw.pop("reward", None)
     num_actions = len(kw.get("extractors") or ("heavy", "light"))
     return {**kw, "speed_reward": speed_rewards(num_actions, gamma)}
 

@@ -11,7 +11,8 @@ length), and scores the schedule it produced the way the detector would be score
   to the cache's float16 features);
 * ``heavy_fraction``: the fraction of frames the heavy extractor (action 0) ran on;
 * ``gflops_per_frame``: counted FLOPs of the executed steps (extractor + memory + head);
-* ``mean_reward``: mean Eq. 2 reward over the steps (every frame but each video's first);
+* ``mean_reward``: mean reward over the steps (every frame but each video's first): Eq. 2,
+  or the signal reward of the environment's ``reward`` argument when one is given;
 * ``latency_ms_per_frame``: the expected latency, the mean over frames of the executed
   step's latency as measured when the cache was built (0 if it was built with
   ``--no-latency``).
@@ -38,9 +39,11 @@ from gistgym.envs.interleave import single_info
 from gistgym.envs.interleave_core import (
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
+    DEFAULT_REWARD,
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     check_no_unknown_kwargs,
+    check_reward,
 )
 from gistgym.envs.interleave_vector import check_actions
 from gistgym.errors import ConfigError
@@ -49,7 +52,7 @@ from gistgym.feature_cache.reader import FrameAnnotation
 from gistgym.feature_cache.schema import SECTION_INTERLEAVE
 from gistgym.metrics import detection_map50
 
-EVAL_ENV_ARGUMENTS = ("extractors", "speed_reward", "skip_light_updates", "history_len")
+EVAL_ENV_ARGUMENTS = ("extractors", "speed_reward", "skip_light_updates", "history_len", "reward")
 """The environment arguments an Interleave evaluation takes (the split is its own; clips are whole videos)."""
 
 
@@ -61,7 +64,7 @@ class VideoRollout:
     actions: np.ndarray
     """(T,) int64 extractor executed on each frame (0 on frame 0)."""
     rewards: np.ndarray
-    """(T - 1,) float64 Eq. 2 reward of each step."""
+    """(T - 1,) float64 reward of each step (Eq. 2 or the signal reward)."""
     losses: np.ndarray
     """(T, m) float64 every extractor's loss on each frame (from the carried state)."""
     cost_flops: np.ndarray
@@ -171,8 +174,9 @@ class InterleaveEvaluator(SplitEvaluator):
     Args:
         cache_path: Feature cache with the ``interleave`` section.
         split: Split to evaluate on (``"val"`` for model selection, ``"test"`` to report).
-        env_kwargs: ``extractors``, ``speed_reward``, ``skip_light_updates`` and
-            ``history_len`` as the environment takes them (defaults: the registered ones).
+        env_kwargs: ``extractors``, ``speed_reward``, ``skip_light_updates``,
+            ``history_len`` and ``reward`` as the environment takes them (defaults: the
+            registered ones); ``reward`` decides what ``mean_reward`` averages.
         max_videos: Only the first N videos of the split (``None``: all).
 
     Raises:
@@ -200,10 +204,13 @@ class InterleaveEvaluator(SplitEvaluator):
             "speed_reward": tuple(float(x) for x in kwargs.get("speed_reward", DEFAULT_SPEED_REWARD)),
             "skip_light_updates": kwargs.get("skip_light_updates"),
             "history_len": int(kwargs.get("history_len", DEFAULT_HISTORY_LEN)),
+            "reward": check_reward(kwargs.get("reward", DEFAULT_REWARD)),  # refused now, not mid-evaluation
         }
         with FeatureCache(self.cache_path, sections=(SECTION_INTERLEAVE,)) as cache:
             self._read_split(cache, split, max_videos)
             per_extractor = dict(cache.info.costs).get("per_extractor", {})
+            self.num_classes = len(cache.info.dataset["classes"])
+            self.image_size = int(cache.info.preprocessing["image_size"])
         names = self.env_kwargs["extractors"]
         self.step_seconds = np.array(
             [float(per_extractor.get(n, {}).get("step_seconds", 0.0)) for n in names], dtype=np.float64
@@ -269,11 +276,10 @@ class InterleaveEvaluator(SplitEvaluator):
         rollouts, detections = self.rollout(policy, seed=seed)
         gts = [gt for r in rollouts for gt in self.ground_truth[r.video_id]]
         dets = [d for per_video in detections for d in per_video]
-        core = next(iter(self._cores.values()))
         acts = np.concatenate([r.actions for r in rollouts])
         return PolicyEvaluation(
             name=name or policy.name,
-            map50=float(detection_map50(gts, dets, core.num_classes, image_size=(core.image_size,) * 2)),
+            map50=float(detection_map50(gts, dets, self.num_classes, image_size=(self.image_size,) * 2)),
             heavy_fraction=float((acts == 0).mean()),
             gflops_per_frame=float(np.concatenate([r.cost_flops for r in rollouts]).mean() / 1e9),
             mean_reward=float(np.concatenate([r.rewards for r in rollouts]).mean()),

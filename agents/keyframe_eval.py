@@ -12,7 +12,8 @@ scores the schedule it produced:
 * ``key_fraction``: the fraction of frames that were keyframes;
 * ``gflops_per_frame``: mean counted FLOPs of what ran (``info["cost_flops"]``: N_feat +
   N_task on a keyframe, F + W + N_task on a propagated frame);
-* ``mean_reward``: mean reward over the steps (every frame but each video's first);
+* ``mean_reward``: mean reward over the steps (every frame but each video's first), of the
+  environment's ``reward`` argument (Eq. 2's form on the losses by default);
 * ``speedup_flops``: every-frame GFLOPs over the policy's (the measured FLOP ratio), next to
   ``speedup_eq7``, DFF's Eq. 7 at the same key fraction (:func:`speedup_eq7`, N_task neglected).
 
@@ -38,6 +39,7 @@ from gistgym.envs.interleave_vector import check_actions
 from gistgym.envs.keyframe import (
     DEFAULT_HISTORY_LEN,
     DEFAULT_MAX_DISTANCE,
+    DEFAULT_REWARD,
     DEFAULT_SPEED_REWARD,
     KEY,
     KeyframeCore,
@@ -47,7 +49,7 @@ from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.keyframe import ATTR_DFF_COSTS, SECTION_KEYFRAME, schedule_detections
 from gistgym.metrics import detection_map50
 
-EVAL_ENV_ARGUMENTS = ("max_distance", "speed_reward", "history_len")
+EVAL_ENV_ARGUMENTS = ("max_distance", "speed_reward", "history_len", "reward")
 """The environment arguments an evaluation takes (the split is its own; clips are whole videos)."""
 
 
@@ -110,8 +112,9 @@ class KeyframeEvaluator(SplitEvaluator):
     Args:
         cache_path: Feature cache with the ``keyframe`` section.
         split: Split to evaluate on.
-        env_kwargs: ``max_distance``, ``speed_reward`` and ``history_len`` as the environment
-            takes them (defaults: the registered ones).
+        env_kwargs: ``max_distance``, ``speed_reward``, ``history_len`` and ``reward`` as the
+            environment takes them (defaults: the registered ones); ``reward`` decides what
+            ``mean_reward`` averages.
         max_videos: Only the first N videos of the split (``None``: all).
 
     Raises:
@@ -138,6 +141,7 @@ class KeyframeEvaluator(SplitEvaluator):
             "max_distance": kwargs.get("max_distance", DEFAULT_MAX_DISTANCE),
             "speed_reward": kwargs.get("speed_reward", DEFAULT_SPEED_REWARD),
             "history_len": kwargs.get("history_len", DEFAULT_HISTORY_LEN),
+            "reward": kwargs.get("reward", DEFAULT_REWARD),
         }
         with FeatureCache(self.cache_path, sections=(SECTION_KEYFRAME,)) as cache:
             self._read_split(cache, split, max_videos)

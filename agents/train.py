@@ -9,6 +9,9 @@ extractor, so the runs span the accuracy/cost trade-off (the adaptive curve of F
 ``--env gistgym/Keyframe-v0`` trains the same agents on Deep Feature Flow's keyframe
 decision (gamma is then the speed reward of propagating; the observation is the flow cues,
 so the policy network is an MLP). Environment specifics live in :mod:`gistgym.agents.backends`.
+``--reward f1`` (or ``errors``, ``matched``) pays Eq. 2's difference form on a per-frame
+detection signal instead of the losses (the environments' ``reward`` argument); the run's
+config.json records it and its evaluations during training use it for ``mean_reward``.
 
 Training steps a batch of ``num_envs`` episodes of the ``train`` split with the native
 batched environment (e.g. :class:`~gistgym.envs.interleave_sb3.InterleaveSB3VecEnv`). Every
@@ -55,6 +58,7 @@ from gistgym.agents.runs import (
     prepare_run_target,
     staged_run_dir,
 )
+from gistgym.envs.rewards import EQ2, REWARDS
 from gistgym.errors import ConfigError
 from gistgym.staging import check_name
 from gistgym.videos.dataset import atomic_write_json
@@ -83,6 +87,8 @@ class TrainConfig:
     """Run name (default: ALGO-gGAMMA, e.g. ddqn-g1)."""
     gamma: float = 1.0
     """Speed reward of the cheap action(s) in Eq. 2 (the paper's gamma): light extractors, propagation."""
+    reward: str = EQ2
+    """Interleave/Keyframe: eq2 (Eq. 2 on losses) or a frame signal f1, errors, matched (S^a - max_i S^i + gamma)."""
     gamma_sweep: bool = False
     """Train one run per gamma of --gammas (names ALGO-gGAMMA)."""
     gammas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.5)
@@ -201,6 +207,10 @@ def check_config(config: TrainConfig) -> None:
     ):
         if getattr(config, field_name) < 1:
             raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")
+    if config.reward not in REWARDS:
+        raise ConfigError(f"--reward {config.reward!r}: expected one of {', '.join(REWARDS)}")
+    if config.env == GLIMPSE_ENV_ID and config.reward != EQ2:
+        raise ConfigError(f"--reward {config.reward} is for Interleave-v0 and Keyframe-v0; {GLIMPSE_ENV_ID} pays Eq. 3")
     if not 0.0 < config.discount <= 1.0:
         raise ConfigError(f"--discount must be in (0, 1], got {config.discount}")
     gammas = config.gammas if config.gamma_sweep else (config.gamma,)

@@ -18,6 +18,7 @@ register(
         "speed_reward": (0.0, 1.0),
         "skip_light_updates": None,
         "history_len": 20,
+        "reward": "eq2",
     },
 )
 
@@ -31,6 +32,7 @@ register(
         "max_distance": 20,
         "speed_reward": (0.0, 0.3),
         "history_len": 20,
+        "reward": "eq2",
     },
 )
 

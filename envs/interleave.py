@@ -13,6 +13,7 @@ from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
+    DEFAULT_REWARD,
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     Transition,
@@ -28,6 +29,7 @@ ENV_ARGUMENTS = (
     "speed_reward",
     "skip_light_updates",
     "history_len",
+    "reward",
     "render_mode",
 )
 """Every constructor argument of :class:`InterleaveEnv` (the vector envs add ``num_envs``)."""
@@ -36,8 +38,11 @@ _SLOT = np.zeros(1, dtype=np.int64)
 
 
 def single_info(tr: Transition, row: int) -> dict[str, Any]:
-    """The ``info`` dict of one row of a transition (same keys at reset and at every step)."""
-    return {
+    """The ``info`` dict of one row of a transition (same keys at reset and at every step).
+
+    With a signal reward it also holds ``signals``, every extractor's ``S^i`` (aligned with ``losses``).
+    """
+    info = {
         "losses": tr.losses[row],
         "cost_flops": int(tr.cost_flops[row]),
         "frame_index": int(tr.frame_index[row]),
@@ -45,6 +50,9 @@ def single_info(tr: Transition, row: int) -> dict[str, Any]:
         "action": int(tr.actions[row]),
         "state_written": bool(tr.state_written[row]),
     }
+    if tr.signals is not None:
+        info["signals"] = tr.signals[row]
+    return info
 
 
 class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
@@ -121,6 +129,21 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     38% of the frames), so neither extractor dominates; a Pareto curve comes from a sweep
     over gamma.
 
+    With ``reward`` set to a per-frame signal ``S`` of :data:`gistgym.metrics.FRAME_SIGNALS`
+    (``"f1"``, ``"errors"`` or ``"matched"``, each higher-is-better) the same difference form
+    is paid on the frame's detections instead of its losses::
+
+        R_t(a) = S^a - max_i S^i + speed_reward[a]
+
+    where ``S^i`` scores extractor i's detections of frame ``t + 1`` (the head outputs
+    ``D^i`` decoded with the evaluation's decoding and NMS,
+    :func:`gistgym.backbones.ssdlite.postprocess`) against its ground truth with
+    :func:`gistgym.metrics.frame_signals`; ``info["signals"]`` reports them and
+    ``reward == info["signals"][a] - max(info["signals"]) + speed_reward[a]`` holds bit for
+    bit (:func:`gistgym.envs.rewards.signal_reward`). Pooled mAP is what schedulers are
+    judged by; a signal of the frame's detections may track it better than the loss. The
+    decoding costs a Python loop over the ``m`` rows of every step, paid only then.
+
     ## Starting State
 
     ``reset`` draws a video of ``split`` uniformly among those with at least ``clip_len``
@@ -145,7 +168,8 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     ``cost_flops`` (int, counted FLOPs of the executed extractor's whole step, extractor +
     memory + head, from the cache's per-module counts), ``frame_index`` (int, index in the
     video), ``video_id`` (str), ``action`` (int, the extractor that ran: 0 at reset) and
-    ``state_written`` (bool, whether the carried state was replaced).
+    ``state_written`` (bool, whether the carried state was replaced). With a signal reward
+    also ``signals`` ((m,) float64, ``S^i`` of the frame just processed, aligned with ``losses``).
 
     ## Arguments
 
@@ -159,6 +183,8 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     | skip_light_updates | None                   | light steps keep the carried state; None = the rule the   |
     |                    |                        | cached detector was trained with                          |
     | history_len        | 20                     | length of the action history ``η``                        |
+    | reward             | ``"eq2"``              | ``"eq2"`` (Eq. 2 from the losses) or a per-frame signal   |
+    |                    |                        | ``"f1"``, ``"errors"``, ``"matched"`` (see Rewards)       |
 
     Example (``gistgym cache build --videos data/bench --out runs/bench.h5`` makes the cache)::
 
@@ -168,6 +194,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
 
         env = gym.make("gistgym/Interleave-v0", cache_path="runs/bench.h5", split="train",
                        extractors=("heavy", "light", "light+shift"), speed_reward=(0.0, 1.0, 1.2))
+        f1_env = gym.make("gistgym/Interleave-v0", cache_path="runs/bench.h5", reward="f1", speed_reward=(0.0, 0.2))
         envs = gym.make_vec("gistgym/Interleave-v0", num_envs=64, vectorization_mode="vector_entry_point",
                             cache_path="runs/bench.h5")
         sb3_envs = InterleaveSB3VecEnv("runs/bench.h5", num_envs=64)  # SB3 VecEnv, same-step resets
@@ -190,7 +217,8 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version; the ``reward`` argument was added later with a default
+      (``"eq2"``) that pays exactly what v0 always paid.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class-attribute API)
@@ -205,6 +233,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
         speed_reward: Sequence[float] = DEFAULT_SPEED_REWARD,
         skip_light_updates: bool | None = None,
         history_len: int = DEFAULT_HISTORY_LEN,
+        reward: str = DEFAULT_REWARD,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -219,6 +248,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
             speed_reward=speed_reward,
             skip_light_updates=skip_light_updates,
             history_len=history_len,
+            reward=reward,
         )
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
@@ -243,6 +273,11 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     def clip_len(self) -> int:
         """Frames per episode."""
         return self.core.clip_len
+
+    @property
+    def reward(self) -> str:
+        """The reward paid: ``"eq2"`` or a per-frame signal name."""
+        return self.core.reward
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

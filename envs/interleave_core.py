@@ -3,18 +3,20 @@
 One :class:`InterleaveCore` holds ``num_slots`` episodes side by side and advances any
 subset of them with **one** batched torch call: for each advancing slot it runs the frozen
 memory and head on the cached features of the slot's next frame with **every** extractor
-(``len(slots) * m`` rows), scores each row with the detector's own per-frame loss, keeps
-the executed extractor's state according to the skip rule and builds the observations.
-The single environment is a core with one slot, the vector environments cores with N, so
-both run the same code (see :class:`~gistgym.envs.interleave.InterleaveEnv` for the MDP).
+(``len(slots) * m`` rows), scores each row with the detector's own per-frame loss (and,
+with a signal reward, decodes each row's detections and scores them against the frame's
+ground truth), keeps the executed extractor's state according to the skip rule and
+builds the observations. The single environment is a core with one slot, the vector
+environments cores with N, so both run the same code (see
+:class:`~gistgym.envs.interleave.InterleaveEnv` for the MDP).
 
-Prepared videos (features of the chosen extractors stacked in action order, and the
-detection targets of every frame matched to the anchors once) are kept in a process-wide
-memo, :data:`EPISODE_MEMO`, bounded in bytes: a video is read from the cache file (one
-``load_episode``) and matched to the anchors the first time any environment of the process
-starts a clip in it, and later resets copy the clip from memory. Matching targets costs
-about as much as reading the episode, and both together would otherwise dominate a
-batched step.
+Prepared videos (features of the chosen extractors stacked in action order, the detection
+targets of every frame matched to the anchors once, and the raw ground truth) are kept in
+a process-wide memo, :data:`EPISODE_MEMO`, bounded in bytes: a video is read from the
+cache file (one ``load_episode``) and matched to the anchors the first time any
+environment of the process starts a clip in it, and later resets copy the clip from
+memory. Matching targets costs about as much as reading the episode, and both together
+would otherwise dominate a batched step.
 """
 
 from __future__ import annotations
@@ -34,18 +36,21 @@ from gymnasium import spaces
 from torch import Tensor
 
 from gistgym.backbones.convlstm import LSTMState
-from gistgym.backbones.ssdlite import DetectionTargets, build_targets, frame_detection_loss
-from gistgym.envs.rewards import interleave_reward
+from gistgym.backbones.ssdlite import DetectionTargets, build_targets, frame_detection_loss, postprocess
+from gistgym.envs.rewards import EQ2, REWARDS, interleave_reward, signal_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, UnknownEnvArgumentError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.schema import SECTION_INTERLEAVE
 from gistgym.feature_cache.sections import interleave_modules
+from gistgym.metrics import frame_signals
+from gistgym.videos.synthetic import FrameAnnotation
 
 DEFAULT_CLIP_LEN = 40
 DEFAULT_EXTRACTORS = ("heavy", "light")
 DEFAULT_GAMMA = 1.0
 DEFAULT_SPEED_REWARD = (0.0, DEFAULT_GAMMA)
 DEFAULT_HISTORY_LEN = 20
+DEFAULT_REWARD = EQ2
 
 MEMO_BYTES = 512 * 2**20
 """Default byte budget of :data:`EPISODE_MEMO`."""
@@ -79,7 +84,7 @@ def check_env_kwargs(owner: str, unknown: Mapping[str, Any], valid: Sequence[str
 # --- prepared videos and their memo ---------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class PreparedVideo:
-    """One video's environment inputs: features of the chosen extractors and matched targets."""
+    """One video's environment inputs: features of the chosen extractors, matched targets and ground truth."""
 
     video_id: str
     features: Tensor
@@ -88,11 +93,15 @@ class PreparedVideo:
     """(T, A) int64 class per anchor (0 = background), as :func:`build_targets` matches them."""
     offsets: Tensor
     """(T, A, 4) float32 encoded box targets."""
+    ground_truth: tuple[FrameAnnotation, ...] = ()
+    """The raw per-frame ground truth (boxes and labels) a signal reward scores detections against."""
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the tensors."""
-        return sum(t.element_size() * t.nelement() for t in (self.features, self.labels, self.offsets))
+        """Memory held by the tensors and the ground truth's arrays."""
+        tensors = sum(t.element_size() * t.nelement() for t in (self.features, self.labels, self.offsets))
+        arrays = (a for f in self.ground_truth for a in (f.boxes, f.labels, f.track_ids, f.speeds))
+        return tensors + sum(int(a.nbytes) for a in arrays)
 
     def __repr__(self) -> str:
         return f"PreparedVideo({self.video_id!r}, features={tuple(self.features.shape)}, nbytes={self.nbytes})"
@@ -185,6 +194,17 @@ def _check_extractors(value: object, available: tuple[str, ...], path: Path) -> 
     return names
 
 
+def check_reward(value: object) -> str:
+    """The ``reward`` argument of the Interleave and Keyframe environments, validated.
+
+    Raises:
+        EnvArgumentError: ``value`` is not one of :data:`gistgym.envs.rewards.REWARDS`.
+    """
+    if not isinstance(value, str) or value not in REWARDS:
+        raise EnvArgumentError(f"reward must be one of {', '.join(map(repr, REWARDS))}, got reward={value!r}")
+    return value
+
+
 def _check_speed_reward(value: object, extractors: tuple[str, ...]) -> tuple[float, ...]:
     m = len(extractors)
     example = (0.0, *([DEFAULT_GAMMA] * (m - 1)))
@@ -219,7 +239,7 @@ class Transition:
     losses: np.ndarray
     """(n, m) float64 per-extractor losses of the frame just processed."""
     rewards: np.ndarray
-    """(n,) float64 Eq. 2 rewards (0 for a clip's first frame, which no action chose)."""
+    """(n,) float64 rewards, Eq. 2 or the signal reward (0 for a clip's first frame, which no action chose)."""
     truncated: np.ndarray
     """(n,) bool: the frame just processed was the clip's last."""
     actions: np.ndarray
@@ -233,6 +253,8 @@ class Transition:
     """(n,) bool: the carried memory state was replaced by this step's."""
     first: np.ndarray
     """(n,) bool: the row processed a clip's first frame (a reset)."""
+    signals: np.ndarray | None = None
+    """(n, m) float64 every extractor's per-frame signal ``S^i`` (``None`` with ``reward="eq2"``)."""
 
 
 # --- clips ----------------------------------------------------------------------------------
@@ -339,6 +361,9 @@ class InterleaveCore(ClipSource):
         skip_light_updates: Whether light steps leave the carried state alone (``None``: the
             rule the cached detector was trained with).
         history_len: Length of the action-history vector.
+        reward: ``"eq2"`` (Eq. 2 from the per-frame losses) or a per-frame signal of
+            :data:`gistgym.metrics.FRAME_SIGNALS` (every extractor's head outputs are then
+            decoded and scored against the frame's ground truth each step).
 
     Raises:
         CacheError: Missing or unreadable cache, unknown split, no FLOP counts.
@@ -357,8 +382,10 @@ class InterleaveCore(ClipSource):
         speed_reward: Sequence[float],
         skip_light_updates: bool | None,
         history_len: int,
+        reward: str = DEFAULT_REWARD,
     ) -> None:
         self.num_slots = _check_int("num_envs", num_slots, 1)
+        self.reward = check_reward(reward)
         if not isinstance(cache_path, str | os.PathLike):
             raise EnvArgumentError(f"cache_path must be the path of a feature cache file, got {cache_path!r}")
         self.cache = FeatureCache(Path(cache_path), sections=(SECTION_INTERLEAVE,))
@@ -413,6 +440,8 @@ class InterleaveCore(ClipSource):
         self._loaded = np.zeros(n, dtype=bool)
         self._start = np.zeros(n, dtype=np.int64)
         self._video: list[str] = [""] * n
+        # each slot's clip ground truth, kept only for a signal reward (the only reader)
+        self._ground_truth: list[tuple[FrameAnnotation, ...]] = [()] * n
         self._history = np.zeros((n, self.history_len), dtype=np.int8)
         self.record_outputs = False
         """When True, :meth:`advance` keeps the executed extractor's head outputs in ``last_outputs``."""
@@ -464,7 +493,7 @@ class InterleaveCore(ClipSource):
                 [torch.tensor(f.labels, dtype=torch.int64) for f in frames],
                 self.head.anchors,
             )
-            video = PreparedVideo(video_id, torch.from_numpy(feats), targets.labels, targets.offsets)
+            video = PreparedVideo(video_id, torch.from_numpy(feats), targets.labels, targets.offsets, tuple(frames))
             EPISODE_MEMO.put(key, video)
         return video
 
@@ -475,6 +504,8 @@ class InterleaveCore(ClipSource):
         self._features[slot] = video.features[start:end]
         self._labels[slot] = video.labels[start:end]
         self._offsets[slot] = video.offsets[start:end]
+        if self.reward != EQ2:
+            self._ground_truth[slot] = video.ground_truth[start:end]
         self._c[slot] = 0.0
         self._h[slot] = 0.0
         self._history[slot] = 0
@@ -528,6 +559,24 @@ class InterleaveCore(ClipSource):
         losses = frame_detection_loss(loc, conf, targets).view(n, m)
         return c_prev, h_prev, new, loc, conf, losses
 
+    def _signals(self, slots: np.ndarray, t: np.ndarray, loc: Tensor, conf: Tensor) -> np.ndarray:
+        """Every extractor's signal on frame ``t`` of every slot, from its head outputs (n * m rows).
+
+        The rows are decoded with the evaluation's decoding and NMS
+        (:func:`~gistgym.backbones.ssdlite.postprocess`, boxes clipped to the image) and
+        scored against the frame's ground truth with :func:`~gistgym.metrics.frame_signals`.
+
+        Returns:
+            (n, m) float64.
+        """
+        m = self.num_actions
+        detections = postprocess(loc, conf, self.head.anchors, image_size=(self.image_size,) * 2)
+        frames = [self._ground_truth[s][k] for s, k in zip(slots.tolist(), t.tolist(), strict=True)]
+        out = np.array(
+            [frame_signals(frames[r // m], det)[self.reward] for r, det in enumerate(detections)], dtype=np.float64
+        )
+        return out.reshape(len(slots), m)
+
     def peek_losses(self, slots: np.ndarray) -> np.ndarray:
         """Every extractor's loss on each slot's **next** frame, without advancing anything.
 
@@ -569,6 +618,7 @@ class InterleaveCore(ClipSource):
             c_hat, h_hat = new.c.index_select(0, rows), new.h.index_select(0, rows)
             if self.record_outputs:
                 self.last_outputs = (loc.index_select(0, rows), conf.index_select(0, rows))
+            signals = None if self.reward == EQ2 else self._signals(slots, t, loc, conf)
             written = first | (executed == 0) | (not self.skip_light_updates)
             if written.all():
                 self._c.index_copy_(0, sl, c_hat)
@@ -584,7 +634,10 @@ class InterleaveCore(ClipSource):
         self._history[slots] = history
         self._t[slots] = t
         losses64 = losses.numpy().astype(np.float64)
-        rewards = interleave_reward(losses64, executed, self.speed_reward_array)
+        if signals is None:
+            rewards = interleave_reward(losses64, executed, self.speed_reward_array)
+        else:
+            rewards = signal_reward(signals, executed, self.speed_reward_array)
         rewards[first] = 0.0
         return Transition(
             state=obs,
@@ -598,6 +651,7 @@ class InterleaveCore(ClipSource):
             video_ids=tuple(self._video[s] for s in slots.tolist()),
             state_written=written,
             first=first,
+            signals=signals,
         )
 
     def close(self) -> None:

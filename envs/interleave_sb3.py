@@ -21,6 +21,7 @@ from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
+    DEFAULT_REWARD,
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     Transition,
@@ -58,6 +59,7 @@ class InterleaveSB3VecEnv(SlotSB3VecEnv[Transition]):
         speed_reward: Sequence[float] = DEFAULT_SPEED_REWARD,
         skip_light_updates: bool | None = None,
         history_len: int = DEFAULT_HISTORY_LEN,
+        reward: str = DEFAULT_REWARD,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -71,5 +73,6 @@ class InterleaveSB3VecEnv(SlotSB3VecEnv[Transition]):
             speed_reward=speed_reward,
             skip_light_updates=skip_light_updates,
             history_len=history_len,
+            reward=reward,
         )
         super().__init__(core, _unpack)

@@ -13,6 +13,7 @@ from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
+    DEFAULT_REWARD,
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     Transition,
@@ -26,6 +27,8 @@ from gistgym.envs.vector_common import seeds_for as seeds_for
 VECTOR_ARGUMENTS = ("num_envs", *ENV_ARGUMENTS)
 
 INFO_KEYS = ("losses", "cost_flops", "frame_index", "video_id", "action", "state_written")
+SIGNAL_INFO_KEY = "signals"
+"""The key a signal reward adds to ``info``: (N, m) float64 ``S^i``."""
 
 
 def batched_info(tr: Transition) -> dict[str, Any]:
@@ -41,7 +44,11 @@ def batched_info(tr: Transition) -> dict[str, Any]:
         "action": tr.actions,
         "state_written": tr.state_written,
     }
-    for key in INFO_KEYS:
+    keys: tuple[str, ...] = INFO_KEYS
+    if tr.signals is not None:
+        info[SIGNAL_INFO_KEY] = tr.signals
+        keys = (*INFO_KEYS, SIGNAL_INFO_KEY)
+    for key in keys:
         info[f"_{key}"] = np.ones(n, dtype=bool)
     return info
 
@@ -79,7 +86,8 @@ class InterleaveVectorEnv(SlotVectorEnv[Transition]):
     ## Info
 
     The single environment's keys, each an array over the slots (``video_id`` an object
-    array), with Gymnasium's ``_key`` masks (always all True: every slot reports every key).
+    array; ``signals`` (N, m) with a signal reward), with Gymnasium's ``_key`` masks (always
+    all True: every slot reports every key).
     """
 
     step_before_reset_message = "the episode is over (or never started); call reset() before step()"
@@ -95,6 +103,7 @@ class InterleaveVectorEnv(SlotVectorEnv[Transition]):
         speed_reward: Sequence[float] = DEFAULT_SPEED_REWARD,
         skip_light_updates: bool | None = None,
         history_len: int = DEFAULT_HISTORY_LEN,
+        reward: str = DEFAULT_REWARD,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -108,5 +117,6 @@ class InterleaveVectorEnv(SlotVectorEnv[Transition]):
             speed_reward=speed_reward,
             skip_light_updates=skip_light_updates,
             history_len=history_len,
+            reward=reward,
         )
         super().__init__(core, _unpack)

@@ -21,8 +21,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from gistgym.envs.interleave_core import ClipSource, _check_int, check_env_kwargs
-from gistgym.envs.rewards import keyframe_reward
+from gistgym.envs.interleave_core import ClipSource, _check_int, check_env_kwargs, check_reward
+from gistgym.envs.rewards import EQ2, keyframe_reward, signal_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, InvalidActionError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.keyframe import (
@@ -32,6 +32,7 @@ from gistgym.feature_cache.keyframe import (
     CUES,
     LOSS,
     SECTION_KEYFRAME,
+    signal_table,
 )
 
 DEFAULT_CLIP_LEN = 48
@@ -39,6 +40,7 @@ DEFAULT_MAX_DISTANCE = 20
 DEFAULT_GAMMA = 0.3
 DEFAULT_SPEED_REWARD = (0.0, DEFAULT_GAMMA)
 DEFAULT_HISTORY_LEN = 20
+DEFAULT_REWARD = EQ2
 
 KEY, PROPAGATE = 0, 1
 """The two actions."""
@@ -46,11 +48,22 @@ KEY, PROPAGATE = 0, 1
 CUE_HIGH = np.array([64.0, 64.0, 1.0, 10.0], dtype=np.float32)
 """Observation bounds of the cues (pixels, pixels, fraction, |S - 1|); values are clipped to them."""
 
-ENV_ARGUMENTS = ("cache_path", "split", "clip_len", "max_distance", "speed_reward", "history_len", "render_mode")
+ENV_ARGUMENTS = (
+    "cache_path",
+    "split",
+    "clip_len",
+    "max_distance",
+    "speed_reward",
+    "history_len",
+    "reward",
+    "render_mode",
+)
 """Every constructor argument of :class:`KeyframeEnv` (the vector envs add ``num_envs``)."""
 
 INFO_KEYS = ("loss_key", "loss_prop", "distance", "forced", "action", "cost_flops", "frame_index", "video_id")
 """Keys of ``info``, the same at reset and at every step."""
+SIGNAL_INFO_KEYS = ("signal_key", "signal_prop")
+"""Keys a signal reward adds to ``info``: ``S(t, 0)`` and ``S(t, d)`` beside ``loss_key`` and ``loss_prop``."""
 
 
 def _check_speed_reward(value: object) -> tuple[float, float]:
@@ -78,6 +91,9 @@ class KeyframeCore(ClipSource):
         max_distance: D_max: a frame this far from its keyframe is made a keyframe.
         speed_reward: ``(keyframe, propagate)`` speed rewards.
         history_len: Length of the keyframe history.
+        reward: ``"eq2"`` (from the cached losses) or a per-frame signal of
+            :data:`gistgym.metrics.FRAME_SIGNALS`, tabulated per video from the cached
+            detections and the ground truth when the video is first loaded.
 
     Raises:
         CacheError: Missing or unreadable cache, unknown split, no DFF costs.
@@ -97,8 +113,10 @@ class KeyframeCore(ClipSource):
         max_distance: int,
         speed_reward: Sequence[float],
         history_len: int,
+        reward: str = DEFAULT_REWARD,
     ) -> None:
         self.num_slots = _check_int("num_envs", num_slots, 1)
+        self.reward = check_reward(reward)
         if not isinstance(cache_path, str | os.PathLike):
             raise EnvArgumentError(f"cache_path must be the path of a feature cache file, got {cache_path!r}")
         self.cache = FeatureCache(Path(cache_path), sections=(SECTION_KEYFRAME,))
@@ -127,11 +145,13 @@ class KeyframeCore(ClipSource):
         self.history_len = _check_int("history_len", history_len, 1)
         self._set_split(split, path)
         self._tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._signal_tables: dict[str, np.ndarray] = {}
 
         n, L, D1, Q = self.num_slots, self.clip_len, self.max_distance + 1, len(self.cue_names)
         # one clip per slot, plus the frame after it when the video has one (the observation
         # returned with truncation describes it, so value targets can bootstrap)
         self._loss = np.zeros((n, L + 1, D1), dtype=np.float64)
+        self._signal = np.zeros((n, L + 1, D1), dtype=np.float64) if self.reward != EQ2 else None
         self._cues = np.zeros((n, L + 1, D1, Q), dtype=np.float32)
         self._t = np.full(n, -1, dtype=np.int64)
         self._d = np.zeros(n, dtype=np.int64)
@@ -159,15 +179,33 @@ class KeyframeCore(ClipSource):
 
     # --- episodes ---------------------------------------------------------------------------
     def tables(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(loss (T, D+1) float64, cues (T, D+1, Q) float32)`` of a video, read once per core."""
+        """``(loss (T, D+1) float64, cues (T, D+1, Q) float32)`` of a video, read once per core.
+
+        With a signal reward, reading the video also computes its signal table
+        (:meth:`signals`) from the cached detections and the ground truth.
+        """
         if video_id not in self._tables:
             ep = self.cache.load_episode(video_id, sections=(SECTION_KEYFRAME,))
             arrays = ep.sections[SECTION_KEYFRAME]
             D1 = self.max_distance + 1
             loss = np.asarray(arrays[LOSS][:, :D1], dtype=np.float64)
             cues = np.clip(np.asarray(arrays[CUES][:, :D1], dtype=np.float32), 0.0, CUE_HIGH)
+            if self.reward != EQ2:
+                truth = [ep.ground_truth(t) for t in range(ep.num_frames)]
+                self._signal_tables[video_id] = signal_table(arrays, truth, self.reward, self.max_distance)
             self._tables[video_id] = (loss, cues)
         return self._tables[video_id]
+
+    def signals(self, video_id: str) -> np.ndarray:
+        """The video's (T, D+1) float64 signal table of the ``reward`` signal (``-inf`` where d > t).
+
+        Raises:
+            EnvStateError: The reward is ``"eq2"`` (no signal is tabulated).
+        """
+        if self.reward == EQ2:
+            raise EnvStateError('reward="eq2" tabulates no signal; make the core with a signal reward')
+        self.tables(video_id)
+        return self._signal_tables[video_id]
 
     def load(self, slot: int, video_id: str, start: int) -> None:
         """Put the clip ``video_id[start : start + clip_len]`` into ``slot``."""
@@ -178,6 +216,9 @@ class KeyframeCore(ClipSource):
         self._cues[slot, :n] = cues[start:end]
         self._loss[slot, n:] = 0.0
         self._cues[slot, n:] = 0.0
+        if self._signal is not None:
+            self._signal[slot, :n] = self._signal_tables[video_id][start:end]
+            self._signal[slot, n:] = 0.0
         self._history[slot] = 0
         self._t[slot] = -1
         self._d[slot] = 0
@@ -202,7 +243,8 @@ class KeyframeCore(ClipSource):
 
         Returns:
             ``obs`` (batched dict), ``reward`` (n,) float64, ``truncated`` (n,) bool, ``first``
-            (n,) bool and the :data:`INFO_KEYS` arrays.
+            (n,) bool and the :data:`INFO_KEYS` arrays (plus :data:`SIGNAL_INFO_KEYS` with a
+            signal reward).
 
         Raises:
             EnvStateError: A slot was never loaded or its clip is over.
@@ -214,10 +256,18 @@ class KeyframeCore(ClipSource):
         d = np.where(first, 0, self._d[slots])
         forced = first | (d >= self.max_distance)
         executed = np.where(forced, KEY, actions).astype(np.int64)
+        rows = self._row[: len(slots)]
         loss = self._loss[slots, t]
         loss_key = loss[:, 0]
-        loss_prop = loss[self._row[: len(slots)], d]
-        rewards = keyframe_reward(loss_key, loss_prop, executed, self.speed_reward_array)
+        loss_prop = loss[rows, d]
+        signals: dict[str, np.ndarray] = {}
+        if self._signal is None:
+            rewards = keyframe_reward(loss_key, loss_prop, executed, self.speed_reward_array)
+        else:
+            signal = self._signal[slots, t]
+            pair = np.stack([signal[:, 0], signal[rows, d]], axis=1)
+            rewards = signal_reward(pair, executed, self.speed_reward_array)
+            signals = {"signal_key": pair[:, 0], "signal_prop": pair[:, 1]}
         rewards[first] = 0.0
         next_d = np.where(executed == KEY, 1, d + 1)
         history = self._history[slots]
@@ -245,6 +295,7 @@ class KeyframeCore(ClipSource):
             "cost_flops": self.action_flops[executed],
             "frame_index": self._start[slots] + t,
             "video_id": self.video_ids[slots],
+            **signals,
         }
 
     def close(self) -> None:
@@ -254,7 +305,7 @@ class KeyframeCore(ClipSource):
 
 def single_info(out: Mapping[str, Any], row: int) -> dict[str, Any]:
     """The ``info`` dict of one row of :meth:`KeyframeCore.advance` (same keys at reset and every step)."""
-    return {
+    info: dict[str, Any] = {
         "loss_key": float(out["loss_key"][row]),
         "loss_prop": float(out["loss_prop"][row]),
         "distance": int(out["distance"][row]),
@@ -264,6 +315,10 @@ def single_info(out: Mapping[str, Any], row: int) -> dict[str, Any]:
         "frame_index": int(out["frame_index"][row]),
         "video_id": str(out["video_id"][row]),
     }
+    if "signal_key" in out:  # a signal reward
+        info["signal_key"] = float(out["signal_key"][row])
+        info["signal_prop"] = float(out["signal_prop"][row])
+    return info
 
 
 def single_obs(out: Mapping[str, Any], row: int) -> dict[str, np.ndarray]:
@@ -327,6 +382,21 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
     for bit, with ``L_a = info["loss_key"]`` if ``info["action"] == 0`` else
     ``info["loss_prop"]``. A forced keyframe is paid as a keyframe.
 
+    With ``reward`` set to a per-frame signal ``S`` of :data:`gistgym.metrics.FRAME_SIGNALS`
+    (``"f1"``, ``"errors"`` or ``"matched"``, each higher-is-better) the same difference form
+    is paid on the frame's detections::
+
+        R_t(a) = S_a - max(S_key, S_prop) + speed_reward[a]
+
+    with ``S_key = S(t, 0)`` and ``S_prop = S(t, d)`` the signal of the cached DFF detections
+    of frame ``t`` with its keyframe at distance 0 and ``d``, scored against the frame's
+    ground truth by :func:`gistgym.metrics.frame_signals`. The table ``S(t, d)`` is computed
+    once per video when the video is first loaded
+    (:func:`gistgym.feature_cache.keyframe.signal_table`), so a step stays a lookup;
+    ``info["signal_key"]`` and ``info["signal_prop"]`` report it and
+    ``reward == S_a - max(info["signal_key"], info["signal_prop"]) + speed_reward[a]`` holds
+    bit for bit (:func:`gistgym.envs.rewards.signal_reward`).
+
     ## Starting State
 
     ``reset`` draws a video of ``split`` uniformly among those with at least ``clip_len``
@@ -347,6 +417,8 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
     ``cost_flops`` (int, counted FLOPs of what ran: N_feat + N_task for a keyframe,
     F + W + N_task for a propagated frame; a scheduler that reads the cues also runs F
     before deciding a keyframe), ``frame_index`` (int, in the video) and ``video_id`` (str).
+    With a signal reward also ``signal_key`` and ``signal_prop`` (float, ``S(t, 0)`` and
+    ``S(t, d)``, the signal's counterparts of ``loss_key`` and ``loss_prop``).
 
     ## Arguments
 
@@ -358,6 +430,8 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
     | max_distance | 20            | D_max: keyframe forced at this distance (<= the cached D_max)  |
     | speed_reward | ``(0.0, 0.3)``| ``(keyframe, propagate)`` speed reward                         |
     | history_len  | 20            | length of the keyframe history                                 |
+    | reward       | ``"eq2"``     | ``"eq2"`` (from the losses) or a per-frame signal ``"f1"``,    |
+    |              |               | ``"errors"``, ``"matched"`` (see Rewards)                      |
 
     Example (``gistgym cache build --videos data/bench --out runs/keyframe/bench.h5`` makes
     the cache)::
@@ -366,6 +440,7 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
         import gistgym.envs  # registers the ids
 
         env = gym.make("gistgym/Keyframe-v0", cache_path="runs/keyframe/bench.h5", speed_reward=(0.0, 0.5))
+        f1_env = gym.make("gistgym/Keyframe-v0", cache_path="runs/keyframe/bench.h5", reward="f1")
         envs = gym.make_vec("gistgym/Keyframe-v0", num_envs=1024, vectorization_mode="vector_entry_point",
                             cache_path="runs/keyframe/bench.h5")
 
@@ -376,7 +451,8 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version; the ``reward`` argument was added later with a default
+      (``"eq2"``) that pays exactly what v0 always paid.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class-attribute API)
@@ -390,6 +466,7 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
         max_distance: int = DEFAULT_MAX_DISTANCE,
         speed_reward: Sequence[float] = DEFAULT_SPEED_REWARD,
         history_len: int = DEFAULT_HISTORY_LEN,
+        reward: str = DEFAULT_REWARD,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -403,6 +480,7 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
             max_distance=max_distance,
             speed_reward=speed_reward,
             history_len=history_len,
+            reward=reward,
         )
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
@@ -416,6 +494,11 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
     def max_distance(self) -> int:
         """D_max in force."""
         return self.core.max_distance
+
+    @property
+    def reward(self) -> str:
+        """The reward paid: ``"eq2"`` or a per-frame signal name."""
+        return self.core.reward
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -18,9 +18,11 @@ from gistgym.envs.keyframe import (
     DEFAULT_CLIP_LEN,
     DEFAULT_HISTORY_LEN,
     DEFAULT_MAX_DISTANCE,
+    DEFAULT_REWARD,
     DEFAULT_SPEED_REWARD,
     ENV_ARGUMENTS,
     INFO_KEYS,
+    SIGNAL_INFO_KEYS,
     KeyframeCore,
     single_info,
 )
@@ -33,10 +35,11 @@ VECTOR_ARGUMENTS = ("num_envs", *ENV_ARGUMENTS)
 def batched_info(out: Mapping[str, Any]) -> dict[str, Any]:
     """Gymnasium's vector ``info`` layout: one array per key plus an all-True ``_key`` mask."""
     n = len(out["action"])
-    info: dict[str, Any] = {k: out[k] for k in INFO_KEYS}
+    keys = (*INFO_KEYS, *SIGNAL_INFO_KEYS) if SIGNAL_INFO_KEYS[0] in out else INFO_KEYS
+    info: dict[str, Any] = {k: out[k] for k in keys}
     info["video_id"] = out["video_id"].copy()
     mask = np.ones(n, dtype=bool)
-    for key in INFO_KEYS:
+    for key in keys:
         info[f"_{key}"] = mask
     return info
 
@@ -72,7 +75,8 @@ class KeyframeVectorEnv(SlotVectorEnv[Mapping[str, Any]]):
     ## Info
 
     The single environment's keys, each an array over the slots (``video_id`` an object
-    array), with Gymnasium's ``_key`` masks (always all True).
+    array; ``signal_key`` and ``signal_prop`` with a signal reward), with Gymnasium's
+    ``_key`` masks (always all True).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class KeyframeVectorEnv(SlotVectorEnv[Mapping[str, Any]]):
         max_distance: int = DEFAULT_MAX_DISTANCE,
         speed_reward: Sequence[float] = DEFAULT_SPEED_REWARD,
         history_len: int = DEFAULT_HISTORY_LEN,
+        reward: str = DEFAULT_REWARD,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -97,6 +102,7 @@ class KeyframeVectorEnv(SlotVectorEnv[Mapping[str, Any]]):
             max_distance=max_distance,
             speed_reward=speed_reward,
             history_len=history_len,
+            reward=reward,
         )
         super().__init__(core, _unpack)
 
@@ -123,6 +129,7 @@ class KeyframeSB3VecEnv(SlotSB3VecEnv[Mapping[str, Any]]):
         max_distance: int = DEFAULT_MAX_DISTANCE,
         speed_reward: Sequence[float] = DEFAULT_SPEED_REWARD,
         history_len: int = DEFAULT_HISTORY_LEN,
+        reward: str = DEFAULT_REWARD,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -135,5 +142,6 @@ class KeyframeSB3VecEnv(SlotSB3VecEnv[Mapping[str, Any]]):
             max_distance=max_distance,
             speed_reward=speed_reward,
             history_len=history_len,
+            reward=reward,
         )
         super().__init__(core, _unpack_rows)

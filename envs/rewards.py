@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from gistgym.metrics import FRAME_SIGNALS
+
+EQ2 = "eq2"
+"""The default reward: Eq. 2 of *Looking Fast and Slow* from the detector's per-frame losses."""
+REWARDS = (EQ2, *FRAME_SIGNALS)
+"""Valid values of the Interleave and Keyframe environments' ``reward`` argument: Eq. 2, or
+one of :data:`gistgym.metrics.FRAME_SIGNALS` paid by :func:`signal_reward`."""
+
 
 def interleave_reward(losses: np.ndarray, actions: np.ndarray, speed_reward: np.ndarray) -> np.ndarray:
     """Eq. 2 of *Looking Fast and Slow*: ``R(a) = min_i L^i - L^a + speed_reward[a]``.
@@ -47,6 +55,28 @@ def keyframe_reward(
     """
     chosen = np.where(actions == 0, loss_key, loss_prop)
     return (np.minimum(loss_key, loss_prop) - chosen) + speed_reward[actions]
+
+
+def signal_reward(signals: np.ndarray, actions: np.ndarray, speed_reward: np.ndarray) -> np.ndarray:
+    """Eq. 2's difference form for a higher-is-better per-frame signal: ``R(a) = S^a - max_i S^i + speed_reward[a]``.
+
+    ``S^i`` is a per-frame quality signal of the detections action ``i`` would have produced
+    on the frame (:func:`gistgym.metrics.frame_signals`: ``f1``, ``errors``, ``matched``,
+    each higher-is-better). As in Eq. 2 the accuracy part is <= 0 and zero when the chosen
+    action's detections were (one of) the best on this frame.
+
+    Args:
+        signals: (B, m) float64 per-action signals ``S^i`` of one frame per row.
+        actions: (B,) integer action that was executed in each row.
+        speed_reward: (m,) float64 speed reward of each action.
+
+    Returns:
+        (B,) float64 rewards, computed as ``(S^a - max) + speed_reward[a]`` in float64, the
+        same operations in the same order as ``info_signals[a] - max(info_signals) +
+        speed_reward[a]`` on Python floats, so the two agree exactly.
+    """
+    rows = np.arange(len(actions))
+    return (signals[rows, actions] - signals.max(axis=1)) + speed_reward[actions]
 
 
 def glimpse_reward(margin: np.ndarray, best_before: np.ndarray) -> np.ndarray:

@@ -28,7 +28,9 @@ max flow magnitude (pixels), the fraction of feature cells displaced by more tha
 With these tables the loss, the observation and the detections of **any** keyframe
 schedule are lookups: :func:`schedule_detections` picks frame ``t``'s detections at its
 schedule's distance, so ``gistgym.metrics.detection_map50`` scores the schedule exactly as
-running DFF with it would (same models, same NMS).
+running DFF with it would (same models, same NMS), and :func:`signal_table` scores every
+(t, d) with a per-frame signal against the ground truth (the Keyframe environment's signal
+rewards, a hindsight oracle's objective).
 
 The DFF model (role ``dff``, :mod:`gistgym.backbones.dff`) is self-contained: its N_feat is
 its own copy of the heavy extractor it was trained with, so this section does not depend
@@ -54,6 +56,7 @@ from gistgym.backbones.dff import (
 from gistgym.backbones.ssdlite import Detections, build_targets, frame_detection_loss
 from gistgym.feature_cache.hdf5 import EmbeddedArrays
 from gistgym.feature_cache.sections import FrozenModels, FrozenModelSpec, Section, register_section
+from gistgym.metrics import FRAME_SIGNALS, BoxesAndLabels, frame_signals
 from gistgym.videos.dataset import VideoRecord
 
 SECTION_KEYFRAME = "keyframe"
@@ -82,6 +85,8 @@ LARGE_DISPLACEMENT_PX = 4.0
 CUE_NAMES = ("mean_flow_px", "max_flow_px", "large_displacement_fraction", "mean_abs_scale_minus_1")
 INVALID = -1.0
 """Value of ``loss`` and ``cues`` where d > t."""
+INVALID_SIGNAL = -np.inf
+"""Value of :func:`signal_table` where d > t (no such keyframe): never the best of a maximum."""
 PAIR_BATCH = 512
 """(t, d) pairs per forward pass of F, W and N_task."""
 
@@ -217,16 +222,55 @@ def schedule_detections(tables: Mapping[str, np.ndarray], distances: Sequence[in
     t = np.arange(T)
     if (d < 0).any() or (d >= D1).any() or (d > t).any():
         raise ValueError(f"distances must lie in [0, min(t, {D1 - 1})], got {d.tolist()}")
-    out = []
-    for ti, di in zip(t.tolist(), d.tolist(), strict=True):
-        n = int(tables[DET_COUNT][ti, di])
-        out.append(
-            Detections(
-                tables[DET_BOXES][ti, di, :n].astype(np.float32),
-                tables[DET_SCORES][ti, di, :n].astype(np.float32),
-                tables[DET_LABELS][ti, di, :n].astype(np.int64),
-            )
-        )
+    return [_detections_at(tables, ti, di) for ti, di in zip(t.tolist(), d.tolist(), strict=True)]
+
+
+def _detections_at(tables: Mapping[str, np.ndarray], t: int, d: int) -> Detections:
+    """Frame ``t``'s cached detections with its keyframe at distance ``d``."""
+    n = int(tables[DET_COUNT][t, d])
+    return Detections(
+        tables[DET_BOXES][t, d, :n].astype(np.float32),
+        tables[DET_SCORES][t, d, :n].astype(np.float32),
+        tables[DET_LABELS][t, d, :n].astype(np.int64),
+    )
+
+
+def signal_table(
+    tables: Mapping[str, np.ndarray], ground_truth: Sequence[BoxesAndLabels], signal: str, max_distance: int
+) -> np.ndarray:
+    """A per-frame detection signal of every (frame, keyframe distance) of one video.
+
+    Entry ``(t, d)`` is :func:`gistgym.metrics.frame_signals` ``[signal]`` of the cached DFF
+    detections of frame ``t`` with its keyframe at distance ``d`` (exactly the detections
+    :func:`schedule_detections` returns for a schedule putting frame ``t`` at distance ``d``),
+    scored against frame ``t``'s ground truth. Higher is better for every signal, so a
+    scheduler (the Keyframe environment's signal reward, a hindsight oracle) maximises it.
+
+    Args:
+        tables: One episode's ``keyframe`` arrays (``episode.sections["keyframe"]``).
+        ground_truth: (T,) per-frame ground truth (``episode.ground_truth(t)``), boxes in pixels.
+        signal: One of :data:`gistgym.metrics.FRAME_SIGNALS` (``"f1"``, ``"errors"``, ``"matched"``).
+        max_distance: D: distances ``0..D`` are scored (at most the cached D_max).
+
+    Returns:
+        (T, D + 1) float64; :data:`INVALID_SIGNAL` (``-inf``) where ``d > t`` (no such keyframe).
+
+    Raises:
+        ValueError: Unknown ``signal``, ``max_distance`` outside ``[0, cached D_max]``, or
+            ground truth for another number of frames.
+    """
+    if signal not in FRAME_SIGNALS:
+        raise ValueError(f"signal must be one of {', '.join(map(repr, FRAME_SIGNALS))}, got {signal!r}")
+    T, cached = tables[LOSS].shape[0], tables[LOSS].shape[1] - 1
+    if isinstance(max_distance, bool) or not 0 <= int(max_distance) <= cached:
+        raise ValueError(f"max_distance must lie in [0, {cached}] (the cached D_max), got {max_distance!r}")
+    if len(ground_truth) != T:
+        raise ValueError(f"ground truth has {len(ground_truth)} frames but the tables have {T}")
+    D1 = int(max_distance) + 1
+    out = np.full((T, D1), INVALID_SIGNAL, dtype=np.float64)
+    for t in range(T):
+        for d in range(min(t + 1, D1)):
+            out[t, d] = frame_signals(ground_truth[t], _detections_at(tables, t, d))[signal]
     return out
 
 
