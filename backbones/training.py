@@ -30,6 +30,8 @@ last frame that extractor ran on (zeros before its first run), as online at infe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -245,6 +247,22 @@ def unrolled_loss(
     return frame_detection_loss(loc_all, conf_all, targets).mean()
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_sidecar_command(path: str) -> str:
+    """The reproducing command recorded beside the --init weights (empty if none)."""
+    try:
+        return str(json.loads(Path(path).with_suffix(".json").read_text()).get("command", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def train_detector(
     cfg: TrainConfig, *, progress: bool = True, detector_config: DetectorConfig | None = None, command: str = ""
 ) -> dict[str, Any]:
@@ -266,7 +284,9 @@ def train_detector(
                 "fine-tune it with the same update rule"
             )
         model.requires_grad_(True)
+        init_record = {"path": cfg.init, "sha256": _sha256(cfg.init), "command": _read_sidecar_command(cfg.init)}
     else:
+        init_record = None
         det_cfg = detector_config or default_detector_config(sampler.num_classes)
         det_cfg = dataclasses.replace(
             det_cfg,
@@ -308,6 +328,8 @@ def train_detector(
         "command": command,
         "dataset_generator": [load_dataset(v).generator for v in cfg.videos],
     }
+    if init_record is not None:
+        summary["init"] = init_record
     digest = save_detector(Path(cfg.out), model, summary)
     summary["sha256"] = digest
     return summary

@@ -1,27 +1,34 @@
-"""How much can content-adaptive scheduling gain on a cache? A bound from the ground-truth segments.
+"""How much can *when* to compute gain? Fixed periods against hindsight oracles, per benchmark kind and env.
 
 Usage::
 
-    python benchmarks/headroom.py --cache data/bench.h5 [--env keyframe|interleave] [--split val]
-                                  [--max-videos N] [--json] [--plot PNG]
+    python benchmarks/headroom.py --cache detection=data/bench.h5 --cache streams=data/streams.h5
+                                  [--env interleave keyframe] [--split val] [--widths 1 4 16]
+                                  [--signal f1] [--max-videos N] [--segments] [--json] [--plot PNG]
 
-The learned schedulers of Interleave-v0 and Keyframe-v0 are asked to dominate the fixed
-schedule (``tau=N``, ``key=L``) on the benchmark. They can only do that if *where* the
-expensive action runs matters: if some frames gain much more from it than others, and the
-scheduler can tell which. This script measures the first half with a scheduler that is
-told the answer: the synthetic benchmark stores every frame's difficulty segment (``calm``,
-``medium``, ``fast``, ``small``, ``arrivals``), and a
-:class:`~gistgym.agents.baselines.SegmentPeriodPolicy` runs the expensive action every
-``P[segment]`` frames. A greedy search on the evaluated split itself (in-sample, so
-optimistic) traces its Pareto frontier: from the longest period everywhere, each step
-shortens the one segment's period that buys the most mAP per extra expensive frame.
+A learned scheduler can only gain over a fixed period what the data and the detector make
+available. For each cache (``KIND=FILE``; the kind is a label, e.g. the benchmark's kind) and
+each environment this script measures, in one run on the same split and evaluator:
 
-Printed, in one run on the same split and evaluator: the fixed curve, the segment frontier,
-the myopic oracle (which sees the next frame's true losses), and for each the largest and
-smallest mAP difference to the fixed curve (interpolated) between 5% and 50% expensive
-frames. If even the in-sample segment frontier stays within a point of the fixed curve, a
-learned scheduler's +1 point has to come from frame-level information its observation does
-not carry; the oracle row shows how much such information would be worth.
+* the **fixed curve**: ``tau=N`` (Interleave-v0) / ``key=L`` (Keyframe-v0) over a ladder of
+  periods, expensive fractions from 5 % to 50 %;
+* the **hindsight frontier** (:mod:`gistgym.agents.hindsight`), the upper envelope of:
+
+  - Keyframe-v0: the exact oracle at key budgets 5-50 %, on the cached per-frame loss and
+    on the per-frame signal ``--signal`` (``f1``, ``errors`` or ``matched``;
+    :func:`gistgym.metrics.frame_signals`; ``none`` skips it);
+  - Interleave-v0: beam search with real memory rollouts at widths ``--widths`` (a lower
+    bound on the optimum; the rows per width show where it converges), at the prices per
+    heavy step (lambdas) that spread width 1's heavy fraction over 5-50 %;
+
+* the **myopic oracle** (next frame's losses) and **random** at the fixed curve's fractions.
+
+Printed per kind and env: every point, and the hindsight-minus-fixed and random-minus-fixed
+mAP gaps at matched expensive fraction over 5-50 % (max, where, and the mean over the part of
+the span both curves cover). ``--segments`` adds the old diagnostic: a scheduler told every
+frame's ground-truth stretch, with a period per stretch tuned greedily in-sample
+(:class:`~gistgym.agents.baselines.SegmentPeriodPolicy`). ``headroom.png`` draws one panel per
+env and kind.
 """
 
 from __future__ import annotations
@@ -42,16 +49,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gistgym.agents.baselines import FixedTauPolicy, OraclePolicy, SegmentPeriodPolicy
+from gistgym.agents.baselines import FixedTauPolicy, OraclePolicy, RandomPolicy, SegmentPeriodPolicy
+from gistgym.agents.hindsight import (
+    BeamSearch,
+    SchedulePolicy,
+    keyframe_cost_table,
+    keyframe_loss_tables,
+    plan_keyframe,
+)
 from gistgym.agents.keyframe_baselines import FixedDurationPolicy, KeyframeOraclePolicy
 from gistgym.errors import GistgymError
+from gistgym.feature_cache import FeatureCache
+from gistgym.feature_cache.keyframe import SECTION_KEYFRAME, signal_table
+from gistgym.metrics import FRAME_SIGNALS
 
 SPAN = (0.05, 0.50)
 PERIODS = {
     "keyframe": (20, 16, 13, 10, 8, 6, 5, 4, 3, 2, 1),
     "interleave": (20, 14, 10, 7, 5, 4, 3, 2, 1),
 }
-"""The ladder of periods (frames between expensive actions) each segment moves down."""
+"""The ladder of periods (frames between expensive actions): the fixed curve, and each segment's steps."""
+BUDGETS = (0.05, 0.075, 0.10, 0.15, 0.20, 0.30, 0.40, 0.50)
+"""Key budgets of the exact Keyframe oracle."""
+LAMBDA_LADDER = tuple(float(x) for x in np.geomspace(0.01, 10.0, 13))
+"""Prices per heavy step tried with width 1 to find the ones that span the fractions."""
+MAX_LAMBDAS = 6
+"""How many of them the wider beams search."""
 
 
 def _evaluator(env: str, cache: Path, split: str, max_videos: int | None) -> Any:
@@ -117,6 +140,32 @@ def segment_frontier(
     return frontier
 
 
+def envelope(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The Pareto upper envelope of ``(fraction, mAP)`` points: sorted by fraction, the best mAP so far."""
+    pts = sorted(points)
+    xs = np.array([f for f, _ in pts])
+    ys = np.maximum.accumulate(np.array([m for _, m in pts]))
+    return xs, ys
+
+
+def curve_gap(upper: Sequence[tuple[float, float]], lower: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """``envelope(upper) - fixed(lower)`` at matched fraction over :data:`SPAN`, both linearly interpolated.
+
+    Returns:
+        ``max_gap``, ``max_at``, ``mean_gap`` (over the fractions both curves cover) and
+        ``covered`` (that part of the span, as fractions ``[lo, hi]``); nan without overlap.
+    """
+    ux, uy = envelope(upper)
+    lx, ly = zip(*sorted(lower), strict=True)
+    lo, hi = max(SPAN[0], ux[0], lx[0]), min(SPAN[1], ux[-1], lx[-1])
+    if hi <= lo:
+        return {"max_gap": float("nan"), "max_at": float("nan"), "mean_gap": float("nan"), "covered": [lo, hi]}
+    grid = np.linspace(lo, hi, 91)
+    gap = np.interp(grid, ux, uy) - np.interp(grid, lx, ly)
+    k = int(np.argmax(gap))
+    return {"max_gap": float(gap[k]), "max_at": float(grid[k]), "mean_gap": float(gap.mean()), "covered": [lo, hi]}
+
+
 def gap_to(curve: Sequence[tuple[float, float]], points: Sequence[tuple[float, float]]) -> dict[str, float]:
     """Largest and smallest ``mAP(point) - curve(fraction)`` over the points inside :data:`SPAN`."""
     xs, ys = zip(*sorted(curve), strict=True)
@@ -127,111 +176,250 @@ def gap_to(curve: Sequence[tuple[float, float]], points: Sequence[tuple[float, f
     return {"max_gap": hi[0], "max_at": hi[1], "min_gap": lo[0], "min_at": lo[1]}
 
 
-def plot(env: str, fixed: list, frontier: list, oracle: tuple[float, float], path: Path) -> None:
-    """PNG: mAP against the expensive fraction for the three families."""
+def _point(env: str, result: Any) -> tuple[float, float]:
+    return _fraction(env, result), float(result.map50)
+
+
+def keyframe_hindsight(
+    evaluator: Any, cache: Path, signal: str, budgets: Sequence[float], progress: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """The exact oracle's points at every budget, on the cached loss and on ``signal``."""
+    D = evaluator.max_distance
+    vids = list(evaluator.video_ids)
+    tables = {"loss": keyframe_loss_tables(cache, vids, max_distance=D)}
+    if signal != "none":
+        with FeatureCache(cache, sections=(SECTION_KEYFRAME,)) as c:
+            tables[signal] = {
+                v: keyframe_cost_table(
+                    -signal_table(
+                        c.load_episode(v, sections=(SECTION_KEYFRAME,)).sections[SECTION_KEYFRAME],
+                        evaluator.ground_truth[v],
+                        signal,
+                        D,
+                    ),
+                    D,
+                )
+                for v in vids
+            }
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, costs in tables.items():
+        rows = []
+        for b in tqdm(budgets, desc=f"keyframe hindsight [{name}]", disable=not progress):
+            plan = plan_keyframe(costs, max_distance=D, budget=b)
+            policy = SchedulePolicy({v: s.actions for v, s in plan.items()}, f"hindsight[{name}]@{b:.3f}")
+            f, m = _point("keyframe", evaluator.evaluate(policy))
+            rows.append({"budget": b, "fraction": f, "map50": m})
+        out[name] = rows
+    return out
+
+
+def interleave_hindsight(
+    evaluator: Any, cache: Path, widths: Sequence[int], progress: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Beam-search points per width: width 1 over :data:`LAMBDA_LADDER`, wider ones at the lambdas spanning 5-50 %."""
+    vids = list(evaluator.video_ids)
+    out: dict[str, list[dict[str, Any]]] = {}
+    with BeamSearch(cache, split=evaluator.split, **_beam_kwargs(evaluator)) as search:
+
+        def run(configs: list[tuple[int, float]]) -> list[dict[str, Any]]:
+            rows = []
+            found = search.search(vids, configs, progress=progress)
+            for (w, lam), plan in zip(configs, found, strict=True):
+                policy = SchedulePolicy({v: s.actions for v, s in plan.items()}, f"hindsight@{w}:lambda={lam:g}")
+                f, m = _point("interleave", evaluator.evaluate(policy))
+                rows.append({"width": w, "lambda": lam, "fraction": f, "map50": m})
+            return rows
+
+        greedy = run([(1, lam) for lam in LAMBDA_LADDER])
+        out["1"] = greedy
+        inside = [r["lambda"] for r in greedy if 0.5 * SPAN[0] <= r["fraction"] <= 1.2 * SPAN[1]]
+        if len(inside) > MAX_LAMBDAS:
+            inside = [inside[int(i)] for i in np.linspace(0, len(inside) - 1, MAX_LAMBDAS).round()]
+        wider = [w for w in widths if w != 1]
+        if inside and wider:
+            rows = run([(w, lam) for w in wider for lam in inside])
+            for w in wider:
+                out[str(w)] = [r for r in rows if r["width"] == w]
+    return {k: v for k, v in out.items() if int(k) in widths}
+
+
+def _beam_kwargs(evaluator: Any) -> dict[str, Any]:
+    kw = evaluator.env_kwargs
+    return {"extractors": kw["extractors"], "skip_light_updates": kw["skip_light_updates"]}
+
+
+def headroom(
+    env: str,
+    cache: Path,
+    *,
+    split: str,
+    max_videos: int | None,
+    widths: Sequence[int],
+    signal: str,
+    segments: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """Every curve and gap of one (cache, env) pair (see the module docstring)."""
+    start = time.perf_counter()
+    evaluator = _evaluator(env, cache, split, max_videos)
+    ladder = PERIODS[env]
+    fixed = [_point(env, evaluator.evaluate(_fixed(env, p))) for p in ladder]
+    oracle = _point(env, evaluator.evaluate(_oracle(env, evaluator)))
+    randoms = [_point(env, evaluator.evaluate(RandomPolicy(f))) for f, _ in fixed if SPAN[0] <= f <= SPAN[1]]
+    if env == "keyframe":
+        hindsight = keyframe_hindsight(evaluator, cache, signal, BUDGETS, progress)
+    else:
+        hindsight = interleave_hindsight(evaluator, cache, widths, progress)
+    every = [(r["fraction"], r["map50"]) for rows in hindsight.values() for r in rows]
+    report: dict[str, Any] = {
+        "env": env,
+        "cache": str(cache),
+        "split": split,
+        "videos": len(evaluator.video_ids),
+        "frames": sum(len(g) for g in evaluator.ground_truth.values()),
+        "fixed": [{"period": p, "fraction": f, "map50": m} for p, (f, m) in zip(ladder, fixed, strict=True)],
+        "oracle": {"fraction": oracle[0], "map50": oracle[1]},
+        "random": [{"fraction": f, "map50": m} for f, m in randoms],
+        "hindsight": hindsight,
+        "hindsight_vs_fixed": curve_gap(every, fixed),
+        "hindsight_vs_fixed_by": {k: curve_gap([(r["fraction"], r["map50"]) for r in rows], fixed)
+                                  for k, rows in hindsight.items()},
+        "random_vs_fixed": curve_gap(randoms, fixed) if randoms else None,
+        "oracle_vs_fixed": gap_to(fixed, [oracle]),
+    }  # fmt: skip
+    if segments:
+        segments_of = {v: [a.segment for a in gt] for v, gt in evaluator.ground_truth.items()}
+        names = sorted({s for per in segments_of.values() for s in per if s})
+        memo: dict[tuple[tuple[str, int], ...], tuple[float, float]] = {}
+
+        def evaluate(periods: dict[str, int]) -> tuple[float, float]:
+            key = tuple(sorted(periods.items()))
+            if key not in memo:
+                memo[key] = _point(env, evaluator.evaluate(SegmentPeriodPolicy(periods, segments_of)))
+            return memo[key]
+
+        frontier = segment_frontier(evaluate, names, ladder, progress=progress)
+        report["segment_frontier"] = [{"periods": per, "fraction": f, "map50": m} for f, m, per in frontier]
+        report["segment_vs_fixed"] = curve_gap([(f, m) for f, m, _ in frontier], fixed)
+    evaluator.close()
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+def plot(reports: Sequence[tuple[str, dict[str, Any]]], path: Path) -> None:
+    """PNG: one panel per (env, kind): fixed curve, hindsight frontier and points, oracle, random."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.plot(*zip(*sorted(fixed), strict=True), "o-", label="fixed period", color="tab:blue")
-    ax.plot(
-        [f for f, _, _ in frontier],
-        [m for _, m, _ in frontier],
-        "s--",
-        label="segment-aware (in-sample)",
-        color="tab:orange",
-    )
-    ax.plot(*oracle, "r*", markersize=12, label="myopic oracle")
-    ax.axvspan(*SPAN, color="0.93", zorder=0)
-    ax.set_xlabel("keyframe fraction" if env == "keyframe" else "heavy fraction")
-    ax.set_ylabel("mAP@0.5")
-    ax.set_title(f"{env}: scheduling headroom")
-    ax.legend()
+    envs = list(dict.fromkeys(r["env"] for _, r in reports))
+    kinds = list(dict.fromkeys(k for k, _ in reports))
+    fig, axes = plt.subplots(len(envs), len(kinds), figsize=(5.2 * len(kinds), 4.0 * len(envs)), squeeze=False)
+    for kind, r in reports:
+        ax = axes[envs.index(r["env"])][kinds.index(kind)]
+        fx = sorted((p["fraction"], p["map50"]) for p in r["fixed"])
+        ax.plot(*zip(*fx, strict=True), "o-", color="tab:blue", label="fixed period")
+        every = [(p["fraction"], p["map50"]) for rows in r["hindsight"].values() for p in rows]
+        ex, ey = envelope(every)
+        ax.plot(ex, ey, "-", color="tab:purple", lw=2, label="hindsight frontier")
+        markers = "PXDsv^"
+        for i, (name, rows) in enumerate(r["hindsight"].items()):
+            label = f"hindsight [{name}]" if r["env"] == "keyframe" else f"beam width {name}"
+            ax.plot([p["fraction"] for p in rows], [p["map50"] for p in rows], markers[i % 6], color="tab:purple",
+                    alpha=0.35 + 0.65 * (i + 1) / len(r["hindsight"]), ms=5, ls="none", label=label)  # fmt: skip
+        if r["random"]:
+            rx = sorted((p["fraction"], p["map50"]) for p in r["random"])
+            ax.plot(*zip(*rx, strict=True), "x:", color="0.5", label="random")
+        ax.plot(r["oracle"]["fraction"], r["oracle"]["map50"], "*", color="tab:green", ms=12, label="myopic oracle")
+        if "segment_frontier" in r:
+            sx = [(p["fraction"], p["map50"]) for p in r["segment_frontier"]]
+            ax.plot(*envelope(sx), "--", color="tab:orange", label="segment-aware (in-sample)")
+        ax.axvspan(*SPAN, color="0.94", zorder=0)
+        g = r["hindsight_vs_fixed"]
+        gaps = f"max {100 * g['max_gap']:+.1f}, mean {100 * g['mean_gap']:+.1f}"
+        ax.set_title(f"{r['env']} on {kind}: hindsight - fixed {gaps} points", fontsize=9)
+        ax.set_xlabel("keyframe fraction" if r["env"] == "keyframe" else "heavy fraction")
+        ax.set_ylabel("mAP@0.5")
+        ax.set_xlim(0, 0.6)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _caches(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    out = []
+    for spec in specs:
+        kind, sep, path = spec.partition("=")
+        out.append((kind, Path(path)) if sep else (Path(spec).stem, Path(spec)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", default="data/bench.h5", help="feature cache with the env's section")
-    parser.add_argument("--env", default="keyframe", choices=sorted(PERIODS), help="which environment's schedules")
-    parser.add_argument("--split", default="val", help="split to evaluate (and fit the frontier) on")
+    parser.add_argument("--cache", action="append", required=True, metavar="KIND=FILE",
+                        help="a feature cache and its label (repeat for several kinds)")  # fmt: skip
+    parser.add_argument("--env", nargs="+", default=["interleave", "keyframe"], choices=sorted(PERIODS))
+    parser.add_argument("--split", default="val", help="split to evaluate on")
     parser.add_argument("--max-videos", type=int, default=None, help="only the first N videos of the split")
+    parser.add_argument("--widths", type=int, nargs="+", default=[1, 4, 16], help="Interleave beam widths")
+    parser.add_argument("--signal", default="f1", choices=(*FRAME_SIGNALS, "none"),
+                        help="the per-frame signal the Keyframe oracle also optimises")  # fmt: skip
+    parser.add_argument("--segments", action="store_true", help="also the in-sample segment-aware frontier")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--plot", default="", help="PNG to write (default runs/headroom/ENV.png; '-' = none)")
+    parser.add_argument("--plot", default="runs/headroom/headroom.png", help="PNG to write ('-' = none)")
     args = parser.parse_args(argv)
+    if any(w < 1 for w in args.widths) or 1 not in args.widths:
+        print("benchmarks/headroom.py: error: --widths must be >= 1 and include 1", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
-    start = time.perf_counter()
+    reports: list[tuple[str, dict[str, Any]]] = []
     try:
-        evaluator = _evaluator(args.env, Path(args.cache), args.split, args.max_videos)
-        segments_of = {v: [a.segment for a in gt] for v, gt in evaluator.ground_truth.items()}
-        names = sorted({s for per in segments_of.values() for s in per if s})
-        if not names:
-            print(f"benchmarks/headroom.py: error: {args.cache} stores no difficulty segments", file=sys.stderr)
-            return 2
-        cache: dict[tuple[tuple[str, int], ...], tuple[float, float]] = {}
-
-        def evaluate(periods: dict[str, int]) -> tuple[float, float]:
-            key = tuple(sorted(periods.items()))
-            if key not in cache:
-                r = evaluator.evaluate(SegmentPeriodPolicy(periods, segments_of))
-                cache[key] = (_fraction(args.env, r), float(r.map50))
-            return cache[key]
-
-        ladder = PERIODS[args.env]
-        fixed = []
-        for p in ladder:
-            r = evaluator.evaluate(_fixed(args.env, p))
-            fixed.append((_fraction(args.env, r), float(r.map50)))
-        o = evaluator.evaluate(_oracle(args.env, evaluator))
-        oracle = (_fraction(args.env, o), float(o.map50))
-        frontier = segment_frontier(evaluate, names, ladder, progress=not args.json)
+        for kind, cache in _caches(args.cache):
+            for env in args.env:
+                r = headroom(env, cache, split=args.split, max_videos=args.max_videos, widths=args.widths,
+                             signal=args.signal, segments=args.segments, progress=not args.json)  # fmt: skip
+                reports.append((kind, r))
     except GistgymError as exc:
         print(f"benchmarks/headroom.py: error: {exc}", file=sys.stderr)
         return 2
-    report = {
-        "env": args.env,
-        "cache": args.cache,
-        "split": args.split,
-        "videos": len(evaluator.video_ids),
-        "segments": names,
-        "fixed": [{"period": p, "fraction": f, "map50": m} for p, (f, m) in zip(ladder, fixed, strict=True)],
-        "segment_frontier": [{"periods": per, "fraction": f, "map50": m} for f, m, per in frontier],
-        "oracle": {"fraction": oracle[0], "map50": oracle[1]},
-        "segment_vs_fixed": gap_to(fixed, [(f, m) for f, m, _ in frontier]),
-        "oracle_vs_fixed": gap_to(fixed, [oracle]),
-        "evaluations": len(cache) + len(fixed) + 1,
-        "seconds": time.perf_counter() - start,
-    }
-    out = Path(args.plot or f"runs/headroom/{args.env}.png")
     if args.plot != "-":
-        plot(args.env, fixed, frontier, oracle, out)
+        plot(reports, Path(args.plot))
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps({f"{kind}/{r['env']}": r for kind, r in reports}))
         return 0
-    label = "key" if args.env == "keyframe" else "heavy"
-    print(f"{args.env} on {args.cache} [{args.split}], {report['videos']} videos, segments {', '.join(names)}")
-    print(f"\n| schedule | {label} fraction | mAP@0.5 |\n|---|---|---|")
-    for p, (f, m) in zip(ladder, fixed, strict=True):
-        print(f"| period {p} | {f:.3f} | {m:.4f} |")
-    for f, m, per in frontier:
-        desc = " ".join(f"{k}={v}" for k, v in per.items())
-        print(f"| segment {desc} | {f:.3f} | {m:.4f} |")
-    print(f"| oracle | {oracle[0]:.3f} | {oracle[1]:.4f} |")
-    for row in ("segment_vs_fixed", "oracle_vs_fixed"):
-        g = report[row]
-        print(
-            f"\n{row.replace('_', ' ')} (between {SPAN[0]:.0%} and {SPAN[1]:.0%}): best {100 * g['max_gap']:+.2f} "
-            f"mAP points at {g['max_at']:.3f}, worst {100 * g['min_gap']:+.2f} at {g['min_at']:.3f}"
-        )
-    print(
-        f"\n{report['evaluations']} evaluations, {report['seconds']:.0f} s"
-        + ("" if args.plot == "-" else f"; wrote {out}")
-    )
+    for kind, r in reports:
+        label = "key" if r["env"] == "keyframe" else "heavy"
+        print(f"\n## {r['env']} on {kind} ({r['cache']} [{r['split']}], {r['videos']} videos, "
+              f"{r['frames']} frames, {r['seconds']:.0f} s)\n")  # fmt: skip
+        print(f"| schedule | {label} fraction | mAP@0.5 |\n|---|---|---|")
+        for p in r["fixed"]:
+            print(f"| fixed period {p['period']} | {p['fraction']:.3f} | {p['map50']:.4f} |")
+        for p in r["random"]:
+            print(f"| random | {p['fraction']:.3f} | {p['map50']:.4f} |")
+        print(f"| myopic oracle | {r['oracle']['fraction']:.3f} | {r['oracle']['map50']:.4f} |")
+        for name, rows in r["hindsight"].items():
+            for p in rows:
+                what = f"budget {p['budget']:.3f}" if "budget" in p else f"lambda {p['lambda']:.3g}"
+                tag = f"hindsight [{name}]" if r["env"] == "keyframe" else f"hindsight@{name}"
+                print(f"| {tag} {what} | {p['fraction']:.3f} | {p['map50']:.4f} |")
+        print(f"\nmAP points at matched {label} fraction, {SPAN[0]:.0%}-{SPAN[1]:.0%}: max (at) / mean")
+        rows = [("hindsight frontier", r["hindsight_vs_fixed"])]
+        rows += [(f"  {'signal ' if r['env'] == 'keyframe' else 'width '}{k}", g)
+                 for k, g in r["hindsight_vs_fixed_by"].items()]  # fmt: skip
+        if r["random_vs_fixed"]:
+            rows.append(("random", r["random_vs_fixed"]))
+        if "segment_vs_fixed" in r:
+            rows.append(("segment-aware (in-sample)", r["segment_vs_fixed"]))
+        for name, g in rows:
+            print(f"- {name} - fixed: {100 * g['max_gap']:+.2f} (at {g['max_at']:.3f}) / {100 * g['mean_gap']:+.2f} "
+                  f"over [{g['covered'][0]:.3f}, {g['covered'][1]:.3f}]")  # fmt: skip
+        o = r["oracle_vs_fixed"]
+        print(f"- myopic oracle - fixed: {100 * o['max_gap']:+.2f} at {o['max_at']:.3f}")
+    if args.plot != "-":
+        print(f"\nwrote {args.plot}")
     return 0
 
 

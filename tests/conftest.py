@@ -101,6 +101,22 @@ def keyframe_cache(
 
 
 @pytest.fixture(scope="session")
+def shipped_cache(tiny_bench: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_bench`` cached with the shipped detector and DFF (``interleave`` and ``keyframe``).
+
+    The shipped detector's detections hit and miss (``nontrivial_model`` detects nothing), so
+    per-frame signals and mAP vary with the schedule. Session-scoped: copy it before modifying it.
+    """
+    from gistgym.feature_cache.build import build_cache
+
+    out = tmp_path_factory.mktemp("shipped") / "tiny.h5"
+    build_cache(
+        tiny_bench, out, sections=("interleave", "keyframe"), measure_latency=False, progress=False, log=lambda _: None
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def untrimmed_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small untrimmed benchmark (6 train, 4 val videos of 20 frames) for the glimpse section."""
     from gistgym.videos.benchmark import make_benchmark

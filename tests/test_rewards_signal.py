@@ -44,16 +44,6 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 """Batched vs single Interleave steps agree to float32 rounding (see InterleaveEnv's Notes)."""
 
 
-@pytest.fixture(scope="module")
-def shipped_cache(tiny_bench: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny_bench``'s ``interleave`` section from the shipped detector (its detections hit and miss)."""
-    from gistgym.feature_cache.build import build_cache
-
-    out = tmp_path_factory.mktemp("shipped") / "tiny.h5"
-    build_cache(tiny_bench, out, sections=("interleave",), measure_latency=False, progress=False, log=lambda _: None)
-    return out
-
-
 def episode(cache: Path, video_id: str) -> Any:
     with FeatureCache(cache) as c:
         return c.load_episode(video_id, sections=("keyframe",))

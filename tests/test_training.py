@@ -126,11 +126,14 @@ def test_training_draws_clips_from_several_datasets_and_fine_tunes(
     sampler = ClipSampler([tiny_bench, streams_bench], "train", 6, np.random.default_rng(0), progress=False)
     # 2 videos of 24 frames and 2 of 300: clip starts 19 and 295 each
     np.testing.assert_allclose(sampler._video_p, np.array([19, 19, 295, 295]) / 628)
-    first = train_detector(_tiny_cfg(tiny_bench, tmp_path / "a.pt"), progress=False)
+    first = train_detector(_tiny_cfg(tiny_bench, tmp_path / "a.pt"), progress=False, command="gistgym first")
     cfg = _tiny_cfg(tiny_bench, tmp_path / "b.pt", init=str(tmp_path / "a.pt"), iterations=1)
     tuned = train_detector(replace(cfg, videos=(str(tiny_bench), str(streams_bench))), progress=False)
     assert tuned["sha256"] != first["sha256"]
     meta = json.loads((tmp_path / "b.json").read_text())
     assert meta["train_config"]["init"] == str(tmp_path / "a.pt") and len(meta["dataset_generator"]) == 2
+    # the starting point is identified, and its own recipe kept, so the chain can be reproduced
+    assert meta["init"] == {"path": str(tmp_path / "a.pt"), "sha256": first["sha256"], "command": "gistgym first"}
+    assert "init" not in json.loads((tmp_path / "a.json").read_text())
     with pytest.raises(ConfigError, match="same update rule"):
         train_detector(replace(cfg, skip_light_updates=False), progress=False)
