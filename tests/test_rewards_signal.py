@@ -142,17 +142,22 @@ def test_interleave_reward_is_the_signal_formula_from_info_every_step(signal: st
         if trunc:
             (obs, info), (obs0, info0) = env.reset(), base.reset()
             resets += 1
-    assert resets >= 2 and steps == 24 and len(seen) > 2
+    assert resets >= 2 and steps == 24
+    if signal == "matched":  # threshold-free, so it differs between extractors on some frame (f1 and
+        assert len(seen) > 2  # errors can tie on every frame of these clips: the formula is checked anyway)
 
 
 def test_interleave_signals_equal_frame_signals_of_the_evaluators_detections(shipped_cache: Path) -> None:
-    """The env's signals are ``frame_signals`` of the detections an evaluator rollout of the same schedule draws."""
+    """The env's signals are ``frame_signals`` of the detections an evaluator rollout of the same schedule draws.
+
+    tau=15 (heavy on frames 0 and 16): long light runs, so the shipped detector misses on some frames.
+    """
     with InterleaveEvaluator(shipped_cache, "val", {"reward": "f1"}, max_videos=1) as ev:
-        (rollout,), (dets,) = ev.rollout(FixedTauPolicy(9))
-        f1_eval = ev.evaluate(FixedTauPolicy(9))
+        (rollout,), (dets,) = ev.rollout(FixedTauPolicy(15))
+        f1_eval = ev.evaluate(FixedTauPolicy(15))
         truth = ev.ground_truth[rollout.video_id]
     with InterleaveEvaluator(shipped_cache, "val", max_videos=1) as ev:
-        eq2_eval = ev.evaluate(FixedTauPolicy(9))
+        eq2_eval = ev.evaluate(FixedTauPolicy(15))
     T = len(rollout.actions)
     assert 0 < (rollout.actions == 0).sum() < T
     for signal in FRAME_SIGNALS:
