@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/headroom.py --cache detection=data/bench.h5 --cache streams=data/streams.h5
                                   [--env interleave keyframe] [--split val] [--widths 1 4 16]
-                                  [--signal f1] [--max-videos N] [--segments] [--json] [--plot PNG]
+                                  [--signal matched] [--max-videos N] [--segments] [--json] [--save JSON]
+                                  [--plot PNG]
 
 A learned scheduler can only gain over a fixed period what the data and the detector make
 available. For each cache (``KIND=FILE``; the kind is a label, e.g. the benchmark's kind) and
@@ -21,7 +22,9 @@ each environment this script measures, in one run on the same split and evaluato
     bound on the optimum; the rows per width show where it converges), at the prices per
     heavy step (lambdas) that spread width 1's heavy fraction over 5-50 %;
 
-* the **myopic oracle** (next frame's losses) and **random** at the fixed curve's fractions.
+* the **myopic oracle** (next frame's losses) and **random** at the fixed curve's fractions;
+* the **ceiling**: the expensive action on every frame, drawn flat over the span (what fixed
+  periods lose at each fraction bounds what any schedule can gain there).
 
 Printed per kind and env: every point, and the hindsight-minus-fixed and random-minus-fixed
 mAP gaps at matched expensive fraction over 5-50 % (max, where, and the mean over the part of
@@ -62,6 +65,7 @@ from gistgym.errors import GistgymError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.keyframe import SECTION_KEYFRAME, signal_table
 from gistgym.metrics import FRAME_SIGNALS
+from gistgym.staging import staged_file
 
 SPAN = (0.05, 0.50)
 PERIODS = {
@@ -71,10 +75,14 @@ PERIODS = {
 """The ladder of periods (frames between expensive actions): the fixed curve, and each segment's steps."""
 BUDGETS = (0.05, 0.075, 0.10, 0.15, 0.20, 0.30, 0.40, 0.50)
 """Key budgets of the exact Keyframe oracle."""
-LAMBDA_LADDER = tuple(float(x) for x in np.geomspace(0.01, 10.0, 13))
+LAMBDA_LADDER = tuple(float(x) for x in np.geomspace(0.01, 10.0, 19))
 """Prices per heavy step tried with width 1 to find the ones that span the fractions."""
-MAX_LAMBDAS = 6
+MAX_LAMBDAS = 8
 """How many of them the wider beams search."""
+WIDE_LOW = SPAN[0] / 5
+"""The wider beams search the prices at which width 1 keeps WIDE_LOW..SPAN[1] heavy frames: at the
+same price a wider beam finds schedules with more heavy frames (about 3x at the low end), so its
+points reach down to SPAN[0] only from prices where width 1 spends less."""
 
 
 def _evaluator(env: str, cache: Path, split: str, max_videos: int | None) -> Any:
@@ -148,6 +156,17 @@ def envelope(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndar
     return xs, ys
 
 
+def best_at_each_fraction(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points sorted by fraction, one per fraction: the best mAP where several share one.
+
+    Periods share a fraction on short videos; the curve through the result is a function.
+    """
+    best: dict[float, float] = {}
+    for f, m in points:
+        best[f] = max(m, best.get(f, -np.inf))
+    return sorted(best.items())
+
+
 def curve_gap(upper: Sequence[tuple[float, float]], lower: Sequence[tuple[float, float]]) -> dict[str, float]:
     """``envelope(upper) - fixed(lower)`` at matched fraction over :data:`SPAN`, both linearly interpolated.
 
@@ -156,7 +175,7 @@ def curve_gap(upper: Sequence[tuple[float, float]], lower: Sequence[tuple[float,
         ``covered`` (that part of the span, as fractions ``[lo, hi]``); nan without overlap.
     """
     ux, uy = envelope(upper)
-    lx, ly = zip(*sorted(lower), strict=True)
+    lx, ly = zip(*best_at_each_fraction(lower), strict=True)
     lo, hi = max(SPAN[0], ux[0], lx[0]), min(SPAN[1], ux[-1], lx[-1])
     if hi <= lo:
         return {"max_gap": float("nan"), "max_at": float("nan"), "mean_gap": float("nan"), "covered": [lo, hi]}
@@ -168,7 +187,7 @@ def curve_gap(upper: Sequence[tuple[float, float]], lower: Sequence[tuple[float,
 
 def gap_to(curve: Sequence[tuple[float, float]], points: Sequence[tuple[float, float]]) -> dict[str, float]:
     """Largest and smallest ``mAP(point) - curve(fraction)`` over the points inside :data:`SPAN`."""
-    xs, ys = zip(*sorted(curve), strict=True)
+    xs, ys = zip(*best_at_each_fraction(curve), strict=True)
     gaps = [(m - float(np.interp(f, xs, ys)), f) for f, m in points if SPAN[0] <= f <= SPAN[1]]
     if not gaps:
         return {"max_gap": float("nan"), "max_at": float("nan"), "min_gap": float("nan"), "min_at": float("nan")}
@@ -232,7 +251,7 @@ def interleave_hindsight(
 
         greedy = run([(1, lam) for lam in LAMBDA_LADDER])
         out["1"] = greedy
-        inside = [r["lambda"] for r in greedy if 0.5 * SPAN[0] <= r["fraction"] <= 1.2 * SPAN[1]]
+        inside = [r["lambda"] for r in greedy if WIDE_LOW <= r["fraction"] <= 1.2 * SPAN[1]]
         if len(inside) > MAX_LAMBDAS:
             inside = [inside[int(i)] for i in np.linspace(0, len(inside) - 1, MAX_LAMBDAS).round()]
         wider = [w for w in widths if w != 1]
@@ -285,6 +304,9 @@ def headroom(
         "hindsight_vs_fixed_by": {k: curve_gap([(r["fraction"], r["map50"]) for r in rows], fixed)
                                   for k, rows in hindsight.items()},
         "random_vs_fixed": curve_gap(randoms, fixed) if randoms else None,
+        # the expensive action on every frame (period 1), drawn flat over the span: no schedule's
+        # gain can much exceed it unless cheap frames beat expensive ones
+        "ceiling_vs_fixed": curve_gap([(SPAN[0], fixed[-1][1]), (SPAN[1], fixed[-1][1])], fixed),
         "oracle_vs_fixed": gap_to(fixed, [oracle]),
     }  # fmt: skip
     if segments:
@@ -344,8 +366,8 @@ def plot(reports: Sequence[tuple[str, dict[str, Any]]], path: Path) -> None:
         ax.set_xlim(0, 0.6)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with staged_file(path, ".png") as staged:  # a reader never sees half a PNG
+        fig.savefig(staged, dpi=110)
     plt.close(fig)
 
 
@@ -365,10 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="split to evaluate on")
     parser.add_argument("--max-videos", type=int, default=None, help="only the first N videos of the split")
     parser.add_argument("--widths", type=int, nargs="+", default=[1, 4, 16], help="Interleave beam widths")
-    parser.add_argument("--signal", default="f1", choices=(*FRAME_SIGNALS, "none"),
+    parser.add_argument("--signal", default="matched", choices=(*FRAME_SIGNALS, "none"),
                         help="the per-frame signal the Keyframe oracle also optimises")  # fmt: skip
     parser.add_argument("--segments", action="store_true", help="also the in-sample segment-aware frontier")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars on stderr")  # fmt: skip
+    parser.add_argument("--save", default="", help="also write the JSON report to this file")
     parser.add_argument("--plot", default="runs/headroom/headroom.png", help="PNG to write ('-' = none)")
     args = parser.parse_args(argv)
     if any(w < 1 for w in args.widths) or 1 not in args.widths:
@@ -380,15 +405,19 @@ def main(argv: list[str] | None = None) -> int:
         for kind, cache in _caches(args.cache):
             for env in args.env:
                 r = headroom(env, cache, split=args.split, max_videos=args.max_videos, widths=args.widths,
-                             signal=args.signal, segments=args.segments, progress=not args.json)  # fmt: skip
+                             signal=args.signal, segments=args.segments, progress=args.progress)  # fmt: skip
                 reports.append((kind, r))
     except GistgymError as exc:
         print(f"benchmarks/headroom.py: error: {exc}", file=sys.stderr)
         return 2
     if args.plot != "-":
         plot(reports, Path(args.plot))
+    everything = {f"{kind}/{r['env']}": r for kind, r in reports}
+    if args.save:
+        with staged_file(args.save, ".json") as staged:
+            staged.write_text(json.dumps(everything, indent=1))
     if args.json:
-        print(json.dumps({f"{kind}/{r['env']}": r for kind, r in reports}))
+        print(json.dumps(everything))
         return 0
     for kind, r in reports:
         label = "key" if r["env"] == "keyframe" else "heavy"
@@ -411,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                  for k, g in r["hindsight_vs_fixed_by"].items()]  # fmt: skip
         if r["random_vs_fixed"]:
             rows.append(("random", r["random_vs_fixed"]))
+        rows.append((f"{'every-frame keys' if r['env'] == 'keyframe' else 'heavy-only'} (the ceiling)",
+                     r["ceiling_vs_fixed"]))  # fmt: skip
         if "segment_vs_fixed" in r:
             rows.append(("segment-aware (in-sample)", r["segment_vs_fixed"]))
         for name, g in rows:

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-videos", type=int, default=None, help="only the first N videos of the split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars on stderr")  # fmt: skip
     args = parser.parse_args(argv)
     if args.schedules < 2 * len(FRACTIONS):
         print(
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         evaluator = _evaluator(args.env, Path(args.cache), args.split, args.max_videos)
-        report = study(args.env, evaluator, args.schedules, args.seed, progress=not args.json)
+        report = study(args.env, evaluator, args.schedules, args.seed, progress=args.progress)
     except GistgymError as exc:
         print(f"benchmarks/signals.py: error: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,15 @@ def test_curve_gap_by_hand() -> None:
     assert math.isnan(headroom.curve_gap([(0.6, 0.9), (0.8, 0.95)], lower)["max_gap"])
 
 
+def test_a_curve_keeps_the_best_point_of_each_fraction() -> None:
+    points = [(0.5, 0.9), (0.1, 0.6), (0.1, 0.7), (0.2, 0.65)]
+    assert headroom.best_at_each_fraction(points) == [(0.1, 0.7), (0.2, 0.65), (0.5, 0.9)]
+    g = headroom.curve_gap([(0.1, 0.8), (0.5, 0.8)], points)  # 0.8 - 0.65 at 0.2, the nearest grid point
+    assert g["max_gap"] == pytest.approx(0.15, abs=0.002) and g["max_at"] == pytest.approx(0.2, abs=0.003)
+    # from 0.8 - 0.7 at 0.1 to 0.8 - 0.695 at 0.11 (0.6, the worse point at 0.1, is not the curve)
+    assert headroom.curve_gap([(0.1, 0.8), (0.11, 0.8)], points)["max_gap"] == pytest.approx(0.105)
+
+
 def test_gap_to_a_curve_counts_points_inside_the_span() -> None:
     fixed = [(0.0, 0.4), (0.5, 0.6)]
     g = headroom.gap_to(fixed, [(0.25, 0.55), (0.1, 0.4), (0.9, 1.0)])  # 0.9 is outside 5-50 %
@@ -82,13 +91,34 @@ def test_headroom_run_reports_every_curve_and_is_deterministic(
     shipped_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     png = tmp_path / "headroom.png"
-    args = ["--cache", f"tiny={shipped_cache}", "--widths", "1", "2", "--json", "--plot", str(png)]
+    saved = tmp_path / "headroom.json"
+    args = [
+        "--cache",
+        f"tiny={shipped_cache}",
+        "--widths",
+        "1",
+        "2",
+        "--json",
+        "--save",
+        str(saved),
+        "--plot",
+        str(png),
+    ]
     assert headroom.main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert set(first) == {"tiny/interleave", "tiny/keyframe"} and png.stat().st_size > 0
+    assert json.loads(saved.read_text()) == first and sorted(p.name for p in tmp_path.iterdir()) == [
+        saved.name,
+        png.name,
+    ]
     inter, key = first["tiny/interleave"], first["tiny/keyframe"]
     assert set(inter["hindsight"]) <= {"1", "2"} and "1" in inter["hindsight"]
-    assert set(key["hindsight"]) == {"loss", "f1"}
+    assert set(key["hindsight"]) == {"loss", "matched"}
+    # the ceiling: period 1 (every frame) flat over the span, minus the fixed curve (its vertices in the span)
+    # (periods that key the same number of frames of these short videos count with their best mAP)
+    top = key["fixed"][-1]["map50"]
+    curve = headroom.best_at_each_fraction([(p["fraction"], p["map50"]) for p in key["fixed"]])
+    assert key["ceiling_vs_fixed"]["max_gap"] == pytest.approx(top - min(m for f, m in curve if 0.05 <= f <= 0.5))
     assert [p["period"] for p in key["fixed"]] == list(headroom.PERIODS["keyframe"])
     assert key["fixed"][-1]["fraction"] == 1.0  # period 1 keys every frame
     assert len(inter["hindsight"]["1"]) == len(headroom.LAMBDA_LADDER)
