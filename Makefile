@@ -38,9 +38,9 @@ demo: $(STAMP)
 	# Deep Feature Flow on the same real video, a keyframe every 10 frames (--policy takes an exported
 	# Keyframe-v0 scheduler the same way)
 	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy key=10 --out $(DEMO)/dff-bikes --no-progress --overwrite
-	# Headroom on six `streams` val videos: fixed periods against the hindsight oracles (exact Keyframe
+	# Headroom on four `streams` val videos: fixed periods against the hindsight oracles (exact Keyframe
 	# schedules, Interleave beam search), random and the myopic oracle; docs/headroom.md has the full run.
-	$(BIN)/gistgym videos make --kind streams --out data/streams-demo --train 0 --val 6 --test 0
+	$(BIN)/gistgym videos make --kind streams --out data/streams-demo --train 0 --val 4 --test 0
 	$(BIN)/gistgym cache build --videos data/streams-demo --out data/streams-demo.h5 --workers 2
 	$(BIN)/python benchmarks/headroom.py --cache streams=data/streams-demo.h5 --widths 1 4 --plot $(DEMO)/headroom.png
 	# AdaFrame on Glimpse-v0: untrimmed videos -> glimpse cache -> a short AdaFrame run -> comparison

@@ -79,6 +79,8 @@ LAMBDA_LADDER = tuple(float(x) for x in np.geomspace(0.01, 10.0, 19))
 """Prices per heavy step tried with width 1 to find the ones that span the fractions."""
 MAX_LAMBDAS = 8
 """How many of them the wider beams search."""
+MAX_EXTRA = 4
+"""Higher prices a wider beam tries, one at a time, while its points stay above SPAN[0]."""
 WIDE_LOW = SPAN[0] / 5
 """The wider beams search the prices at which width 1 keeps WIDE_LOW..SPAN[1] heavy frames: at the
 same price a wider beam finds schedules with more heavy frames (about 3x at the low end), so its
@@ -167,7 +169,7 @@ def best_at_each_fraction(points: Sequence[tuple[float, float]]) -> list[tuple[f
     return sorted(best.items())
 
 
-def curve_gap(upper: Sequence[tuple[float, float]], lower: Sequence[tuple[float, float]]) -> dict[str, float]:
+def curve_gap(upper: Sequence[tuple[float, float]], lower: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """``envelope(upper) - fixed(lower)`` at matched fraction over :data:`SPAN`, both linearly interpolated.
 
     Returns:
@@ -259,6 +261,14 @@ def interleave_hindsight(
             rows = run([(w, lam) for w in wider for lam in inside])
             for w in wider:
                 out[str(w)] = [r for r in rows if r["width"] == w]
+            # a wide beam's cheapest point may still be above the span's low end: raise its
+            # price along the ladder until it reaches SPAN[0] (a few more searches at most)
+            higher = [lam for lam in LAMBDA_LADDER if lam > max(inside)][:MAX_EXTRA]
+            for w in wider:
+                for lam in higher:
+                    if min(r["fraction"] for r in out[str(w)]) <= SPAN[0]:
+                        break
+                    out[str(w)] += run([(w, lam)])
     return {k: v for k, v in out.items() if int(k) in widths}
 
 
