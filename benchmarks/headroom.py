@@ -169,20 +169,45 @@ def best_at_each_fraction(points: Sequence[tuple[float, float]]) -> list[tuple[f
     return sorted(best.items())
 
 
-def curve_gap(upper: Sequence[tuple[float, float]], lower: Sequence[tuple[float, float]]) -> dict[str, Any]:
+def frontier(families: Sequence[Sequence[tuple[float, float]]], grid: np.ndarray) -> np.ndarray:
+    """The best of several point families at each fraction of ``grid``.
+
+    Each family (a beam width, an oracle's cost) is its own curve, the linear interpolation of
+    its envelope, defined over its own range; the envelope of every point pooled is one more.
+    Pooling alone would let a weak family's point cut below a strong family's segment.
+    """
+    curves = [pts for pts in families if pts]
+    pooled = [p for pts in curves for p in pts]
+    best = np.full(len(grid), -np.inf)
+    for pts in [*curves, pooled]:
+        xs, ys = envelope(pts)
+        inside = (grid >= xs[0]) & (grid <= xs[-1])
+        best = np.where(inside, np.maximum(best, np.interp(grid, xs, ys)), best)
+    return best
+
+
+def curve_gap(
+    upper: Sequence[tuple[float, float]],
+    lower: Sequence[tuple[float, float]],
+    families: Sequence[Sequence[tuple[float, float]]] = (),
+) -> dict[str, Any]:
     """``envelope(upper) - fixed(lower)`` at matched fraction over :data:`SPAN`, both linearly interpolated.
+
+    With ``families`` the upper curve is their :func:`frontier` (``upper`` is then ignored).
 
     Returns:
         ``max_gap``, ``max_at``, ``mean_gap`` (over the fractions both curves cover) and
         ``covered`` (that part of the span, as fractions ``[lo, hi]``); nan without overlap.
     """
-    ux, uy = envelope(upper)
+    families = [f for f in families if f] or [upper]
+    pooled = [p for pts in families for p in pts]
+    ux, _ = envelope(pooled)
     lx, ly = zip(*best_at_each_fraction(lower), strict=True)
     lo, hi = max(SPAN[0], ux[0], lx[0]), min(SPAN[1], ux[-1], lx[-1])
     if hi <= lo:
         return {"max_gap": float("nan"), "max_at": float("nan"), "mean_gap": float("nan"), "covered": [lo, hi]}
     grid = np.linspace(lo, hi, 91)
-    gap = np.interp(grid, ux, uy) - np.interp(grid, lx, ly)
+    gap = frontier(families, grid) - np.interp(grid, lx, ly)
     k = int(np.argmax(gap))
     return {"max_gap": float(gap[k]), "max_at": float(grid[k]), "mean_gap": float(gap.mean()), "covered": [lo, hi]}
 
@@ -310,7 +335,8 @@ def headroom(
         "oracle": {"fraction": oracle[0], "map50": oracle[1]},
         "random": [{"fraction": f, "map50": m} for f, m in randoms],
         "hindsight": hindsight,
-        "hindsight_vs_fixed": curve_gap(every, fixed),
+        "hindsight_vs_fixed": curve_gap(every, fixed, families=[
+            [(r["fraction"], r["map50"]) for r in rows] for rows in hindsight.values()]),
         "hindsight_vs_fixed_by": {k: curve_gap([(r["fraction"], r["map50"]) for r in rows], fixed)
                                   for k, rows in hindsight.items()},
         "random_vs_fixed": curve_gap(randoms, fixed) if randoms else None,
@@ -352,9 +378,10 @@ def plot(reports: Sequence[tuple[str, dict[str, Any]]], path: Path) -> None:
         ax = axes[envs.index(r["env"])][kinds.index(kind)]
         fx = sorted((p["fraction"], p["map50"]) for p in r["fixed"])
         ax.plot(*zip(*fx, strict=True), "o-", color="tab:blue", label="fixed period")
-        every = [(p["fraction"], p["map50"]) for rows in r["hindsight"].values() for p in rows]
-        ex, ey = envelope(every)
-        ax.plot(ex, ey, "-", color="tab:purple", lw=2, label="hindsight frontier")
+        families = [[(p["fraction"], p["map50"]) for p in rows] for rows in r["hindsight"].values()]
+        ex = np.linspace(0.0, 0.6, 241)
+        ey = frontier(families, ex)
+        ax.plot(ex[np.isfinite(ey)], ey[np.isfinite(ey)], "-", color="tab:purple", lw=2, label="hindsight frontier")
         markers = "PXDsv^"
         for i, (name, rows) in enumerate(r["hindsight"].items()):
             label = f"hindsight [{name}]" if r["env"] == "keyframe" else f"beam width {name}"

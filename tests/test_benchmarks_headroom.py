@@ -52,6 +52,16 @@ def test_curve_gap_by_hand() -> None:
     assert math.isnan(headroom.curve_gap([(0.6, 0.9), (0.8, 0.95)], lower)["max_gap"])
 
 
+def test_the_frontier_is_the_best_family_at_each_fraction() -> None:
+    wide, greedy = [(0.1, 0.8), (0.3, 0.9)], [(0.2, 0.7), (0.05, 0.5)]
+    grid = np.array([0.05, 0.1, 0.2, 0.3, 0.4])
+    got = headroom.frontier([wide, greedy], grid)
+    # pooled, the envelope is flat at 0.8 over [0.1, 0.2]; the wide family's own segment is above
+    assert got[:4] == pytest.approx([0.5, 0.8, 0.85, 0.9]) and got[4] == -np.inf
+    g = headroom.curve_gap([], [(0.05, 0.5), (0.5, 0.5)], families=[wide, greedy])
+    assert g["covered"] == [0.05, 0.3] and g["max_gap"] == pytest.approx(0.4) and g["max_at"] == pytest.approx(0.3)
+
+
 def test_a_curve_keeps_the_best_point_of_each_fraction() -> None:
     points = [(0.5, 0.9), (0.1, 0.6), (0.1, 0.7), (0.2, 0.65)]
     assert headroom.best_at_each_fraction(points) == [(0.1, 0.7), (0.2, 0.65), (0.5, 0.9)]
