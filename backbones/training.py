@@ -30,8 +30,6 @@ last frame that extractor ran on (zeros before its first run), as online at infe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -46,7 +44,7 @@ from tqdm.auto import tqdm
 
 from gistgym.backbones.detector import DetectorConfig, InterleavedDetector, default_detector_config
 from gistgym.backbones.ssdlite import build_targets, frame_detection_loss
-from gistgym.backbones.weights import load_detector, save_detector
+from gistgym.backbones.weights import load_detector, save_detector, sha256_file
 from gistgym.errors import ConfigError
 from gistgym.videos.dataset import VideoRecord, load_dataset
 
@@ -247,22 +245,6 @@ def unrolled_loss(
     return frame_detection_loss(loc_all, conf_all, targets).mean()
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_sidecar_command(path: str) -> str:
-    """The reproducing command recorded beside the --init weights (empty if none)."""
-    try:
-        return str(json.loads(Path(path).with_suffix(".json").read_text()).get("command", ""))
-    except (OSError, ValueError):
-        return ""
-
-
 def train_detector(
     cfg: TrainConfig, *, progress: bool = True, detector_config: DetectorConfig | None = None, command: str = ""
 ) -> dict[str, Any]:
@@ -272,7 +254,7 @@ def train_detector(
     rng = np.random.default_rng(cfg.seed)
     sampler = ClipSampler(cfg.videos, "train", cfg.clip_len, rng, progress)
     if cfg.init:
-        model, _ = load_detector(cfg.init)
+        model, init_meta = load_detector(cfg.init)
         if (model.config.num_classes, model.config.image_size) != (sampler.num_classes, sampler.image_size):
             raise ConfigError(
                 f"--init {cfg.init} is a detector for {model.config.num_classes} classes at {model.config.image_size} "
@@ -284,7 +266,7 @@ def train_detector(
                 "fine-tune it with the same update rule"
             )
         model.requires_grad_(True)
-        init_record = {"path": cfg.init, "sha256": _sha256(cfg.init), "command": _read_sidecar_command(cfg.init)}
+        init_record = {"path": cfg.init, "sha256": sha256_file(Path(cfg.init)), "command": init_meta.get("command", "")}
     else:
         init_record = None
         det_cfg = detector_config or default_detector_config(sampler.num_classes)
