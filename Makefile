@@ -38,11 +38,6 @@ demo: $(STAMP)
 	# Deep Feature Flow on the same real video, a keyframe every 10 frames (--policy takes an exported
 	# Keyframe-v0 scheduler the same way)
 	$(BIN)/gistgym detect $(DEMO)/sample/bikes.mp4 --policy key=10 --out $(DEMO)/dff-bikes --no-progress --overwrite
-	# Headroom on four `streams` val videos: fixed periods against the hindsight oracles (exact Keyframe
-	# schedules, Interleave beam search), random and the myopic oracle; docs/headroom.md has the full run.
-	$(BIN)/gistgym videos make --kind streams --out data/streams-demo --train 0 --val 4 --test 0
-	$(BIN)/gistgym cache build --videos data/streams-demo --out data/streams-demo.h5 --workers 2
-	$(BIN)/python benchmarks/headroom.py --cache streams=data/streams-demo.h5 --widths 1 4 --plot $(DEMO)/headroom.png
 	# AdaFrame on Glimpse-v0: untrimmed videos -> glimpse cache -> a short AdaFrame run -> comparison
 	# with uniform/random/all frames -> export -> classify a benchmark video by glimpsing it.
 	$(BIN)/gistgym videos make --kind untrimmed --out data/glimpse --train 300 --val 200 --test 0
@@ -56,7 +51,7 @@ demo: $(STAMP)
 	@echo "demo outputs: $(DEMO)/table.md (detector), $(DEMO)/compare/{table.md,pareto.png,timeline.png},"
 	@echo "  $(DEMO)/agents/ddqn-demo (run: tb/, training.png), $(DEMO)/policy.onnx(.json),"
 	@echo "  $(DEMO)/detect-val_0000 and $(DEMO)/detect-bikes (detections.jsonl, annotated video, summary.json),"
-	@echo "  $(DEMO)/dff-bikes (Deep Feature Flow, key=10), $(DEMO)/headroom.png (hindsight vs fixed on streams),"
+	@echo "  $(DEMO)/dff-bikes (Deep Feature Flow, key=10),"
 	@echo "  $(DEMO)/agents/adaframe-demo, $(DEMO)/compare-glimpse/{table.md,pareto.png,timeline.png},"
 	@echo "  $(DEMO)/adaframe.onnx(.json), $(DEMO)/glimpse-val_0000 (summary.json, glimpses.png)"
 
