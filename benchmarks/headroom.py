@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, KEYFRAME_ENV_ID, get_backend
 from gistgym.agents.baselines import FixedTauPolicy, OraclePolicy, RandomPolicy, SegmentPeriodPolicy
 from gistgym.agents.hindsight import (
     BeamSearch,
@@ -87,14 +88,12 @@ same price a wider beam finds schedules with more heavy frames (about 3x at the 
 points reach down to SPAN[0] only from prices where width 1 spends less."""
 
 
+ENV_IDS = {"interleave": INTERLEAVE_ENV_ID, "keyframe": KEYFRAME_ENV_ID}
+
+
 def _evaluator(env: str, cache: Path, split: str, max_videos: int | None) -> Any:
-    if env == "keyframe":
-        from gistgym.agents.keyframe_eval import KeyframeEvaluator
-
-        return KeyframeEvaluator(cache, split, max_videos=max_videos)
-    from gistgym.agents.evaluation import InterleaveEvaluator
-
-    return InterleaveEvaluator(cache, split, max_videos=max_videos)
+    """The env's registered evaluator (its default arguments) on ``split``."""
+    return get_backend(ENV_IDS[env]).make_evaluator(str(cache), split, {}, max_videos=max_videos)
 
 
 def _fraction(env: str, result: Any) -> float:

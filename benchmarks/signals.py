@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, KEYFRAME_ENV_ID, get_backend
 from gistgym.agents.hindsight import SchedulePolicy
 from gistgym.errors import GistgymError
 from gistgym.metrics import FRAME_SIGNALS, detection_map50, frame_signals
@@ -81,14 +82,12 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+ENV_IDS = {"interleave": INTERLEAVE_ENV_ID, "keyframe": KEYFRAME_ENV_ID}
+
+
 def _evaluator(env: str, cache: Path, split: str, max_videos: int | None) -> Any:
-    if env == "keyframe":
-        from gistgym.agents.keyframe_eval import KeyframeEvaluator
-
-        return KeyframeEvaluator(cache, split, max_videos=max_videos)
-    from gistgym.agents.evaluation import InterleaveEvaluator
-
-    return InterleaveEvaluator(cache, split, max_videos=max_videos)
+    """The env's registered evaluator (its default arguments) on ``split``."""
+    return get_backend(ENV_IDS[env]).make_evaluator(str(cache), split, {}, max_videos=max_videos)
 
 
 def score_schedule(env: str, evaluator: Any, policy: SchedulePolicy) -> dict[str, float]:
