@@ -1,7 +1,8 @@
 """What ``gistgym compare`` writes, for every task family: one folder, written whole.
 
-``OUT/`` holds ``table.md`` (title, table, verdict), ``results.csv``, ``results.json``
-(``{"format": "gistgym-compare", "policies": ..., "verdict": ...}``) and the family's plots. It
+``OUT/`` holds ``table.md`` (title, table, the family's further sections, verdict), ``results.csv``,
+``results.json`` (``{"format": "gistgym-compare", "policies": ..., "verdict": ...}`` and the
+family's further keys, e.g. ``settings`` and ``headroom``) and the family's plots. It
 is written into a staging folder and renamed into place (:mod:`gistgym.staging`); ``--out``
 is checked before any evaluation, and only a previous comparison is replaced, with
 ``--overwrite``.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,16 @@ def write_report(
     csv: bytes,
     results: Mapping[str, Any],
     plots: Mapping[str, Callable[[Path], None]],
+    sections: Sequence[str] = (),
 ) -> None:
-    """table.md, results.csv, results.json and the plots, written into a staging folder renamed onto ``out``."""
+    """table.md, results.csv, results.json and the plots, written into a staging folder renamed onto ``out``.
+
+    table.md is the title, the table, each of ``sections`` (markdown blocks, e.g. per-setting
+    summaries) and the verdict, separated by blank lines.
+    """
+    body = "\n\n".join([title, table, *sections, verdict])
     files: dict[str, bytes | Callable[[Path], None]] = {
-        "table.md": f"{title}\n\n{table}\n\n{verdict}\n".encode(),
+        "table.md": f"{body}\n".encode(),
         "results.csv": csv,
         "results.json": (json.dumps({"format": COMPARE_FORMAT, **results}, indent=1) + "\n").encode(),
         **plots,

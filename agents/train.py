@@ -6,6 +6,11 @@ Eq. 2 reward with speed reward ``gamma`` for the light extractor(s). ``--gamma-s
 trains one run per gamma of ``--gammas``: larger gamma pays more for skipping the heavy
 extractor, so the runs span the accuracy/cost trade-off (the adaptive curve of Fig. 7).
 
+``--seeds N`` trains every setting (one gamma, or each of a sweep) with the seeds ``seed,
+seed + 1, ..., seed + N - 1``; the runs are then named ``NAME-sSEED`` (e.g. ``ddqn-g1-s0``),
+config.json records each run's own seed and its ``setting`` (the name without the seed
+suffix), and ``gistgym compare`` summarises each setting over its seeds.
+
 ``--env gistgym/Keyframe-v0`` trains the same agents on Deep Feature Flow's keyframe
 decision (gamma is then the speed reward of propagating; the observation is the flow cues,
 so the policy network is an MLP). Environment specifics live in :mod:`gistgym.agents.backends`.
@@ -84,7 +89,7 @@ class TrainConfig:
     extractor: str = ""
     """Policy network (default: the env's first): Interleave paper (Fig. 4) or mlp; Keyframe mlp."""
     name: str = ""
-    """Run name (default: ALGO-gGAMMA, e.g. ddqn-g1)."""
+    """Run name (default: ALGO-gGAMMA, e.g. ddqn-g1); with --seeds N > 1 the runs are NAME-sSEED."""
     gamma: float = 1.0
     """Speed reward of the cheap action(s) in Eq. 2 (the paper's gamma): light extractors, propagation."""
     reward: str = EQ2
@@ -93,8 +98,12 @@ class TrainConfig:
     """Train one run per gamma of --gammas (names ALGO-gGAMMA)."""
     gammas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.5)
     """The gammas of --gamma-sweep."""
+    seeds: int = 1
+    """Seeds per setting: SEED, SEED+1, ..., SEED+N-1; with N > 1 runs are named NAME-sSEED."""
     extractors: tuple[str, ...] = ("heavy", "light")
     """Interleave: cache extractors in action order, heavy first (e.g. heavy light light+shift)."""
+    cues: bool = False
+    """Interleave: add the runtime cues (frames since heavy, light-feature change, memory change) to the observation."""
     max_distance: int = 20
     """Keyframe: a keyframe is forced at this distance (D_max)."""
     num_glimpses: int = 10
@@ -169,9 +178,15 @@ def extractor_name(config: TrainConfig, backend: EnvBackend) -> str:
     return config.extractor or next(iter(backend.extractors))
 
 
-def run_name(config: TrainConfig) -> str:
-    """``NAME`` or ``ALGO-gGAMMA``."""
+def setting_name(config: TrainConfig) -> str:
+    """The name of a run's setting: ``NAME`` or ``ALGO-gGAMMA`` (a run's name without its seed suffix)."""
     return config.name or f"{config.algo}-g{config.gamma:g}"
+
+
+def run_name(config: TrainConfig) -> str:
+    """``NAME`` or ``ALGO-gGAMMA``, with ``-sSEED`` when ``config`` trains several seeds."""
+    setting = setting_name(config)
+    return f"{setting}-s{config.seed}" if config.seeds > 1 else setting
 
 
 def check_config(config: TrainConfig) -> None:
@@ -204,6 +219,7 @@ def check_config(config: TrainConfig) -> None:
         "eval_videos",
         "num_glimpses",
         "adaframe_steps",
+        "seeds",
     ):
         if getattr(config, field_name) < 1:
             raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")
@@ -348,7 +364,10 @@ def plot_training(
 
 
 def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
-    """Train one run (``config.gamma``) into ``config.out/NAME``; returns the run directory.
+    """Train one run (``config.gamma``, ``config.seed``) into ``config.out/NAME``; returns the run directory.
+
+    ``NAME`` is :func:`run_name`: with ``config.seeds > 1`` it carries the seed suffix (this
+    trains that one seed; :func:`train` trains them all).
 
     Raises:
         ConfigError: Bad arguments.
@@ -404,13 +423,15 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
                     "format": RUN_FORMAT,
                     "format_version": RUN_FORMAT_VERSION,
                     "name": name,
+                    "setting": setting_name(config),
                     "env_id": config.env,
                     "algo": config.algo,
                     "algorithm": type(model).__name__,
                     "env_kwargs": kwargs,
                     "cache_path": str(Path(config.cache).resolve()),
                     "cache_identity": identity,
-                    "train": {**asdict(config), "gamma_sweep": False, "name": name},
+                    # train_one(TrainConfig(**train)) trains this run again (its seed, name and setting)
+                    "train": {**asdict(config), "gamma_sweep": False, "name": setting_name(config)},
                     "policy_network": {
                         "extractor": extractor_name(config, backend),
                         "parameters": count_parameters(q_net if q_net is not None else policy),
@@ -428,12 +449,29 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
     return target
 
 
+def run_configs(config: TrainConfig) -> list[TrainConfig]:
+    """One configuration per run of ``config``: per gamma (of a sweep), per seed (gamma-major order).
+
+    Each keeps ``seeds`` (so :func:`run_name` adds the seed suffix when there are several)
+    and has ``gamma_sweep`` off.
+    """
+    gammas = config.gammas if config.gamma_sweep else (config.gamma,)
+    return [
+        replace(config, gamma=float(g), gamma_sweep=False, seed=config.seed + k)
+        for g in gammas
+        for k in range(config.seeds)
+    ]
+
+
 def train(config: TrainConfig, *, command: Sequence[str] = (), log: Callable[[str], None] = print) -> list[Path]:
-    """``gistgym train``: one run, or one per gamma with ``gamma_sweep``; returns the run directories."""
+    """``gistgym train``: one run per gamma (``gamma_sweep``) and seed (``seeds``); returns the run directories."""
     check_config(config)
-    if not config.gamma_sweep:
-        return [train_one(config, command=command)]
-    configs = [replace(config, gamma=float(g), gamma_sweep=False) for g in config.gammas]
+    configs = run_configs(config)
+    if len(configs) == 1:
+        return [train_one(configs[0], command=command)]
+    names = [run_name(c) for c in configs]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"two runs would be named alike: {names}; give --gammas distinct values")
     for c in configs:  # refuse before the first hour of training, not after
         prepare_run_target(c.out, run_name(c), c.overwrite)
     runs = []

@@ -48,18 +48,18 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def cmd_compare(ns: argparse.Namespace) -> int:
     """Compare baselines and trained runs on a held-out split."""
     _set_threads()
-    from gistgym.agents.compare import CompareConfig, Comparison, compare_any, format_table, format_verdict
+    from gistgym.agents.compare import CompareConfig, Comparison, compare_any, format_text
     from gistgym.agents.glimpse_compare import format_glimpse_table, format_glimpse_verdict
 
     config = dataclass_from_args(CompareConfig, ns)
     if config.json:
         config = CompareConfig(**{**config.__dict__, "progress": False})
     result = compare_any(config)
-    if config.json:
-        print(json.dumps({**result.as_json(), "verdict": result.verdict}))
+    if config.json:  # per policy, plus "verdict" (and "settings", "bootstrap", "headroom")
+        extra = result.aggregates() if isinstance(result, Comparison) else {}
+        print(json.dumps({**result.as_json(), "verdict": result.verdict, **extra}))
     elif isinstance(result, Comparison):
-        print(format_table(result))
-        print(format_verdict(result.verdict, result.backend.fraction.replace("_", " ")))
+        print(format_text(result))
     else:
         print(format_glimpse_table(result))
         print(format_glimpse_verdict(result.verdict))
