@@ -77,9 +77,9 @@ class EnvBackend:
 
 def _interleave_extractor(name: str) -> Callable[[str], dict[str, Any]]:
     def kwargs(algo: str) -> dict[str, Any]:
-        from gistgym.agents.policy_nets import InterleavePolicyNet, MLPExtractor
+        from gistgym.agents.policy_nets import CueExtractor, InterleavePolicyNet, MLPExtractor
 
-        cls = InterleavePolicyNet if name == "paper" else MLPExtractor
+        cls = {"paper": InterleavePolicyNet, "mlp": MLPExtractor, "cues": CueExtractor}[name]
         # The paper's Q head is one fully connected layer on the extractor's features.
         net_arch: Any = {"pi": [64], "vf": [64]} if algo == "ppo" else []
         return {"features_extractor_class": cls, "net_arch": net_arch, "normalize_images": False}
@@ -136,6 +136,7 @@ def _interleave_run_kwargs(config: Any) -> dict[str, Any]:
         "speed_reward": list(speed_rewards(len(config.extractors), config.gamma)),
         "skip_light_updates": None,
         "reward": config.reward,
+        "cues": config.cues,
     }
 
 
@@ -208,8 +209,8 @@ BACKENDS: dict[str, EnvBackend] = {
         fraction_label="heavy fraction (frames the heavy extractor ran on)",
         make_vec=_interleave_vec,
         make_evaluator=_interleave_evaluator,
-        eval_arguments=("extractors", "speed_reward", "skip_light_updates", "history_len", "reward"),
-        extractors={"paper": _interleave_extractor("paper"), "mlp": _interleave_extractor("mlp")},
+        eval_arguments=("extractors", "speed_reward", "skip_light_updates", "history_len", "reward", "cues"),
+        extractors={name: _interleave_extractor(name) for name in ("paper", "mlp", "cues")},
         ends=("heavy", "light"),
         references={"fixed tau": "tau="},
         run_env_kwargs=_interleave_run_kwargs,

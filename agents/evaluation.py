@@ -37,6 +37,7 @@ from gistgym.agents.policy import Policy
 from gistgym.backbones.ssdlite import Detections, postprocess
 from gistgym.envs.interleave import single_info
 from gistgym.envs.interleave_core import (
+    DEFAULT_CUES,
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
     DEFAULT_REWARD,
@@ -52,7 +53,7 @@ from gistgym.feature_cache.reader import FrameAnnotation
 from gistgym.feature_cache.schema import SECTION_INTERLEAVE
 from gistgym.metrics import detection_map50
 
-EVAL_ENV_ARGUMENTS = ("extractors", "speed_reward", "skip_light_updates", "history_len", "reward")
+EVAL_ENV_ARGUMENTS = ("extractors", "speed_reward", "skip_light_updates", "history_len", "reward", "cues")
 """The environment arguments an Interleave evaluation takes (the split is its own; clips are whole videos)."""
 
 
@@ -205,6 +206,7 @@ class InterleaveEvaluator(SplitEvaluator):
             "skip_light_updates": kwargs.get("skip_light_updates"),
             "history_len": int(kwargs.get("history_len", DEFAULT_HISTORY_LEN)),
             "reward": check_reward(kwargs.get("reward", DEFAULT_REWARD)),  # refused now, not mid-evaluation
+            "cues": kwargs.get("cues", DEFAULT_CUES),
         }
         with FeatureCache(self.cache_path, sections=(SECTION_INTERLEAVE,)) as cache:
             self._read_split(cache, split, max_videos)
@@ -264,7 +266,7 @@ class InterleaveEvaluator(SplitEvaluator):
                     ahead = core.peek_losses(slots)
                     for i, info in enumerate(infos):
                         info[NEXT_LOSSES] = ahead[i]
-                obs = {"state": tr.state, "history": tr.history}
+                obs = tr.observation()
                 step = check_actions(policy.act(obs, infos), n, self.num_actions)
             for i, v in enumerate(vids):
                 rollouts.append(VideoRollout(v, actions[i], rewards[i], losses[i], flops[i]))

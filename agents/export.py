@@ -9,6 +9,9 @@ An exported policy is two files:
       state    (B, 4H, g, g) float32   Eq. 1 maps [c, h, c - c_prev, h - h_prev] (see
                                        gistgym.envs.interleave.InterleaveEnv, "Observation Space")
       history  (B, L) float32          eta: entry k = 1.0 iff a light extractor ran k frames ago
+      cues     (B, 4) float32          only for a policy trained with the environment's cues=True:
+                                       the runtime cues (gistgym.envs.interleave_core.runtime_cues);
+                                       the signature is then policy(state, history, cues)
       scores   (B, m) float32          Q-values (DQN / Double DQN) or action logits (PPO)
       action   (B,) int64              argmax of scores (the first maximum on ties), the extractor
                                        for the next frame in the order of ``action_meanings``
@@ -48,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 import gistgym
+from gistgym.envs.interleave_core import CUE_HIGH, CUE_NAMES
 from gistgym.errors import ConfigError, OnnxOpsetError, PolicyFileError, PolicyMismatchError
 from gistgym.staging import check_output, has_format, new_staging_file
 from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
@@ -116,6 +120,13 @@ class PolicyContext:
     action_meanings: tuple[str, ...]
     algorithm: str
     source: str = ""
+    cues: bool = False
+    """The observation has the runtime cues (the environment's ``cues=True``)."""
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The exported network's inputs, in signature order."""
+        return ("state", "history", "cues") if self.cues else ("state", "history")
 
     def observation_layout(self) -> dict[str, Any]:
         """The observation layout as the sidecar records it."""
@@ -138,6 +149,18 @@ class PolicyContext:
                 "dtype": "float32",
                 "meaning": "entry k = 1 iff a light extractor ran k frames ago (k = 0: the frame just processed)",
             },
+            **(
+                {
+                    "cues": {
+                        "shape": ["B", len(CUE_NAMES)],
+                        "dtype": "float32",
+                        "names": list(CUE_NAMES),
+                        "meaning": "runtime cues of the frame just processed (envs.interleave_core.runtime_cues)",
+                    }
+                }
+                if self.cues
+                else {}
+            ),
         }
 
 
@@ -186,6 +209,7 @@ def context_from_cache(
         action_meanings=tuple(str(x) for x in kwargs["extractors"]),
         algorithm=algorithm,
         source=source,
+        cues=bool(kwargs.get("cues", False)),
     )
 
 
@@ -223,6 +247,14 @@ class QValuePolicyModule(nn.Module):
         return self.scores({"state": state, "history": history})
 
 
+class CueQValuePolicyModule(QValuePolicyModule):
+    """:class:`QValuePolicyModule` for observations with the runtime cues."""
+
+    def forward(self, state: Tensor, history: Tensor, cues: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """Q-values (B, m) and their argmax (B,)."""
+        return self.scores({"state": state, "history": history, "cues": cues})
+
+
 class LogitsPolicyModule(nn.Module):
     """An SB3 ``ActorCriticPolicy``'s actor (features extractor, actor MLP, action head)."""
 
@@ -240,6 +272,14 @@ class LogitsPolicyModule(nn.Module):
     def forward(self, state: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
         """Action logits (B, m) and their argmax (B,)."""
         return self.scores({"state": state, "history": history})
+
+
+class CueLogitsPolicyModule(LogitsPolicyModule):
+    """:class:`LogitsPolicyModule` for observations with the runtime cues."""
+
+    def forward(self, state: Tensor, history: Tensor, cues: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """Action logits (B, m) and their argmax (B,)."""
+        return self.scores({"state": state, "history": history, "cues": cues})
 
 
 def policy_module(
@@ -274,11 +314,13 @@ def policy_module(
     )
 
 
-def _example_inputs(ctx: PolicyContext, batch: int) -> tuple[Tensor, Tensor]:
+def _example_inputs(ctx: PolicyContext, batch: int) -> tuple[Tensor, ...]:
     g = torch.Generator().manual_seed(0)
     state = torch.rand(batch, 4 * ctx.hidden_channels, ctx.grid, ctx.grid, generator=g)
     history = (torch.rand(batch, ctx.history_len, generator=g) > 0.5).float()
-    return state, history
+    if not ctx.cues:
+        return state, history
+    return state, history, torch.rand(batch, len(CUE_NAMES), generator=g) * torch.from_numpy(CUE_HIGH)
 
 
 @dataclass(frozen=True)
@@ -312,14 +354,17 @@ def export_policy(
     """
     if export_format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {export_format!r}")
-    module, scores_meaning = policy_module(model)
+    if context.cues:
+        module, scores_meaning = policy_module(model, CueQValuePolicyModule, CueLogitsPolicyModule)
+    else:
+        module, scores_meaning = policy_module(model)
     _check_model_spaces(model, context)
     return write_exported_module(
         module.cpu(),
         _example_inputs(context, 2),
         out,
         export_format,
-        input_names=("state", "history"),
+        input_names=context.input_names,
         output_names=("scores", "action"),
         sidecar_for=lambda digest: build_sidecar(context, export_format, digest, scores_meaning),
     )
@@ -420,6 +465,12 @@ def _check_model_spaces(model: Any, ctx: PolicyContext) -> None:
             f"the model's observation space (state {state_shape}, history {hist_shape}) does not match the "
             f"environment's (state {want_state}, history ({ctx.history_len},))"
         )
+    has_cues = "cues" in getattr(obs_space, "spaces", {})
+    if has_cues != ctx.cues:
+        raise ConfigError(
+            f"the model's observation {'has' if has_cues else 'has no'} 'cues' but the run's environment arguments "
+            f"say cues={ctx.cues}"
+        )
     n = getattr(act_space, "n", None)
     if n is not None and int(n) != len(ctx.action_meanings):
         raise ConfigError(
@@ -480,7 +531,7 @@ def build_sidecar(ctx: PolicyContext, export_format: str, file_sha256: str, scor
         "memory": {"hidden_channels": ctx.hidden_channels, "grid": ctx.grid},
         "history_len": ctx.history_len,
         "action_meanings": list(ctx.action_meanings),
-        "inputs": ["state", "history"],
+        "inputs": list(ctx.input_names),
         "outputs": {"scores": scores, "action": "argmax of scores (first maximum on ties)"},
         "observation_layout": ctx.observation_layout(),
     }
@@ -526,16 +577,31 @@ class ExportedPolicy:
     def episode_started(self, rows: np.ndarray) -> None:
         """Nothing to forget: the policy is a function of the observation."""
 
-    def scores_and_actions(self, state: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The observation entries the network takes, in order (``state``, ``history`` [, ``cues``])."""
+        return tuple(self.sidecar.get("inputs", ("state", "history")))
+
+    @property
+    def cues(self) -> bool:
+        """Whether the policy reads the runtime cues (the runtime must compute them)."""
+        return "cues" in self.inputs
+
+    def scores_and_actions(
+        self, state: np.ndarray, history: np.ndarray, cues: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores (B, m) float32 and actions (B,) int64 of a batch of observations."""
-        s = np.ascontiguousarray(state, dtype=np.float32)
-        h = np.ascontiguousarray(history, dtype=np.float32)
-        scores, actions = self._run(s, h)
+        args = [np.ascontiguousarray(state, dtype=np.float32), np.ascontiguousarray(history, dtype=np.float32)]
+        if self.cues:
+            if cues is None:
+                raise ConfigError(f"policy {self.name!r} reads the runtime cues; the observation has no 'cues'")
+            args.append(np.ascontiguousarray(cues, dtype=np.float32))
+        scores, actions = self._run(*args)
         return np.asarray(scores, dtype=np.float32), np.asarray(actions, dtype=np.int64)
 
     def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The argmax action of every row."""
-        return self.scores_and_actions(obs["state"], obs["history"])[1]
+        return self.scores_and_actions(obs["state"], obs["history"], obs.get("cues"))[1]
 
 
 def read_policy_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -719,7 +785,12 @@ def load_exported_policy(
                 f"cache {cache} was built from weights {expected['weights_sha256']}, not {weights_sha256}"
             )
     check_policy_matches(path, meta, **expected)
-    run = module_runner(path, meta, ("state", "history"), ("scores", "action"))
+    inputs = meta.get("inputs", ["state", "history"])
+    if inputs not in (["state", "history"], ["state", "history", "cues"]):
+        raise PolicyFileError(
+            sidecar_path(path), f"inputs {inputs!r} are not [state, history] or [state, history, cues]", field="inputs"
+        )
+    run = module_runner(path, meta, tuple(inputs), ("scores", "action"))
     return ExportedPolicy(path=path, sidecar=meta, name=name or path.name, _run=run)
 
 

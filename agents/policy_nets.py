@@ -60,13 +60,33 @@ def _state_and_history(observation_space: gym.Space) -> tuple[spaces.Box, int]:
     return state, int(math.prod(history.shape))
 
 
+def _num_cues(observation_space: gym.Space) -> int:
+    """Length of the optional ``cues`` entry (0 without it)."""
+    assert isinstance(observation_space, spaces.Dict)
+    cues = observation_space.spaces.get("cues")
+    if cues is None:
+        return 0
+    if not isinstance(cues, spaces.Box) or len(cues.shape) != 1:
+        raise ValueError(f"'cues' must be a Box of shape (Q,), got {cues}")
+    return int(cues.shape[0])
+
+
+def _extras(observations: dict[str, th.Tensor]) -> list[th.Tensor]:
+    """History (as float) and, when the observation has them, the cues: what every extractor appends."""
+    out = [observations["history"].float().flatten(1)]
+    if "cues" in observations:
+        out.append(observations["cues"].float())
+    return out
+
+
 class InterleavePolicyNet(BaseFeaturesExtractor):
     """Grouped conv + depthwise-separable conv + global max pool, then the action history.
 
     Args:
-        observation_space: Dict with ``state`` Box((4H, g, g)) and ``history`` MultiBinary(L).
+        observation_space: Dict with ``state`` Box((4H, g, g)) and ``history`` MultiBinary(L)
+            (and, with the environment's ``cues=True``, ``cues`` Box((Q,)), appended after the history).
         channels: Width ``C`` of the three conv layers (a multiple of 4). Features have
-            ``C + L`` entries.
+            ``C + L (+ Q)`` entries.
         stride: Stride of the grouped convolution.
     """
 
@@ -74,7 +94,7 @@ class InterleavePolicyNet(BaseFeaturesExtractor):
         state, history_len = _state_and_history(observation_space)
         if channels <= 0 or channels % 4:
             raise ValueError(f"channels must be a positive multiple of 4, got {channels}")
-        super().__init__(observation_space, features_dim=channels + history_len)
+        super().__init__(observation_space, features_dim=channels + history_len + _num_cues(observation_space))
         in_ch = state.shape[0]
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
@@ -89,15 +109,15 @@ class InterleavePolicyNet(BaseFeaturesExtractor):
         x = self.act(self.depthwise(x))
         x = self.act(self.pointwise(x))
         pooled = th.amax(x, dim=(2, 3))
-        history = observations["history"].float().flatten(1)
-        return th.cat([pooled, history], dim=1)
+        return th.cat([pooled, *_extras(observations)], dim=1)
 
 
 class MLPExtractor(BaseFeaturesExtractor):
-    """Global average of each state channel (4H) + history (L) through an MLP with ReLUs.
+    """Global average of each state channel (4H) + history (L) (+ cues) through an MLP with ReLUs.
 
     Args:
-        observation_space: Dict with ``state`` Box((4H, g, g)) and ``history`` MultiBinary(L).
+        observation_space: Dict with ``state`` Box((4H, g, g)) and ``history`` MultiBinary(L)
+            (and optionally ``cues``).
         hidden_sizes: Widths of the MLP's layers; the last one is the features' size.
     """
 
@@ -107,7 +127,7 @@ class MLPExtractor(BaseFeaturesExtractor):
             raise ValueError("hidden_sizes must not be empty")
         super().__init__(observation_space, features_dim=int(hidden_sizes[-1]))
         layers: list[nn.Module] = []
-        width = state.shape[0] + history_len
+        width = state.shape[0] + history_len + _num_cues(observation_space)
         for size in hidden_sizes:
             layers += [nn.Linear(width, int(size)), nn.ReLU()]
             width = int(size)
@@ -116,8 +136,39 @@ class MLPExtractor(BaseFeaturesExtractor):
     def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
         """Features (B, hidden_sizes[-1]) of a batch of preprocessed observations."""
         pooled = observations["state"].mean(dim=(2, 3))
-        history = observations["history"].float().flatten(1)
-        return self.mlp(th.cat([pooled, history], dim=1))
+        return self.mlp(th.cat([pooled, *_extras(observations)], dim=1))
+
+
+class CueExtractor(BaseFeaturesExtractor):
+    """The runtime cues (Q) and the history (L) through an MLP with ReLUs; the state maps are not read.
+
+    For observations made with the environment's ``cues=True``: a few hundred
+    multiply-adds per decision instead of the paper net's 1.5M, so the policy's own cost
+    is negligible beside the light extractor's.
+
+    Args:
+        observation_space: Dict with ``history`` MultiBinary(L) and ``cues`` Box((Q,)).
+        hidden_sizes: Widths of the MLP's layers; the last one is the features' size.
+    """
+
+    def __init__(self, observation_space: gym.Space, hidden_sizes: Sequence[int] = (64, 64)) -> None:
+        _, history_len = _state_and_history(observation_space)
+        num_cues = _num_cues(observation_space)
+        if not num_cues:
+            raise ValueError("the cue extractor needs a 'cues' observation (make the environment with cues=True)")
+        if not hidden_sizes:
+            raise ValueError("hidden_sizes must not be empty")
+        super().__init__(observation_space, features_dim=int(hidden_sizes[-1]))
+        layers: list[nn.Module] = []
+        width = history_len + num_cues
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, int(size)), nn.ReLU()]
+            width = int(size)
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
+        """Features (B, hidden_sizes[-1]) of a batch of preprocessed observations."""
+        return self.mlp(th.cat(_extras(observations), dim=1))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 from gistgym.errors import GistgymError
-from gistgym.runtime.detect import action_extractor_indices
-from gistgym.runtime.online import AsyncStats, OnlineMemory, percentiles_ms, run_async, run_sync
+from gistgym.runtime.detect import online_memory
+from gistgym.runtime.online import AsyncStats, percentiles_ms, run_async, run_sync
 from gistgym.runtime.schedules import ScheduleChoice, parse_policy
 from gistgym.runtime.video_source import VideoSource
 
@@ -96,9 +96,7 @@ def run_once(
     model: Any, choice: ScheduleChoice, frames: list[np.ndarray], async_mode: bool, frozen: bool = True
 ) -> dict[str, Any]:
     """One pass over ``frames``: fps over the summed latencies, latency percentiles, heavy fraction."""
-    indices = action_extractor_indices(choice, model, choice.spec)
-    history_len = choice.exported.history_len if choice.exported is not None else 20
-    memory = OnlineMemory(model, indices, history_len=history_len, frozen=frozen)
+    memory = online_memory(model, choice, frozen=frozen)
     names = choice.action_meanings
     stats = AsyncStats()
     if async_mode:

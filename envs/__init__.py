@@ -19,6 +19,7 @@ register(
         "skip_light_updates": None,
         "history_len": 20,
         "reward": "eq2",
+        "cues": False,
     },
 )
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
+    DEFAULT_CUES,
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
     DEFAULT_REWARD,
@@ -30,6 +31,7 @@ ENV_ARGUMENTS = (
     "skip_light_updates",
     "history_len",
     "reward",
+    "cues",
     "render_mode",
 )
 """Every constructor argument of :class:`InterleaveEnv` (the vector envs add ``num_envs``)."""
@@ -98,6 +100,20 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     |           | rows 3H..4H-1                          | ``ĥ_t - h_{t-1}`` in [-6, 6]                        |
     | history   | MultiBinary(history_len), int8         | ``η_t``: entry k = 1 iff a light extractor ran on  |
     |           |                                        | frame ``t - k`` (k = 0 is the frame just processed)|
+
+    With ``cues=True`` a third entry, ``cues`` (Box((4,), float32), low 0, high (1, 4, 4, 6)),
+    carries signals an interleaved detector has at run time for almost nothing
+    (:func:`gistgym.envs.interleave_core.runtime_cues`; the light extractor
+    ``extractors[1]`` then runs on every frame, and on a frame where another extractor runs
+    its FLOPs are added to ``cost_flops``):
+
+    | entry         | contents                                                                        |
+    |---------------|---------------------------------------------------------------------------------|
+    | since_heavy   | ``min(k, 64) / 64``, k = frames since the last heavy frame (0 on a heavy frame) |
+    | light_change  | ``‖x_t - x_h‖ / ‖x_h‖``: light features of frame t against those of the last     |
+    |               | heavy frame h (scene change since the memory was last refreshed)                |
+    | light_step    | ``‖x_t - x_{t-1}‖ / ‖x_{t-1}‖``: against the previous frame (motion, cuts)       |
+    | memory_change | RMS of ``ĥ_t - h_{t-1}`` (how far the frame pulls the memory output)            |
 
     ``(ĉ_t, ĥ_t)`` is the state the memory computed at frame ``t`` **for the executed
     extractor**, ``s^{a_t}``, before the skip rule decides whether it is kept, and
@@ -185,6 +201,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     | history_len        | 20                     | length of the action history ``η``                        |
     | reward             | ``"eq2"``              | ``"eq2"`` (Eq. 2 from the losses) or a per-frame signal   |
     |                    |                        | ``"f1"``, ``"errors"``, ``"matched"`` (see Rewards)       |
+    | cues               | False                  | add the runtime cues to the observation (see above)       |
 
     Example (``gistgym cache build --videos data/bench --out runs/bench.h5`` makes the cache)::
 
@@ -218,7 +235,8 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     ## Version History
 
     * v0: initial version; the ``reward`` argument was added later with a default
-      (``"eq2"``) that pays exactly what v0 always paid.
+      (``"eq2"``) that pays exactly what v0 always paid, and ``cues`` with a default
+      (False) that observes exactly what v0 always observed.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class-attribute API)
@@ -234,6 +252,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
         skip_light_updates: bool | None = None,
         history_len: int = DEFAULT_HISTORY_LEN,
         reward: str = DEFAULT_REWARD,
+        cues: bool = DEFAULT_CUES,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -249,6 +268,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
             skip_light_updates=skip_light_updates,
             history_len=history_len,
             reward=reward,
+            cues=cues,
         )
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
@@ -295,7 +315,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
         video_id, start = self.core.clip_from_options(options, self.np_random)
         self.core.load(0, video_id, start)
         tr = self.core.advance(_SLOT, _SLOT)
-        return {"state": tr.state[0], "history": tr.history[0]}, single_info(tr, 0)
+        return {k: v[0] for k, v in tr.observation().items()}, single_info(tr, 0)
 
     def step(self, action: np.int64 | int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Run extractor ``action`` on the next frame (every extractor is scored, see the class docstring).
@@ -310,7 +330,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
                 f"in [0, {self.core.num_actions - 1}] (extractors {self.core.extractors})"
             )
         tr = self.core.advance(_SLOT, np.array([action], dtype=np.int64))
-        obs = {"state": tr.state[0], "history": tr.history[0]}
+        obs = {k: v[0] for k, v in tr.observation().items()}
         return obs, float(tr.rewards[0]), False, bool(tr.truncated[0]), single_info(tr, 0)
 
     def close(self) -> None:

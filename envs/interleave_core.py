@@ -51,6 +51,15 @@ DEFAULT_GAMMA = 1.0
 DEFAULT_SPEED_REWARD = (0.0, DEFAULT_GAMMA)
 DEFAULT_HISTORY_LEN = 20
 DEFAULT_REWARD = EQ2
+DEFAULT_CUES = False
+
+CUE_NAMES = ("since_heavy", "light_change", "light_step", "memory_change")
+"""The entries of the optional ``cues`` observation (see :func:`runtime_cues`)."""
+SINCE_HEAVY_SCALE = 64
+"""``since_heavy`` is ``min(k, 64) / 64`` for k frames since the last heavy one."""
+CUE_HIGH = np.array([1.0, 4.0, 4.0, 6.0], dtype=np.float32)
+"""Upper bounds of the cues (values are clipped to them); the lower bounds are 0."""
+CUE_EPS = 1e-6
 
 MEMO_BYTES = 512 * 2**20
 """Default byte budget of :data:`EPISODE_MEMO`."""
@@ -227,6 +236,39 @@ def _check_speed_reward(value: object, extractors: tuple[str, ...]) -> tuple[flo
     return tuple(out)
 
 
+# --- the runtime cues -----------------------------------------------------------------------
+def relative_change(x: Tensor, ref: Tensor) -> Tensor:
+    """``||x - ref|| / (||ref|| + 1e-6)`` per row of two (n, ...) feature batches, float32."""
+    x, ref = x.flatten(1).float(), ref.flatten(1).float()
+    return torch.linalg.vector_norm(x - ref, dim=1) / (torch.linalg.vector_norm(ref, dim=1) + CUE_EPS)
+
+
+def runtime_cues(since_heavy: Tensor, light: Tensor, light_ref: Tensor, light_prev: Tensor, dh: Tensor) -> Tensor:
+    """The ``cues`` observation of n frames, from what an interleaved detector has at run time.
+
+    Args:
+        since_heavy: (n,) frames since the last heavy frame (0 on a heavy frame).
+        light: (n, C, g, g) the cue extractor's features of the frame just processed.
+        light_ref: Its features of the last heavy frame (the frame itself on a heavy frame).
+        light_prev: Its features of the previous frame (the frame itself on a clip's first).
+        dh: (n, H, g, g) ``ĥ_t - h_{t-1}``, the memory output's change (Eq. 1's last block).
+
+    Returns:
+        (n, 4) float32, :data:`CUE_NAMES` in order, clipped to ``[0, CUE_HIGH]``:
+        ``min(k, 64) / 64``; the relative L2 change of the light features since the last
+        heavy frame and since the previous frame; the RMS of ``ĥ_t - h_{t-1}``.
+    """
+    since = since_heavy.float().clamp(max=SINCE_HEAVY_SCALE) / SINCE_HEAVY_SCALE
+    rms = dh.flatten(1).float().pow(2).mean(dim=1).sqrt()
+    cues = torch.stack([since, relative_change(light, light_ref), relative_change(light, light_prev), rms], dim=1)
+    return torch.minimum(cues.clamp(min=0.0), torch.from_numpy(CUE_HIGH))
+
+
+def cue_space() -> spaces.Box:
+    """The ``cues`` entry of the observation space."""
+    return spaces.Box(low=np.zeros(len(CUE_NAMES), np.float32), high=CUE_HIGH.copy(), dtype=np.float32)
+
+
 # --- the batched simulator ------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Transition:
@@ -255,6 +297,15 @@ class Transition:
     """(n,) bool: the row processed a clip's first frame (a reset)."""
     signals: np.ndarray | None = None
     """(n, m) float64 every extractor's per-frame signal ``S^i`` (``None`` with ``reward="eq2"``)."""
+    cues: np.ndarray | None = None
+    """(n, 4) float32 runtime cues (``None`` unless the core was made with ``cues=True``)."""
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """The batched observation: ``state``, ``history`` and, with cues, ``cues``."""
+        obs = {"state": self.state, "history": self.history}
+        if self.cues is not None:
+            obs["cues"] = self.cues
+        return obs
 
 
 # --- clips ----------------------------------------------------------------------------------
@@ -364,6 +415,10 @@ class InterleaveCore(ClipSource):
         reward: ``"eq2"`` (Eq. 2 from the per-frame losses) or a per-frame signal of
             :data:`gistgym.metrics.FRAME_SIGNALS` (every extractor's head outputs are then
             decoded and scored against the frame's ground truth each step).
+        cues: Add the runtime cues (:func:`runtime_cues`, computed from the features of
+            the first light extractor, ``extractors[1]``) to the observation; that
+            extractor then also runs on every frame where another one runs, and its FLOPs
+            are counted in ``cost_flops``.
 
     Raises:
         CacheError: Missing or unreadable cache, unknown split, no FLOP counts.
@@ -383,9 +438,13 @@ class InterleaveCore(ClipSource):
         skip_light_updates: bool | None,
         history_len: int,
         reward: str = DEFAULT_REWARD,
+        cues: bool = DEFAULT_CUES,
     ) -> None:
         self.num_slots = _check_int("num_envs", num_slots, 1)
         self.reward = check_reward(reward)
+        if not isinstance(cues, bool):
+            raise EnvArgumentError(f"cues must be True or False, got {cues!r}")
+        self.cues = cues
         if not isinstance(cache_path, str | os.PathLike):
             raise EnvArgumentError(f"cache_path must be the path of a feature cache file, got {cache_path!r}")
         self.cache = FeatureCache(Path(cache_path), sections=(SECTION_INTERLEAVE,))
@@ -414,6 +473,10 @@ class InterleaveCore(ClipSource):
                 f"`gistgym cache build --videos DIR --out {path}`",
                 field="costs",
             ) from exc
+        if self.cues:
+            # the cue extractor (action 1) also runs wherever another action runs
+            cue_flops = int(per_extractor[self.extractors[1]]["extractor_flops"])
+            self.step_flops = self.step_flops + np.where(np.arange(len(self.extractors)) == 1, 0, cue_flops)
         self.speed_reward_array = np.array(self.speed_reward, dtype=np.float64)
 
         self.memory = modules.memory
@@ -443,6 +506,10 @@ class InterleaveCore(ClipSource):
         # each slot's clip ground truth, kept only for a signal reward (the only reader)
         self._ground_truth: list[tuple[FrameAnnotation, ...]] = [()] * n
         self._history = np.zeros((n, self.history_len), dtype=np.int8)
+        # runtime cues: the cue extractor's features of each slot's last heavy and previous frame
+        self._cue_ref = torch.zeros(n, C, g, g) if self.cues else None
+        self._cue_prev = torch.zeros(n, C, g, g) if self.cues else None
+        self._since_heavy = np.zeros(n, dtype=np.int64)
         self.record_outputs = False
         """When True, :meth:`advance` keeps the executed extractor's head outputs in ``last_outputs``."""
         self.last_outputs: tuple[Tensor, Tensor] | None = None
@@ -468,12 +535,13 @@ class InterleaveCore(ClipSource):
         low[hid : 2 * hid], high[hid : 2 * hid] = 0.0, 6.0
         low[2 * hid : 3 * hid], high[2 * hid : 3 * hid] = -c_max, c_max
         low[3 * hid :], high[3 * hid :] = -6.0, 6.0
-        return spaces.Dict(
-            {
-                "state": spaces.Box(low=low, high=high, dtype=np.float32),
-                "history": spaces.MultiBinary(self.history_len),
-            }
-        )
+        entries: dict[str, spaces.Space[Any]] = {
+            "state": spaces.Box(low=low, high=high, dtype=np.float32),
+            "history": spaces.MultiBinary(self.history_len),
+        }
+        if self.cues:
+            entries["cues"] = cue_space()
+        return spaces.Dict(entries)
 
     def action_space(self) -> spaces.Discrete:
         """Discrete(m)."""
@@ -628,6 +696,7 @@ class InterleaveCore(ClipSource):
                 self._c.index_copy_(0, sl, torch.where(w, c_hat, c_prev))
                 self._h.index_copy_(0, sl, torch.where(w, h_hat, h_prev))
             obs = torch.cat([c_hat, h_hat, c_hat - c_prev, h_hat - h_prev], dim=1).numpy()
+            cues = self._advance_cues(slots, t, executed, first, h_hat - h_prev) if self.cues else None
         history = self._history[slots]
         history[:, 1:] = history[:, :-1]
         history[:, 0] = executed != 0
@@ -652,7 +721,26 @@ class InterleaveCore(ClipSource):
             state_written=written,
             first=first,
             signals=signals,
+            cues=cues,
         )
+
+    def _advance_cues(
+        self, slots: np.ndarray, t: np.ndarray, executed: np.ndarray, first: np.ndarray, dh: Tensor
+    ) -> np.ndarray:
+        """The runtime cues of frame ``t`` of every slot (and the per-slot bookkeeping they need)."""
+        assert self._cue_ref is not None and self._cue_prev is not None
+        n = len(slots)
+        sl = torch.from_numpy(slots)
+        light = self._features[sl, torch.from_numpy(t), 1].float()
+        heavy = torch.from_numpy(executed == 0).view(n, 1, 1, 1)
+        ref = torch.where(heavy, light, self._cue_ref.index_select(0, sl))
+        prev = torch.where(torch.from_numpy(first).view(n, 1, 1, 1), light, self._cue_prev.index_select(0, sl))
+        since = np.where(executed == 0, 0, self._since_heavy[slots] + 1)
+        cues = runtime_cues(torch.from_numpy(since), light, ref, prev, dh).numpy()
+        self._cue_ref.index_copy_(0, sl, ref)
+        self._cue_prev.index_copy_(0, sl, light)
+        self._since_heavy[slots] = since
+        return cues
 
     def close(self) -> None:
         """Release the cache file handle."""

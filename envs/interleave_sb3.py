@@ -19,6 +19,7 @@ import numpy as np
 from gistgym.envs.interleave import single_info
 from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
+    DEFAULT_CUES,
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
     DEFAULT_REWARD,
@@ -33,7 +34,7 @@ from gistgym.envs.vector_common import SlotSB3VecEnv
 
 def _unpack(tr: Transition) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict[str, Any]]]:
     infos = [single_info(tr, i) for i in range(len(tr.truncated))]
-    return {"state": tr.state, "history": tr.history}, tr.rewards, tr.truncated, infos
+    return tr.observation(), tr.rewards, tr.truncated, infos
 
 
 class InterleaveSB3VecEnv(SlotSB3VecEnv[Transition]):
@@ -60,6 +61,7 @@ class InterleaveSB3VecEnv(SlotSB3VecEnv[Transition]):
         skip_light_updates: bool | None = None,
         history_len: int = DEFAULT_HISTORY_LEN,
         reward: str = DEFAULT_REWARD,
+        cues: bool = DEFAULT_CUES,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -74,5 +76,6 @@ class InterleaveSB3VecEnv(SlotSB3VecEnv[Transition]):
             skip_light_updates=skip_light_updates,
             history_len=history_len,
             reward=reward,
+            cues=cues,
         )
         super().__init__(core, _unpack)

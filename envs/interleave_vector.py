@@ -11,6 +11,7 @@ import numpy as np
 from gistgym.envs.interleave import ENV_ARGUMENTS
 from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
+    DEFAULT_CUES,
     DEFAULT_EXTRACTORS,
     DEFAULT_HISTORY_LEN,
     DEFAULT_REWARD,
@@ -54,7 +55,7 @@ def batched_info(tr: Transition) -> dict[str, Any]:
 
 
 def _unpack(tr: Transition) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any]]:
-    return {"state": tr.state, "history": tr.history}, tr.rewards, tr.truncated, batched_info(tr)
+    return tr.observation(), tr.rewards, tr.truncated, batched_info(tr)
 
 
 class InterleaveVectorEnv(SlotVectorEnv[Transition]):
@@ -104,6 +105,7 @@ class InterleaveVectorEnv(SlotVectorEnv[Transition]):
         skip_light_updates: bool | None = None,
         history_len: int = DEFAULT_HISTORY_LEN,
         reward: str = DEFAULT_REWARD,
+        cues: bool = DEFAULT_CUES,
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -118,5 +120,6 @@ class InterleaveVectorEnv(SlotVectorEnv[Transition]):
             skip_light_updates=skip_light_updates,
             history_len=history_len,
             reward=reward,
+            cues=cues,
         )
         super().__init__(core, _unpack)

@@ -104,10 +104,16 @@ def build_runtime(
         hidden_channels=detector.config.hidden_channels,
         grid=detector.grid,
     )
-    indices = action_extractor_indices(choice, detector, policy_spec)
-    history_len = choice.exported.history_len if choice.exported is not None else 20
-    memory = OnlineMemory(detector, indices, history_len=history_len, frozen=frozen)
-    return detector, meta, choice, memory
+    return detector, meta, choice, online_memory(detector, choice, frozen=frozen)
+
+
+def online_memory(detector: InterleavedDetector, choice: ScheduleChoice, *, frozen: bool = True) -> OnlineMemory:
+    """The :class:`OnlineMemory` a schedule runs on: its actions' extractors, history length and cues."""
+    indices = action_extractor_indices(choice, detector, choice.spec)
+    exported = choice.exported
+    history_len = exported.history_len if exported is not None else 20
+    cues = exported is not None and exported.cues
+    return OnlineMemory(detector, indices, history_len=history_len, cues=cues, frozen=frozen)
 
 
 def run_frames(

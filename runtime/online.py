@@ -64,6 +64,7 @@ from gistgym.agents.policy import Policy
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.detector import InterleavedDetector
 from gistgym.backbones.ssdlite import Detections
+from gistgym.envs.interleave_core import runtime_cues
 from gistgym.errors import ConfigError, InvalidActionError
 from gistgym.runtime.frozen import FrozenModules, frozen_modules
 
@@ -94,6 +95,9 @@ class OnlineMemory:
         action_extractors: Detector extractor index of each policy action (0 = heavy).
         history_len: Length of the history vector η.
         skip_light_updates: Override the update rule (``None``: the one stored with the weights).
+        cues: Add the runtime cues (:func:`gistgym.envs.interleave_core.runtime_cues`) to the
+            observation, as the environment's ``cues=True`` does: the features of action 1's
+            extractor are then needed on every frame (:meth:`step`'s ``cue_feats``).
         frozen: Run the extractors, memory and head as frozen TorchScript graphs
             (:mod:`gistgym.runtime.frozen`: same outputs to about 1e-5, 1.5-2x faster per frame
             and free of the GIL in async mode); ``False`` runs the eager modules.
@@ -106,6 +110,7 @@ class OnlineMemory:
         *,
         history_len: int = DEFAULT_HISTORY_LEN,
         skip_light_updates: bool | None = None,
+        cues: bool = False,
         frozen: bool = True,
     ) -> None:
         if not action_extractors or action_extractors[0] != 0:
@@ -118,6 +123,9 @@ class OnlineMemory:
         self.skip_light_updates = (
             detector.config.skip_light_updates if skip_light_updates is None else bool(skip_light_updates)
         )
+        self.cues = bool(cues)
+        if self.cues and len(self.action_extractors) < 2:
+            raise ConfigError("cues need a light action (action 1) besides the heavy one")
         self.frozen: FrozenModules | None = frozen_modules(detector) if frozen else None
         self.reset()
 
@@ -127,6 +135,9 @@ class OnlineMemory:
         self.shift: list[Any] = [None] * len(self.detector.extractors)
         self.history = np.zeros((1, self.history_len), dtype=np.int8)
         self.frames_seen = 0
+        self.cue_ref: Tensor | None = None
+        self.cue_prev: Tensor | None = None
+        self.since_heavy = 0
 
     def preprocess(self, image: np.ndarray) -> Tensor:
         """(S, S, 3) uint8 RGB -> (1, 3, S, S) normalised."""
@@ -158,13 +169,18 @@ class OnlineMemory:
         out: tuple[Tensor, LSTMState] = self.detector.memory(feats, self.lstm)
         return out
 
-    def step(self, action: int, feats: Tensor, *, history_action: int | None = None) -> StepRecord:
+    def step(
+        self, action: int, feats: Tensor, *, history_action: int | None = None, cue_feats: Tensor | None = None
+    ) -> StepRecord:
         """Memory step with features ``feats`` of action ``action``, head, observation, history.
 
         Args:
             action: The policy action that produced ``feats`` (0 = heavy writes the memory).
             feats: (1, C, g, g) features.
-            history_action: What the history records for this frame (default ``action``).
+            history_action: What the history records for this frame (default ``action``); its
+                being 0 also makes the frame the cues' last heavy frame.
+            cue_feats: With ``cues``: action 1's features of this frame (default ``feats``
+                when ``action`` is 1).
         """
         c_prev, h_prev = self.lstm
         out, new = self._memory(feats)
@@ -178,7 +194,23 @@ class OnlineMemory:
         self.history[:, 0] = (action if history_action is None else history_action) != 0
         self.frames_seen += 1
         obs = {"state": eq1_observation(new.c, new.h, c_prev, h_prev), "history": self.history.copy()}
+        if self.cues:
+            heavy = (action if history_action is None else history_action) == 0
+            obs["cues"] = self._cues(feats if cue_feats is None and action == 1 else cue_feats, heavy, new.h - h_prev)
         return StepRecord(loc, conf, obs, written)
+
+    def _cues(self, light: Tensor | None, heavy: bool, dh: Tensor) -> np.ndarray:
+        """The (1, 4) cues of the frame just stepped (the environment's bookkeeping, one stream)."""
+        if light is None:
+            raise ConfigError("cues need action 1's features of every frame: pass cue_feats to OnlineMemory.step")
+        light = light.float()
+        first = self.cue_prev is None
+        self.since_heavy = 0 if heavy else self.since_heavy + 1
+        ref = light if heavy or self.cue_ref is None else self.cue_ref
+        prev = light if first or self.cue_prev is None else self.cue_prev
+        cues = runtime_cues(torch.tensor([self.since_heavy]), light, ref, prev, dh).numpy()
+        self.cue_ref, self.cue_prev = ref, light
+        return cues
 
     def write(self, feats: Tensor) -> None:
         """A heavy write step without detections (async fusion of background features)."""
@@ -265,7 +297,9 @@ def run_sync(
     for t, image in enumerate(frames):
         start = time.perf_counter()
         a = 0 if t == 0 else action
-        rec = memory.step(a, memory.extract(a, memory.preprocess(image)))
+        images = memory.preprocess(image)
+        cue_feats = memory.extract(1, images) if memory.cues and a != 1 else None
+        rec = memory.step(a, memory.extract(a, images), cue_feats=cue_feats)
         dets = detector.detect(rec.loc, rec.conf)[0]
         action = _check_action(policy.act(rec.observation, [_info(t, a, rec.state_written)]), num_actions, policy)
         latency = time.perf_counter() - start
@@ -353,7 +387,10 @@ def run_async(
                 want_heavy = False
                 stats.launched += 1
             used = light_action
-            rec = memory.step(used, memory.extract(used, images), history_action=0 if launched else 1)
+            cue_feats = memory.extract(1, images) if memory.cues and used != 1 else None
+            rec = memory.step(
+                used, memory.extract(used, images), history_action=0 if launched else 1, cue_feats=cue_feats
+            )
             dets = detector.detect(rec.loc, rec.conf)[0]
             info = _info(t, 0 if launched else used, rec.state_written)
             choice = _check_action(policy.act(rec.observation, [info]), num_actions, policy)

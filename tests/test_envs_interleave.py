@@ -362,3 +362,65 @@ def test_episode_memo_is_bounded_and_least_recently_used() -> None:
     memo.max_bytes = 50
     memo.put(key["b"], video("b"))  # larger than the budget: not stored
     assert memo.get(key["b"]) is None and len(memo) == 2
+
+
+# --- the runtime cues (cues=True) ------------------------------------------------------------
+def hand_cues(cache_path: str, video_id: str, start: int, actions: list[int], states: list[dict]) -> list[np.ndarray]:
+    """The four cues of every frame written out from the cached light features and the hand-computed states."""
+    ep = FeatureCache(cache_path).load_episode(video_id)
+    light = np.asarray(ep.features["light"], dtype=np.float64)
+    out, ref, since = [], None, 0
+    hid = states[0]["state"].shape[0] // 4
+    for t, a in enumerate([0, *actions]):
+        x = light[start + t]
+        since = 0 if a == 0 else since + 1
+        ref = x if a == 0 else ref
+        prev = x if t == 0 else light[start + t - 1]
+        dh = states[t]["state"][3 * hid :]
+        cues = [
+            min(since, 64) / 64,
+            np.linalg.norm(x - ref) / (np.linalg.norm(ref) + 1e-6),
+            np.linalg.norm(x - prev) / (np.linalg.norm(prev) + 1e-6),
+            np.sqrt(np.mean(dh.astype(np.float64) ** 2)),
+        ]
+        out.append(np.minimum(np.array(cues), [1.0, 4.0, 4.0, 6.0]))
+    return out
+
+
+def test_cues_match_a_hand_computation_and_cost_the_light_extractor(kwargs: dict[str, Any]) -> None:
+    actions = [1, 1, 0, 1, 1, 1, 0]
+    env = InterleaveEnv(**kwargs, split="val", cues=True)
+    plain = InterleaveEnv(**kwargs, split="val")
+    assert env.observation_space["cues"].shape == (4,)
+    assert "cues" not in plain.observation_space.spaces
+    obs, info = env.reset(options={"video_id": "val_0001", "start": 5})
+    p_obs, p_info = plain.reset(options={"video_id": "val_0001", "start": 5})
+    states = manual_algorithm_1(kwargs["cache_path"], "val_0001", 5, actions, env.skip_light_updates)
+    want = hand_cues(kwargs["cache_path"], "val_0001", 5, actions, states)
+    costs = FeatureCache(kwargs["cache_path"]).info.costs["per_extractor"]
+    light_flops = int(costs["light"]["extractor_flops"])
+    for t, cues in enumerate(want):
+        if t > 0:
+            obs, r, _, _, info = env.step(actions[t - 1])
+            p_obs, p_r, _, _, p_info = plain.step(actions[t - 1])
+            assert r == p_r  # the reward and the Eq. 1 observation do not change
+            np.testing.assert_array_equal(obs["state"], p_obs["state"])
+        assert env.observation_space.contains(obs)
+        np.testing.assert_allclose(obs["cues"], cues, rtol=1e-4, atol=1e-5)
+        heavy = info["action"] == 0
+        assert info["cost_flops"] == p_info["cost_flops"] + (light_flops if heavy else 0)
+    # the change since the heavy frame grows on light frames and restarts at 0 on a heavy one
+    assert want[3][1] == 0.0 and want[2][1] > 0.0 and want[1][0] == pytest.approx(1 / 64)
+
+
+def test_cues_must_be_a_bool(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(EnvArgumentError, match="cues must be True or False"):
+        InterleaveEnv(**kwargs, cues=1)
+
+
+def test_env_checkers_pass_with_cues(kwargs: dict[str, Any]) -> None:
+    env = make("gistgym/Interleave-v0", **kwargs, cues=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped, skip_render_check=True)
+    env.close()

@@ -22,6 +22,8 @@ from gistgym.videos.dataset import load_dataset, write_video_file
 OBS_TOLERANCE = 2e-3
 """The environment steps over float16 cached features, the runtime computes float32 ones:
 observations (memory states in [0, ~6]) agree to ~4e-4 on the benchmark, asserted to 2e-3."""
+CUE_TOLERANCE = 5e-3
+"""The cues are relative changes of those features (float16 in the cache: relative error ~1e-3)."""
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +74,12 @@ def test_fixed_tau_reproduces_the_evaluation_schedule_and_detections(
         np.testing.assert_allclose(np.array(line["boxes"]).reshape(-1, 4), want.boxes, atol=0.01)
 
 
-def _env_rollout(tiny_cache: Path, video_id: str, T: int, policy: Any) -> tuple[list, list]:
+def _env_rollout(tiny_cache: Path, video_id: str, T: int, policy: Any, cues: bool = False) -> tuple[list, list]:
     import gymnasium as gym
 
     import gistgym.envs  # noqa: F401
 
-    env = gym.make("gistgym/Interleave-v0", cache_path=str(tiny_cache), split="val", clip_len=T)
+    env = gym.make("gistgym/Interleave-v0", cache_path=str(tiny_cache), split="val", clip_len=T, cues=cues)
     obs, info = env.reset(options={"video_id": video_id, "start": 0})
     policy.reset(1)
     observations, actions = [obs], [0]
@@ -90,8 +92,8 @@ def _env_rollout(tiny_cache: Path, video_id: str, T: int, policy: Any) -> tuple[
     return observations, actions
 
 
-def _runtime_rollout(model: Any, record: Any, policy: Any) -> list[FrameResult]:
-    memory = OnlineMemory(model, (0, 1))
+def _runtime_rollout(model: Any, record: Any, policy: Any, cues: bool = False) -> list[FrameResult]:
+    memory = OnlineMemory(model, (0, 1), cues=cues)
     return list(run_sync(memory, iter(record.read_frames()), policy, action_names=("heavy", "light")))
 
 
@@ -100,6 +102,9 @@ def _assert_same_observations(results: list[FrameResult], observations: list, ac
     for r, obs in zip(results, observations, strict=True):
         np.testing.assert_array_equal(r.observation["history"][0], obs["history"])
         np.testing.assert_allclose(r.observation["state"][0], obs["state"], rtol=0, atol=OBS_TOLERANCE)
+        assert ("cues" in r.observation) == ("cues" in obs)
+        if "cues" in obs:
+            np.testing.assert_allclose(r.observation["cues"][0], obs["cues"], rtol=0, atol=CUE_TOLERANCE)
 
 
 def test_frozen_modules_match_the_eager_detector_frame_by_frame(model: Any, record: Any) -> None:
@@ -162,15 +167,52 @@ def test_exported_policy_gives_the_environments_schedule(
     assert summary["policy"] == str(policy_file)
 
 
-def _export_balanced_dqn(tiny_cache: Path, out: Path) -> Path:
+def test_sync_runtime_computes_the_environments_cues(model: Any, record: Any, tiny_cache: Path) -> None:
+    observations, actions = _env_rollout(tiny_cache, record.video_id, record.num_frames, FixedTauPolicy(3), cues=True)
+    results = _runtime_rollout(model, record, FixedTauPolicy(3), cues=True)
+    _assert_same_observations(results, observations, actions)
+    cues = np.concatenate([r.observation["cues"] for r in results])
+    heavy = np.array([r.heavy for r in results])
+    np.testing.assert_array_equal(cues[heavy, :2], 0.0)  # a heavy frame restarts the count and the reference
+    assert (cues[~heavy, :2] > 0).all() and (cues[:, 3] > 0).all()
+
+
+def test_exported_cue_policy_gives_the_environments_schedule(
+    model: Any, record: Any, tiny_cache: Path, tmp_path: Path, weights: Path
+) -> None:
+    """A policy reading the runtime cues (exported, TorchScript) schedules the same online as in the environment."""
+    from gistgym.agents.policy_nets import CueExtractor
+
+    policy_file = _export_balanced_dqn(
+        tiny_cache, tmp_path / "p.pt", cues=True, export_format="torchscript", extractor=CueExtractor
+    )
+    from gistgym.agents.export import load_exported_policy
+
+    policy = load_exported_policy(policy_file, cache=tiny_cache)
+    assert policy.inputs == ("state", "history", "cues")
+    observations, actions = _env_rollout(tiny_cache, record.video_id, record.num_frames, policy, cues=True)
+    assert 0 < sum(actions[1:]) < len(actions) - 1
+    results = _runtime_rollout(model, record, policy, cues=True)
+    _assert_same_observations(results, observations, actions)
+    _, cli_results = _detect(record.path, tmp_path / "out", weights, str(policy_file))
+    assert [0 if r.heavy else 1 for r in cli_results] == actions
+    assert "cues" in cli_results[0].observation
+
+
+def _export_balanced_dqn(
+    tiny_cache: Path, out: Path, *, cues: bool = False, export_format: str = "onnx", extractor: Any = None
+) -> Path:
     from stable_baselines3 import DQN
 
     from gistgym.agents.export import context_from_cache, export_policy
     from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
 
-    venv = InterleaveSB3VecEnv(tiny_cache, num_envs=8, split="val", clip_len=12)
+    venv = InterleaveSB3VecEnv(tiny_cache, num_envs=8, split="val", clip_len=12, cues=cues)
     torch.manual_seed(1)
-    model = DQN("MultiInputPolicy", venv, policy_kwargs={"net_arch": [32]}, buffer_size=10, seed=1, device="cpu")
+    policy_kwargs: dict[str, Any] = {"net_arch": [32]}
+    if extractor is not None:
+        policy_kwargs.update(features_extractor_class=extractor, normalize_images=False)
+    model = DQN("MultiInputPolicy", venv, policy_kwargs=policy_kwargs, buffer_size=10, seed=1, device="cpu")
     venv.seed(0)
     obs = venv.reset()
     states = [obs]
@@ -178,14 +220,14 @@ def _export_balanced_dqn(tiny_cache: Path, out: Path) -> Path:
     for _ in range(11):
         obs, *_ = venv.step(rng.integers(0, 2, 8))
         states.append(obs)
-    batch = {k: np.concatenate([s[k] for s in states]) for k in ("state", "history")}
+    batch = {k: np.concatenate([s[k] for s in states]) for k in states[0]}
     with torch.no_grad():
         q = model.policy.q_net(model.policy.obs_to_tensor(batch)[0]).numpy()
         gaps = np.unique(q[:, 0] - q[:, 1])
         head = [m for m in model.policy.q_net.q_net.modules() if isinstance(m, torch.nn.Linear)][-1]
         head.bias[1] += float((gaps[len(gaps) // 2 - 1] + gaps[len(gaps) // 2]) / 2)
-    ctx = context_from_cache(tiny_cache, {"clip_len": 12}, algorithm="DQN")
-    return export_policy(model, out, "onnx", ctx).path
+    ctx = context_from_cache(tiny_cache, {"clip_len": 12, "cues": cues}, algorithm="DQN")
+    return export_policy(model, out, export_format, ctx).path
 
 
 # --- asynchronous mode -----------------------------------------------------------------------
