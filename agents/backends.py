@@ -231,7 +231,7 @@ BACKENDS: dict[str, EnvBackend] = {
         run_env_kwargs=_keyframe_run_kwargs,
         compare_settings=_keyframe_compare_settings,
         baselines=_keyframe_baselines,
-        matched_random=False,
+        matched_random=True,
     ),
     # Glimpse comparisons have their own metrics and baselines (gistgym.agents.glimpse_compare);
     # this entry serves SB3 training (PPO) on the batched environment.

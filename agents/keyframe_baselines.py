@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gistgym.agents.baselines import NEXT_LOSSES, ConstantPolicy, OraclePolicy
+from gistgym.agents.baselines import NEXT_LOSSES, ConstantPolicy, OraclePolicy, RandomPolicy
 from gistgym.envs.keyframe import KEY, PROPAGATE
 from gistgym.errors import ConfigError
 from gistgym.feature_cache.keyframe import CUE_NAMES
@@ -131,7 +131,10 @@ class KeyframeOraclePolicy(OraclePolicy):
 
 
 def parse_keyframe_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
-    """A baseline from its name: ``every-frame``, ``key=L``, ``flow-threshold@X``, ``oracle``, ``hindsight...``.
+    """A baseline by name: ``every-frame``, ``key=L``, ``flow-threshold@X``, ``random@F``, ``oracle``, ``hindsight...``.
+
+    ``random@F`` makes a keyframe with probability F on every frame (plus the forced ones at
+    ``max_distance``), :class:`~gistgym.agents.baselines.RandomPolicy`.
 
     ``hindsight``, ``hindsight@F`` and ``hindsight:lambda=X`` are the exact hindsight oracle
     (:class:`~gistgym.agents.hindsight.KeyframeHindsightPolicy`).
@@ -150,6 +153,7 @@ def parse_keyframe_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
     makers = (
         ("key=", lambda x: FixedDurationPolicy(int(x))),
         ("flow-threshold@", lambda x: FlowThresholdPolicy(float(x))),
+        ("random@", lambda x: RandomPolicy(float(x))),
     )
     for prefix, make in makers:
         if spec.startswith(prefix):
@@ -158,6 +162,6 @@ def parse_keyframe_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
             except ValueError as exc:
                 raise ConfigError(f"baseline {spec!r}: {spec[len(prefix) :]!r} is not a number") from exc
     raise ConfigError(
-        f"unknown keyframe baseline {spec!r}; expected every-frame, key=L, flow-threshold@X, oracle or "
+        f"unknown keyframe baseline {spec!r}; expected every-frame, key=L, flow-threshold@X, random@F, oracle or "
         "hindsight[@F | :lambda=X]"
     )

@@ -87,7 +87,8 @@ def test_parse_keyframe_baseline() -> None:
     assert parse_keyframe_baseline("key=10", (0, 0.3)).key_duration == 10
     assert parse_keyframe_baseline("flow-threshold@2.5", (0, 0.3)).threshold == 2.5
     assert parse_keyframe_baseline("oracle", (0, 0.3)).speed_reward == (0.0, 0.3)
-    for bad in ("key=x", "flow-threshold@", "heavy", "tau=3"):
+    assert parse_keyframe_baseline("random@0.25", (0, 0.3)).fraction == 0.25
+    for bad in ("key=x", "flow-threshold@", "heavy", "tau=3", "random@2"):
         with pytest.raises(ConfigError):
             parse_keyframe_baseline(bad, (0, 0.3))
 
@@ -223,6 +224,8 @@ def test_train_and_compare_on_keyframe(keyframe_cache: Path, keyframe_run: tuple
     )
     data = result.as_json()
     assert {"every-frame", "key=2", "key=5", "flow-threshold@1", "oracle", run_dir.name} <= data.keys()
+    # random keyframes at the run's key fraction, as for Interleave-v0's heavy fraction
+    assert f"random@{data[run_dir.name]['key_fraction']:.2f}" in data
     for name in data:
         assert {"map50", "key_fraction", "gflops_per_frame", "mean_reward"} <= data[name].keys()
     assert set(result.verdict) <= {"fixed l", "flow threshold"}
