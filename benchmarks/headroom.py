@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from gistgym.agents.backends import INTERLEAVE_ENV_ID, KEYFRAME_ENV_ID, get_backend
 from gistgym.agents.baselines import FixedTauPolicy, OraclePolicy, RandomPolicy, SegmentPeriodPolicy
+from gistgym.agents.compare import frontier_at
 from gistgym.agents.hindsight import (
     BeamSearch,
     SchedulePolicy,
@@ -169,20 +170,15 @@ def best_at_each_fraction(points: Sequence[tuple[float, float]]) -> list[tuple[f
 
 
 def frontier(families: Sequence[Sequence[tuple[float, float]]], grid: np.ndarray) -> np.ndarray:
-    """The best of several point families at each fraction of ``grid``.
+    """The best of several point families at each fraction of ``grid`` (``-inf`` where none covers).
 
     Each family (a beam width, an oracle's cost) is its own curve, the linear interpolation of
     its envelope, defined over its own range; the envelope of every point pooled is one more.
-    Pooling alone would let a weak family's point cut below a strong family's segment.
+    Pooling alone would let a weak family's point cut below a strong family's segment. The
+    comparison's captured share reads the same frontier (:func:`gistgym.agents.compare.frontier_at`).
     """
-    curves = [pts for pts in families if pts]
-    pooled = [p for pts in curves for p in pts]
-    best = np.full(len(grid), -np.inf)
-    for pts in [*curves, pooled]:
-        xs, ys = envelope(pts)
-        inside = (grid >= xs[0]) & (grid <= xs[-1])
-        best = np.where(inside, np.maximum(best, np.interp(grid, xs, ys)), best)
-    return best
+    best = frontier_at(families, grid)
+    return np.where(np.isnan(best), -np.inf, best)
 
 
 def curve_gap(
