@@ -229,8 +229,10 @@ def dominance(
 
     Returns:
         ``{"dominates", "min_gap", "at_fraction", "best_margin", "best_run",
-        "best_run_fraction", "span", "covered"}`` (mAP differences in [0, 1] units); ``{}``
-        without runs or reference points.
+        "best_run_fraction", "span", "covered", "run_fractions"}`` (mAP differences in [0, 1]
+        units; ``best_run`` is ``""`` and its margin and fraction ``nan`` when no run lies
+        inside ``span``; ``run_fractions`` maps every run to its fraction); ``{}`` without
+        runs or reference points.
     """
     if not points or not runs:
         return {}
@@ -250,6 +252,7 @@ def dominance(
         "best_run_fraction": float(best[2]),
         "span": list(span),
         "covered": covered,
+        "run_fractions": {n: float(x) for x, _, n in runs},
     }
 
 
@@ -279,14 +282,27 @@ def format_verdict(verdict: Mapping[str, Mapping[str, Any]], label: str = "heavy
     lines = []
     for ref, v in verdict.items():
         lo, hi = v["span"]
+        span = f"{label} {lo:.0%}-{hi:.0%}"
+        if not math.isfinite(v["min_gap"]):  # NaN mAP: a split without ground truth
+            lines.append(f"verdict: no gap to {ref} for {span}: a policy's mAP is missing (no ground truth?)")
+            continue
         word = "DOMINATES" if v["dominates"] else "does not dominate"
         extra = "" if v["covered"] else " (the runs do not cover the whole range)"
-        lines.append(
-            f"verdict: the adaptive curve {word} {ref} for {label} {lo:.0%}-{hi:.0%}{extra}: "
+        text = (
+            f"verdict: the adaptive curve {word} {ref} for {span}{extra}: "
             f"smallest gap {100 * v['min_gap']:+.2f} mAP points at {v['at_fraction']:.1%}; "
-            f"best run {v['best_run'] or '-'} {100 * v['best_margin']:+.2f} points over {ref} "
-            f"at its fraction {v['best_run_fraction']:.1%}"
         )
+        if v["best_run"] and math.isfinite(v["best_margin"]):
+            text += (
+                f"best run {v['best_run']} {100 * v['best_margin']:+.2f} points over {ref} "
+                f"at its fraction {v['best_run_fraction']:.1%}"
+            )
+        elif v["best_run"]:
+            text += f"best run {v['best_run']}: its mAP is missing"
+        else:
+            runs = ", ".join(f"{n} at {x:.1%}" for n, x in (v.get("run_fractions") or {}).items())
+            text += f"no run inside {span}, so no best run" + (f" ({runs})" if runs else "")
+        lines.append(text)
     return "\n".join(lines)
 
 
@@ -718,7 +734,11 @@ def format_headroom_verdict(headroom: Mapping[str, Any] | None, label: str = "he
         f"points at {c['max_gap_at']:.0%}"
     )
     r = headroom["random"]
-    if r is not None:
+    if r is not None and r["covered"] is None:
+        text += f"; random at matched fraction: no {label} in the span where random, {ref} and the frontier all reach"
+    elif r is not None and not math.isfinite(r["captured"]):
+        text += f"; random at matched fraction: mean gap {_points(r['mean_gap'])}, no headroom there to capture"
+    elif r is not None:
         text += f"; random at matched fraction captures {_share(r['captured'])} (mean gap {_points(r['mean_gap'])})"
     return text
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,20 +135,38 @@ def format_glimpse_verdict(verdict: Mapping[str, Any]) -> str:
         return "verdict: no adaptive (AdaFrame) runs to compare"
     r = verdict["reaches_all"]
     word = "REACHES" if r["ok"] else "does not reach"
-    lines = [
-        f"verdict: adaptive lookahead {word} all-frames mAP {100 * verdict['all_map']:.2f} within "
+    head = (
+        f"verdict: adaptive lookahead {word} all-frames mAP {_map(verdict['all_map'])} within "
         f"{100 * ALL_FRAMES_TOLERANCE:.0f} point on <= {verdict['budget_frames']:.1f} frames: "
-        f"{r['point'] or '-'} {100 * r['map']:.2f} mAP ({100 * r['gap_to_all']:+.2f}) "
-        f"with {r['frames_used']:.2f} frames"
-    ]
+    )
+    if r["point"]:
+        head += f"{r['point']} {_map(r['map'])} mAP ({_signed(r['gap_to_all'])}) with {r['frames_used']:.2f} frames"
+    else:
+        head += f"no adaptive point uses <= {verdict['budget_frames']:.1f} frames"
+    lines = [head]
     for ref, b in verdict["beats"].items():
         word = "BEATS" if b["ok"] else "does not beat"
-        lines.append(
-            f"verdict: {b['point'] or '-'} {word} {ref} sampling at equal frames used by "
-            f"{100 * b['margin']:+.2f} mAP points; the adaptive curve is above {ref} at "
-            f"{b['points_above']} of {b['points']} points (smallest margin {100 * b['min_margin']:+.2f})"
+        curve = (
+            f"the adaptive curve is above {ref} at {b['points_above']} of {b['points']} points "
+            f"(smallest margin {_signed(b['min_margin'])})"
         )
+        if b["point"]:
+            lines.append(
+                f"verdict: {b['point']} {word} {ref} sampling at equal frames used by "
+                f"{_signed(b['margin'])} mAP points; {curve}"
+            )
+        else:
+            lines.append(f"verdict: no adaptive point within the frame budget to set against {ref} sampling; {curve}")
     return "\n".join(lines)
+
+
+def _map(x: float) -> str:
+    """An mAP in points, or what is missing (NaN: no ground truth to score)."""
+    return f"{100 * x:.2f}" if math.isfinite(x) else "(missing: no ground truth)"
+
+
+def _signed(x: float) -> str:
+    return f"{100 * x:+.2f}" if math.isfinite(x) else "(missing: no ground truth)"
 
 
 def _order(comparison: GlimpseComparison) -> list[str]:

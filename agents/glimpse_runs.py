@@ -41,7 +41,7 @@ from gistgym.agents.runs import (
 from gistgym.errors import RunError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.glimpse import SECTION_GLIMPSE, GlimpseSection, GlimpseVideos, read_glimpse_section
-from gistgym.videos.dataset import atomic_write_json
+from gistgym.videos.dataset import atomic_write_json, nan_to_null
 
 ADAFRAME_MODEL_FILE = "model.pt"
 """The AdaFrame agent's weights in a run directory (a ``state_dict`` of tensors)."""
@@ -200,7 +200,8 @@ def train_adaframe_run(config: Any, target: Path, *, command: Sequence[str] = ()
         writer.close()
         torch.save(adaframe_state(net), partial / ADAFRAME_MODEL_FILE)
         atomic_write_json(
-            partial / EVAL_FILE, {"split": config.eval_split, "videos": list(eval_videos.video_ids), "history": history}
+            partial / EVAL_FILE,
+            nan_to_null({"split": config.eval_split, "videos": list(eval_videos.video_ids), "history": history}),
         )
         plot_training(
             history,

@@ -10,13 +10,13 @@ is checked before any evaluation, and only a previous comparison is replaced, wi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gistgym.staging import check_output, read_json_marker, write_output_folder
+from gistgym.videos.dataset import json_text, nan_to_null
 
 COMPARE_FORMAT = "gistgym-compare"
 """The format marker of a comparison's ``results.json`` (what ``--overwrite`` may replace)."""
@@ -59,13 +59,15 @@ def write_report(
     """table.md, results.csv, results.json and the plots, written into a staging folder renamed onto ``out``.
 
     table.md is the title, the table, each of ``sections`` (markdown blocks, e.g. per-setting
-    summaries) and the verdict, separated by blank lines.
+    summaries) and the verdict, separated by blank lines. In results.json a number that is
+    missing (no run inside the span, a curve that does not reach a fraction, mAP without
+    ground truth: NaN in ``results``) is ``null``.
     """
     body = "\n\n".join([title, table, *sections, verdict])
     files: dict[str, bytes | Callable[[Path], None]] = {
         "table.md": f"{body}\n".encode(),
         "results.csv": csv,
-        "results.json": (json.dumps({"format": COMPARE_FORMAT, **results}, indent=1) + "\n").encode(),
+        "results.json": (json_text({"format": COMPARE_FORMAT, **nan_to_null(results)}, indent=1) + "\n").encode(),
         **plots,
     }
     write_output_folder(out, files)

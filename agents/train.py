@@ -35,7 +35,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from gistgym.agents.runs import (
 from gistgym.envs.rewards import EQ2, REWARDS
 from gistgym.errors import ConfigError
 from gistgym.staging import check_name
-from gistgym.videos.dataset import atomic_write_json
+from gistgym.videos.dataset import atomic_write_json, nan_to_null
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO}
 """``--algo`` name -> SB3 class."""
@@ -197,6 +197,11 @@ def check_config(config: TrainConfig) -> None:
     """
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
+    for f in fields(config):  # the command line checks ranges when parsing; a library caller gets this
+        value = getattr(config, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
     backend = get_backend(config.env)
     if config.algo == ADAFRAME:
         if config.env != GLIMPSE_ENV_ID:
@@ -406,7 +411,7 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
                 tracker.evaluate()
             model.save(partial / MODEL_FILE)
             history = {"split": config.eval_split, "videos": list(evaluator.video_ids), "history": tracker.history}
-            atomic_write_json(partial / EVAL_FILE, history)
+            atomic_write_json(partial / EVAL_FILE, nan_to_null(history))  # mAP is null without ground truth
             plot_training(
                 tracker.history,
                 partial / "training.png",

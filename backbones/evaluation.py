@@ -396,16 +396,3 @@ def plot_report(report: dict[str, dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def report_for_json(report: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A JSON-safe copy (nan -> None)."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, float) and not np.isfinite(x):
-            return None
-        return x
-
-    return clean(report)

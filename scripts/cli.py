@@ -7,7 +7,6 @@ with one line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -17,7 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from gistgym.errors import GistgymError, one_line
-from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args
+from gistgym.scripts.args import (
+    NumberType,
+    OneLineArgumentParser,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    int_at_least,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 
 EXIT_BAD_INPUT = 2
 
@@ -61,6 +71,31 @@ class EvalArgs:
     (by_distance.md, .json, .png; under the JSON key light_by_distance)."""
     json: bool = False
     """Print one JSON object keyed by schedule instead of the table."""
+
+
+VIDEOS_MAKE_NUMBERS: dict[str, NumberType] = {
+    "seed": nonnegative_int,
+    "train": int_at_least(-1),
+    "val": int_at_least(-1),
+    "test": int_at_least(-1),
+    "frames": int_at_least(-1),
+}
+"""The range of each numeric option of ``gistgym videos make`` (-1: the kind's default)."""
+BACKBONES_TRAIN_NUMBERS: dict[str, NumberType] = {
+    "seed": nonnegative_int,
+    "iterations": positive_int,
+    "batch_clips": positive_int,
+    "clip_len": positive_int,
+    "lr": positive_float,
+    "weight_decay": nonnegative_float,
+    "warmup": nonnegative_int,
+    "max_heavy_prob": unit_interval,
+    "clip_mix": unit_interval,
+    "threads": positive_int,
+}
+"""The range of each numeric option of ``gistgym backbones train``."""
+BACKBONES_EVAL_NUMBERS: dict[str, NumberType] = {"max_videos": nonnegative_int}
+"""The range of each numeric option of ``gistgym backbones eval``."""
 
 
 def _set_threads() -> None:
@@ -130,11 +165,10 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
         plot_distance_report,
         plot_report,
         ratio_summary,
-        report_for_json,
     )
     from gistgym.backbones.flops import step_costs
     from gistgym.backbones.weights import load_detector
-    from gistgym.videos.dataset import atomic_write_json
+    from gistgym.videos.dataset import atomic_write_json, json_text, nan_to_null
 
     _set_threads()
     a = dataclass_from_args(EvalArgs, ns)
@@ -145,7 +179,7 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    clean = report_for_json(report)
+    clean = nan_to_null(report)  # mAP is null where a schedule or stretch has no ground truth
     atomic_write_json(out / "report.json", clean)
     table = format_table(report)
     ratios = ratio_summary(report)
@@ -155,12 +189,12 @@ def cmd_backbones_eval(ns: argparse.Namespace) -> int:
     if a.by_distance:
         by_distance = light_by_distance(model, a.videos, a.split, max_videos=a.max_videos or None, progress=not a.json)
         distance_table = format_distance_table(by_distance)
-        atomic_write_json(out / "by_distance.json", report_for_json(by_distance))
+        atomic_write_json(out / "by_distance.json", nan_to_null(by_distance))
         (out / "by_distance.md").write_text(distance_table + "\n")
         plot_distance_report(by_distance, out / "by_distance.png", f"{Path(a.videos).name} [{a.split}]")
-        clean["light_by_distance"] = report_for_json(by_distance)
+        clean["light_by_distance"] = nan_to_null(by_distance)
     if a.json:
-        print(json.dumps(clean))
+        print(json_text(clean))
         return 0
     print(table)
     print()
@@ -185,22 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     from gistgym.backbones.training import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="gistgym", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="gistgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
 
     videos = sub.add_parser("videos", help="synthetic benchmark and video data").add_subparsers(
         dest="command", required=True
     )
     p = videos.add_parser("make", help="generate the synthetic video benchmark")
-    add_dataclass_arguments(p, VideosMakeArgs)
+    add_dataclass_arguments(p, VideosMakeArgs, VIDEOS_MAKE_NUMBERS)
     p.set_defaults(func=cmd_videos_make)
 
     backbones = sub.add_parser("backbones", help="frozen video models").add_subparsers(dest="command", required=True)
     p = backbones.add_parser("train", help="train the interleaved detector (writes weights + sidecar)")
-    add_dataclass_arguments(p, TrainConfig)
+    add_dataclass_arguments(p, TrainConfig, BACKBONES_TRAIN_NUMBERS)
     p.set_defaults(func=cmd_backbones_train)
     p = backbones.add_parser("eval", help="mAP@0.5 and GFLOPs of fixed schedules")
-    add_dataclass_arguments(p, EvalArgs)
+    add_dataclass_arguments(p, EvalArgs, BACKBONES_EVAL_NUMBERS)
     p.set_defaults(func=cmd_backbones_eval)
 
     from gistgym.scripts.cache_commands import register_cache_commands
@@ -224,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gistgym`` console command."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a bad option: its one line is printed (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     try:
         return int(ns.func(ns))
     except GistgymError as exc:

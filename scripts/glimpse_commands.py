@@ -8,8 +8,26 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import Any
 
-from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args, subcommands
+from gistgym.scripts.args import (
+    NumberType,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    nonnegative_int,
+    positive_int,
+    subcommands,
+)
+
+TRAIN_GLIMPSE_NUMBERS: dict[str, NumberType] = {
+    "seed": nonnegative_int,
+    "steps": positive_int,
+    "glimpses": positive_int,
+    "hidden": positive_int,
+    "memory_frames": positive_int,
+    "max_videos": nonnegative_int,
+}
+"""The range of each numeric option of ``gistgym backbones train-glimpse``."""
 
 
 def cmd_train_glimpse(ns: argparse.Namespace) -> int:
@@ -33,7 +51,7 @@ def cmd_train_glimpse(ns: argparse.Namespace) -> int:
     return 0
 
 
-def register_glimpse_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_glimpse_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``train-glimpse`` to the ``gistgym backbones`` group."""
     from gistgym.backbones.glimpse_training import GlimpseTrainConfig
 
@@ -41,5 +59,5 @@ def register_glimpse_commands(sub: argparse._SubParsersAction[argparse.ArgumentP
     p = backbones.add_parser(
         "train-glimpse", help="train the frozen glimpse classifier of Glimpse-v0 (writes weights + sidecar)"
     )
-    add_dataclass_arguments(p, GlimpseTrainConfig)
+    add_dataclass_arguments(p, GlimpseTrainConfig, TRAIN_GLIMPSE_NUMBERS)
     p.set_defaults(func=cmd_train_glimpse)

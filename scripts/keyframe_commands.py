@@ -6,14 +6,38 @@ Thin wrappers over :mod:`gistgym.backbones.dff_training`.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gistgym.scripts.args import add_dataclass_arguments, dataclass_from_args, subcommands
+from gistgym.scripts.args import (
+    NumberType,
+    add_dataclass_arguments,
+    dataclass_from_args,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    subcommands,
+)
+
+TRAIN_DFF_NUMBERS: dict[str, NumberType] = {
+    "seed": nonnegative_int,
+    "iterations": positive_int,
+    "batch_pairs": positive_int,
+    "max_distance": positive_int,
+    "lr": positive_float,
+    "weight_decay": nonnegative_float,
+    "warmup": nonnegative_int,
+    "flow_supervision": nonnegative_float,
+    "max_videos": nonnegative_int,
+    "threads": positive_int,
+}
+"""The range of each numeric option of ``gistgym backbones train-dff``."""
+EVAL_DFF_NUMBERS: dict[str, NumberType] = {"durations": positive_int, "max_videos": nonnegative_int}
+"""The range of each numeric option of ``gistgym backbones eval-dff``."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +113,7 @@ def cmd_eval_dff(ns: argparse.Namespace) -> int:
     """mAP@0.5 of fixed key durations, counted FLOPs of N_feat, F, W, N_task and r."""
     from gistgym.backbones.dff import dff_costs, load_dff
     from gistgym.backbones.dff_training import evaluate_key_durations
-    from gistgym.videos.dataset import atomic_write_json
+    from gistgym.videos.dataset import atomic_write_json, json_text, nan_to_null
 
     _set_threads()
     a = dataclass_from_args(DFFEvalArgs, ns)
@@ -101,10 +125,10 @@ def cmd_eval_dff(ns: argparse.Namespace) -> int:
     report = {"weights_sha256": meta["sha256"], "split": a.split, "costs": costs.to_dict(), "durations": rows}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report)
+    atomic_write_json(out / "report.json", nan_to_null(report))  # mAP is null on videos without ground truth
     plot_durations(report, out / "map_vs_key_duration.png")
     if a.json:
-        print(json.dumps(report))
+        print(json_text(nan_to_null(report)))
         return 0
     c = costs
     print(
@@ -122,7 +146,7 @@ def cmd_eval_dff(ns: argparse.Namespace) -> int:
     return 0
 
 
-def register_keyframe_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_keyframe_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``train-dff`` and ``eval-dff`` to the ``gistgym backbones`` group."""
     from gistgym.backbones.dff_training import DFFTrainConfig
 
@@ -130,8 +154,8 @@ def register_keyframe_commands(sub: argparse._SubParsersAction[argparse.Argument
     p = backbones.add_parser(
         "train-dff", help="train Deep Feature Flow's flow and task nets (writes weights + sidecar)"
     )
-    add_dataclass_arguments(p, DFFTrainConfig)
+    add_dataclass_arguments(p, DFFTrainConfig, TRAIN_DFF_NUMBERS)
     p.set_defaults(func=cmd_train_dff)
     p = backbones.add_parser("eval-dff", help="DFF mAP@0.5 for fixed key durations, counted FLOPs and r")
-    add_dataclass_arguments(p, DFFEvalArgs)
+    add_dataclass_arguments(p, DFFEvalArgs, EVAL_DFF_NUMBERS)
     p.set_defaults(func=cmd_eval_dff)

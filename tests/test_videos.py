@@ -13,6 +13,7 @@ import pytest
 
 from gistgym.errors import AnnotationError, ConfigError, InputFileError, VideoError
 from gistgym.scripts.cli import main
+from gistgym.videos import dataset
 from gistgym.videos.benchmark import make_benchmark, video_id
 from gistgym.videos.dataset import (
     ANNOTATION_FILE,
@@ -285,7 +286,7 @@ def test_nonpositive_frame_count_requested(tiny_bench: Path, num_frames: int) ->
     assert_names(exc.value, tiny_bench / "test_0000" / VIDEO_FILE)
 
 
-def test_video_shorter_than_its_annotations(bench: Path) -> None:
+def test_video_shorter_than_its_annotations(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ann = bench / "val_0000" / ANNOTATION_FILE
     extra = 6
 
@@ -294,6 +295,11 @@ def test_video_shorter_than_its_annotations(bench: Path) -> None:
         d["frames"] += [{"boxes": [], "labels": [], "segment": "calm"}] * extra
 
     edit_json(ann, lengthen)
+    with pytest.raises(AnnotationError, match=f"claim num_frames={BENCH_FRAMES + extra} but the video") as exc:
+        load_dataset(bench).video("val_0000")  # the video's header records its count
+    assert_names(exc.value, ann)
+    real = dataset.probe_video_file  # a container without a recorded count: decoding finds it
+    monkeypatch.setattr(dataset, "probe_video_file", lambda path: real(path)._replace(num_frames=None))
     record = load_dataset(bench).video("val_0000")
     assert record.num_frames == BENCH_FRAMES + extra
     with pytest.raises(VideoError, match=f"decoded only {BENCH_FRAMES} frames") as exc:
@@ -301,8 +307,12 @@ def test_video_shorter_than_its_annotations(bench: Path) -> None:
     assert_names(exc.value, bench / "val_0000" / VIDEO_FILE)
 
 
-def test_video_of_another_size_than_annotated(bench: Path) -> None:
+def test_video_of_another_size_than_annotated(bench: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     edit_json(bench / "val_0000" / ANNOTATION_FILE, lambda d: d.update(width=96))
+    claim = r"claim 96x64 frames \(width x height\) but the video video.mp4 is 64x64"
+    with pytest.raises(AnnotationError, match=claim):
+        load_dataset(bench).video("val_0000")  # the video's header records its size
+    monkeypatch.setattr(dataset, "probe_video_file", lambda path: None)  # an unreadable header: decoding finds it
     record = load_dataset(bench).video("val_0000")
     with pytest.raises(VideoError, match="64x64 does not match the annotated 96x64"):
         record.read_frames()

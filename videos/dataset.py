@@ -22,6 +22,10 @@ Layout (``FORMAT_VERSION`` 1)::
 Boxes are pixels, ``x1``/``y1`` exclusive. A user's own videos load through the same reader
 when written in this layout; ``frames`` may list fewer entries than ``num_frames`` only by
 giving each entry an explicit ``"frame": index`` (frames not listed have no objects).
+``num_frames``, ``height`` and ``width`` must be the video's own: a record is checked against
+the video file's header when it loads, and the frame count again when the whole video is
+decoded, so a mismatch is an :class:`~gistgym.errors.AnnotationError` naming both numbers,
+never a silently truncated video.
 Every write goes to a temporary name first and is renamed into place, so a crash never
 leaves a file that looks complete.
 
@@ -34,13 +38,14 @@ in any other dataset ``stream`` and ``shot`` are optional and checked when prese
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -90,9 +95,69 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def nan_to_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (inside dicts, lists and tuples too) as ``None``.
+
+    For results where a number can legitimately be missing, which JSON writes as ``null``:
+    an evaluation's mAP on videos without ground truth, a comparison's margin or captured
+    share where no run or curve reaches the fractions (``results.json``), the scores of a
+    training run's evaluations (``eval.json``), DFF's per-duration report. Everything
+    else (``config.json``, sidecars, annotations) is written as it is, and a NaN there is
+    an error (:func:`json_text`). Tuples become lists, as JSON writes them anyway.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_null(v) for v in value]
+    return value
+
+
+def _first_non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The key path (``a.b[1]``) and value of the first NaN or infinite float in ``value``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "the value", value)
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    for key, v in items:
+        found = _first_non_finite(v, key)
+        if found is not None:
+            return found
+    return None
+
+
+def json_text(obj: Any, *, indent: int | None = None, where: str | os.PathLike[str] = "") -> str:
+    """``obj`` as strict JSON text: every file and ``--json`` line gistgym writes goes through here.
+
+    ``NaN`` and ``Infinity`` are not JSON (``json.loads`` of other languages refuses them);
+    pass a value that may be missing through :func:`nan_to_null` first.
+
+    Raises:
+        ValueError: ``obj`` holds a NaN or infinite float (the message names ``where`` and the key).
+    """
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        found = _first_non_finite(obj)
+        if found is None:
+            raise
+        key, value = found
+        raise ValueError(
+            f"{where or 'JSON'}: {key} is {value}; JSON has no NaN or Infinity (a missing number is written as null)"
+        ) from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    """Write ``obj`` as indented strict JSON (:func:`json_text`), atomically.
+
+    Raises:
+        ValueError: ``obj`` holds a NaN or infinite float; nothing is written.
+    """
+    atomic_write_bytes(path, (json_text(obj, indent=1, where=path) + "\n").encode())
 
 
 def write_video_file(path: Path, frames: np.ndarray, fps: int = 15) -> None:
@@ -157,6 +222,65 @@ def read_video_file(path: Path, *, max_frames: int | None = None) -> np.ndarray:
     return np.stack(frames)
 
 
+class VideoProbe(NamedTuple):
+    """What a video file's header says, without decoding it."""
+
+    num_frames: int | None
+    """Frames recorded in the container (``None`` where the container does not record a count)."""
+    height: int
+    width: int
+
+
+def probe_video_file(path: Path) -> VideoProbe | None:
+    """The frame count and size a video file's header records (``None`` if the header cannot be read).
+
+    Cheap (no frame is decoded). A file whose header cannot be read is reported when its
+    frames are decoded (:func:`read_video_file`), with the decoder's reason.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            height, width = int(stream.codec_context.height), int(stream.codec_context.width)
+            frames = int(stream.frames or 0)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None
+    if height < 1 or width < 1:
+        return None
+    return VideoProbe(frames if frames > 0 else None, height, width)
+
+
+def _frame_count_mismatch(annotations: Path, video: Path, claimed: int, actual: int) -> AnnotationError:
+    """Annotations of ``claimed`` frames on a video of ``actual`` (which number is whose, in the message)."""
+    return AnnotationError(
+        annotations,
+        f"annotations claim num_frames={claimed} but the video {video.name} has {actual} frames "
+        "(num_frames counts every frame of the video)",
+        field="num_frames",
+    )
+
+
+def _check_against_header(annotations: Path, video: Path, claimed: tuple[int, int, int], header: VideoProbe) -> None:
+    """Refuse annotations whose ``(num_frames, height, width)`` the video's header contradicts.
+
+    Raises:
+        AnnotationError: Naming the annotations' claim and the video's own number.
+    """
+    n, height, width = claimed
+    if (header.height, header.width) != (height, width):
+        raise AnnotationError(
+            annotations,
+            f"annotations claim {width}x{height} frames (width x height) but the video {video.name} is "
+            f"{header.width}x{header.height}",
+            field="width/height",
+        )
+    if header.num_frames is not None and header.num_frames != n:
+        raise _frame_count_mismatch(annotations, video, n, header.num_frames)
+
+
 @dataclass(frozen=True)
 class VideoRecord:
     """One video of a dataset: where it is, its size and its ground truth."""
@@ -175,8 +299,15 @@ class VideoRecord:
     def read_frames(self, num_frames: int | None = None) -> np.ndarray:
         """Decode the frames, checking the count against the annotations.
 
+        Reading the whole video (``num_frames=None``) also refuses a video with more frames
+        than annotated, so frames the annotations do not describe are never dropped silently.
+
         Args:
             num_frames: Read only the first ``num_frames`` frames (error if the video is shorter).
+
+        Raises:
+            VideoError: The video cannot be decoded, or is shorter than asked or annotated.
+            AnnotationError: The video has more frames than annotated, or frames of another size.
         """
         want = self.num_frames if num_frames is None else num_frames
         if want < 1:
@@ -185,7 +316,11 @@ class VideoRecord:
             raise VideoError(
                 self.path, f"requested {want} frames but the video has {self.num_frames}", field="num_frames"
             )
-        frames = read_video_file(self.path, max_frames=want)
+        whole = num_frames is None
+        frames = read_video_file(self.path, max_frames=want + 1 if whole else want)  # one more tells "longer"
+        if len(frames) > want:  # the header did not record a count (or was wrong): count them all
+            total = len(read_video_file(self.path))
+            raise _frame_count_mismatch(self.path.parent / ANNOTATION_FILE, self.path, want, total)
         if len(frames) < want:
             raise VideoError(
                 self.path,
@@ -487,7 +622,12 @@ class VideoDataset:
     generator: dict[str, Any] | None = field(default=None, repr=False)
 
     def video(self, video_id: str) -> VideoRecord:
-        """Load and validate one video's record (annotations only; frames on demand)."""
+        """Load and validate one video's record: its annotations, checked against the video's header (frames on demand).
+
+        Raises:
+            VideoError: The video file does not exist.
+            AnnotationError: Bad annotations, or a frame count or size the video's header contradicts.
+        """
         folder = self.root / video_id
         video_path = folder / VIDEO_FILE
         if not video_path.is_file():
@@ -497,6 +637,10 @@ class VideoDataset:
             video_path = candidates[0]
         streams = self.generator is not None and self.generator.get("name") == STREAMS_GENERATOR
         doc, annotations, stream = parse_annotations(folder / ANNOTATION_FILE, len(self.classes), streams=streams)
+        header = probe_video_file(video_path)  # no frame decoded: a cheap check that the pair fits
+        if header is not None:
+            claimed = (int(doc["num_frames"]), int(doc["height"]), int(doc["width"]))
+            _check_against_header(folder / ANNOTATION_FILE, video_path, claimed, header)
         return VideoRecord(
             video_id=video_id,
             path=video_path,
