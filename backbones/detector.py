@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from gistgym.backbones.convlstm import BottleneckConvLSTM, LSTMState
+from gistgym.backbones.engines import build_extractor
 from gistgym.backbones.mobilenet import MobileNetV2
 from gistgym.backbones.ssdlite import AnchorConfig, Detections, SSDLiteHead, postprocess
 from gistgym.backbones.tsm import ShiftState
@@ -236,6 +237,9 @@ def extract_video_features(model: InterleavedDetector, videos: Tensor, chunk: in
     always holds the previous frame), so its features are exact for schedules that run it
     on consecutive frames and approximate when it is mixed with other extractors.
 
+    Per-frame extractors run on the engine :func:`gistgym.backbones.engines.use_build_engine`
+    registered for ``model`` (the cache build's), else in eager torch.
+
     Args:
         model: The detector.
         videos: (V, T, H, W, 3) uint8 RGB.
@@ -256,8 +260,12 @@ def extract_video_features(model: InterleavedDetector, videos: Tensor, chunk: in
             out.append(torch.stack(per_t, dim=1))
         else:
             flat = videos.reshape(V * T, *videos.shape[2:])
+            compiled = build_extractor(model, i)
             feats = torch.cat(
-                [model.extract(i, model.preprocess(flat[s : s + chunk]))[0] for s in range(0, V * T, chunk)]
+                [
+                    model.extract(i, images)[0] if compiled is None else compiled(images)
+                    for images in (model.preprocess(flat[s : s + chunk]) for s in range(0, V * T, chunk))
+                ]
             )
             out.append(feats.view(V, T, *feats.shape[1:]))
     return out

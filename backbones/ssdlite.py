@@ -295,3 +295,73 @@ def postprocess(
             )
         )
     return out
+
+
+def postprocess_frame(
+    loc: np.ndarray,
+    conf: np.ndarray,
+    anchors: np.ndarray,
+    *,
+    score_threshold: float = 0.01,
+    iou_threshold: float = 0.5,
+    max_detections: int = 25,
+    pre_nms_top_k: int = 100,
+    image_size: tuple[int, int] | None = None,
+) -> Detections:
+    """:func:`postprocess` of one frame in numpy: the same detections, without torch's per-op overhead.
+
+    The online runtime's per-frame cost at batch one: torch spends about 0.5 ms on the thirty
+    small ops of :func:`postprocess`, as much as a whole light step on ONNX Runtime; numpy does
+    the same work in about a tenth of that. Only the candidates above ``score_threshold`` are
+    decoded (decoding is per anchor, so that changes nothing).
+
+    Args:
+        loc: (A, 4) box offsets of one frame.
+        conf: (A, K + 1) class logits (0 = background).
+        anchors: (A, 4) anchors ``[cx, cy, w, h]`` in pixels.
+        score_threshold: As :func:`postprocess`.
+        iou_threshold: As :func:`postprocess`.
+        max_detections: As :func:`postprocess`.
+        pre_nms_top_k: As :func:`postprocess`.
+        image_size: As :func:`postprocess`.
+    """
+    conf = np.asarray(conf, dtype=np.float32)
+    z = np.exp(conf - conf.max(axis=1, keepdims=True))
+    probs = (z / z.sum(axis=1, keepdims=True))[:, 1:]
+    K = probs.shape[1]
+    scores = probs.reshape(-1)
+    cand = np.flatnonzero(scores > score_threshold)
+    if len(cand) > pre_nms_top_k:
+        cand = cand[np.argpartition(-scores[cand], pre_nms_top_k - 1)[:pre_nms_top_k]]
+    anchor_idx, cls = cand // K, cand % K
+    a, off = anchors[anchor_idx], np.asarray(loc, dtype=np.float32)[anchor_idx]
+    v0, v1 = BOX_VARIANCES
+    cxcy = a[:, :2] + off[:, :2] * np.float32(v0) * a[:, 2:]
+    wh = a[:, 2:] * np.exp(np.minimum(off[:, 2:] * np.float32(v1), np.float32(_MAX_LOG_SCALE)))
+    boxes = np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1).astype(np.float32)
+    if image_size is not None:
+        h, w = image_size
+        np.clip(boxes, 0, np.array([w, h, w, h], dtype=np.float32), out=boxes)
+    sc = scores[cand]
+    keep = _nms_numpy(boxes + (cls[:, None] * 1e4).astype(np.float32), sc, iou_threshold, max_detections)
+    return Detections(boxes[keep], sc[keep].astype(np.float32), cls[keep].astype(np.int64))
+
+
+def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
+    """:func:`nms` in numpy: kept indices, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    b = boxes[order]
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lt = np.maximum(b[:, None, :2], b[None, :, :2])
+    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=-1)
+    over = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9) > iou_threshold
+    keep = np.ones(len(order), dtype=bool)
+    kept: list[int] = []
+    for i in range(len(order)):
+        if keep[i]:
+            kept.append(i)
+            if len(kept) >= max_keep:
+                break
+            keep[i + 1 :] &= ~over[i, i + 1 :]
+    return order[np.asarray(kept, dtype=np.int64)]

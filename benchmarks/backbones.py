@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/backbones.py [--weights PATH] [--repeats N]
+    python benchmarks/backbones.py [--weights PATH] [--repeats N] [--engine NAME ...] [--json]
 
 Loads the shipped weights (``gistgym/weights/interleaved_detector.pt``) when they exist,
 else builds a randomly initialised embedded default (``default_detector_config()``); FLOPs
@@ -13,6 +13,13 @@ counted) and the median latency of one frame at batch 1; then the whole-step tot
 extractor (extractor + memory + head), the end-to-end latency of ``InterleavedDetector.step``
 (uint8 frame in, includes preprocessing and Python overhead) and the heavy/light ratios of
 counted FLOPs and of measured latency, all from the same run.
+
+Then the per-module table on every execution engine (:mod:`gistgym.backbones.engines`: eager
+torch, frozen TorchScript, ONNX Runtime with one intra-op thread), measured in the same run:
+for each module the engines are timed next to each other in ``--rounds`` rounds and the median
+of the rounds is reported, with each engine's ratio to eager (median of the rounds' ratios).
+Extractors with temporal-shift buffers run eagerly on every engine (their state is Python).
+``--json`` prints that table as one JSON object instead of the text.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import json
 import platform
+import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -32,6 +43,8 @@ from gistgym.backbones.detector import InterleavedDetector, default_detector_con
 from gistgym.backbones.flops import measure_latency, step_costs
 from gistgym.backbones.weights import DEFAULT_WEIGHTS, freeze, load_detector
 from gistgym.errors import GistgymError
+
+ENGINE_ORDER = ("eager", "torchscript", "onnxruntime")
 
 
 def build(weights: str | None) -> tuple[InterleavedDetector, str]:
@@ -51,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=None, help="detector weights (.pt with its .json sidecar)")
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per module (median is reported)")
+    parser.add_argument(
+        "--engine", action="append", default=None, help="engine of the per-module table (repeatable; default all)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the per-module table (median)")
+    parser.add_argument("--json", action="store_true", help="print the per-module table as one JSON object")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.rounds < 1:
+        parser.error("--repeats and --rounds must be >= 1")
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -63,6 +81,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = model.config
+    try:
+        engines = engine_list(args.engine)
+        table = engine_table(model, engines, args.repeats, args.rounds)
+    except GistgymError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "source": source,
+                    "machine": platform.processor() or platform.machine(),
+                    "torch": torch.__version__,
+                    "threads": 1,
+                    "batch": 1,
+                    "repeats": args.repeats,
+                    "rounds": args.rounds,
+                    **table,
+                }
+            )
+        )
+        return 0
     print(source)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread, {platform.processor() or platform.machine()}, "
@@ -146,8 +186,88 @@ def main(argv: list[str] | None = None) -> int:
             for c in costs[1:]
         )
     )
+    print()
+    print_engine_table(table, args.repeats, args.rounds)
     print(f"(benchmark took {time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def engine_list(names: list[str] | None) -> tuple[str, ...]:
+    """The engines to measure (checked), eager first when present (the ratios' baseline)."""
+    from gistgym.backbones.engines import check_engine
+
+    chosen = tuple(dict.fromkeys(names or ENGINE_ORDER))
+    for name in chosen:
+        check_engine(name)
+    return tuple(e for e in ENGINE_ORDER if e in chosen)
+
+
+def engine_table(model: InterleavedDetector, engines: tuple[str, ...], repeats: int, rounds: int) -> dict[str, Any]:
+    """Median latency (ms, batch 1) of every module on every engine, timed side by side in ``rounds`` rounds."""
+    from gistgym.runtime.frozen import engine_modules
+
+    cfg = model.config
+    g = model.grid
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 3, cfg.image_size, cfg.image_size, generator=gen) * 4 - 2
+    state = model.memory.initial_state(1, g, g)
+    c, h = state.c + 1.0, state.h + 0.5
+    compiled = {e: engine_modules(model, e) for e in engines}
+    calls: dict[str, dict[str, Callable[[], object]]] = {}
+    descriptions: dict[str, str] = {}
+    for index, name in enumerate(model.extractor_names):
+        key = f"extractor {name}"
+        ext = model.extractor(index)
+        descriptions[key] = (
+            f"MobileNetV2 x{ext.config.width_mult}, in {round(cfg.image_size * ext.config.input_scale)}px"
+        )
+        calls[key] = {}
+        for e in engines:
+            fn = compiled[e].extractors[index]
+            if fn is None:  # temporal shift: eager on every engine
+                fn = ext
+                descriptions[key] += ", shift (eager on every engine)"
+            calls[key][e] = lambda fn=fn: fn(images)  # type: ignore[misc]
+    feats = model.extract(0, images)[0]
+    out = model.memory(feats, state)[0]
+    descriptions["memory"] = f"ConvLSTM step, G={model.memory.groups}"
+    descriptions["head"] = f"SSDLite, {cfg.anchors.per_cell * g * g} anchors"
+    calls["memory"] = {e: (lambda m=compiled[e]: m.memory(feats, c, h)) for e in engines}  # type: ignore[misc]
+    calls["head"] = {e: (lambda m=compiled[e]: m.head(out)) for e in engines}  # type: ignore[misc]
+    modules: dict[str, Any] = {}
+    with torch.inference_mode():
+        for key, per_engine in calls.items():
+            rows = [
+                {e: measure_latency(fn, repeats=repeats) * 1e3 for e, fn in per_engine.items()} for _ in range(rounds)
+            ]
+            ms = {e: statistics.median(r[e] for r in rows) for e in engines}
+            entry: dict[str, Any] = {"what": descriptions[key], "ms": ms}
+            if "eager" in engines:
+                entry["speedup_vs_eager"] = {e: statistics.median(r["eager"] / r[e] for r in rows) for e in engines}
+            modules[key] = entry
+    steps = {
+        name: {e: modules[f"extractor {name}"]["ms"][e] + modules["memory"]["ms"][e] + modules["head"]["ms"][e]
+               for e in engines}
+        for name in model.extractor_names
+    }  # fmt: skip
+    return {"engines": list(engines), "modules": modules, "step_ms": steps}
+
+
+def print_engine_table(table: dict[str, Any], repeats: int, rounds: int) -> None:
+    """The per-module table as markdown."""
+    engines = table["engines"]
+    print(f"Per module and engine (batch 1, one thread, median of {rounds} rounds of the median of {repeats} calls)")
+    head = " | ".join(f"{e} ms" for e in engines)
+    ratios = [e for e in engines if e != "eager"] if "eager" in engines else []
+    print(f"| module | what | {head} |" + "".join(f" eager/{e} |" for e in ratios))
+    print("|---|---|" + "---|" * (len(engines) + len(ratios)))
+    for key, entry in table["modules"].items():
+        cells = " | ".join(f"{entry['ms'][e]:.3f}" for e in engines)
+        extra = "".join(f" {entry['speedup_vs_eager'][e]:.2f} |" for e in ratios)
+        print(f"| {key} | {entry['what']} | {cells} |{extra}")
+    for name, per_engine in table["step_ms"].items():
+        cells = " | ".join(f"{per_engine[e]:.3f}" for e in engines)
+        print(f"| whole step, {name} | extractor + memory + head | {cells} |" + " |" * len(ratios))
 
 
 if __name__ == "__main__":

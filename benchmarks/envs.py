@@ -10,12 +10,16 @@ Without ``--cache`` it builds a small cache from the first ``--count`` val video
 shipped detector weights, into a temporary folder. Prints:
 
 * native batched env steps/s (``InterleaveVectorEnv``, random actions, autoresets
-  included) at N = 1, 16, 64, where one env step is one episode advancing one frame;
-* each as a ratio of the bare frozen memory + head throughput on the same ``N * m`` rows
-  (one ``memory(x, s)`` and ``head(M)`` call per step, nothing else; goal >= 0.5), and of
-  memory + head + the per-frame detection loss, the torch work Eq. 2 cannot do without;
+  included) at N = 1, 16, 64, where one env step is one episode advancing one frame, with
+  the batched memory + head on each engine (``onnxruntime``, ``eager``; the default ``auto``
+  picks per batch size, :class:`gistgym.backbones.engines.BatchedMemoryHead`), the engines
+  timed next to each other and their ratio;
+* each as a ratio of the bare memory + head throughput on the same ``N * m`` rows and
+  engine (one call per step, nothing else; goal >= 0.5), and of memory + head + the
+  per-frame detection loss, the torch work Eq. 2 cannot do without;
 * at N = 64, the native env against a ``SyncVectorEnv`` of 64 single environments as
-  ``gymnasium.make_vec(..., vectorization_mode="sync")`` builds it (goal >= 5x).
+  ``gymnasium.make_vec(..., vectorization_mode="sync")`` builds it (goal >= 5x), both on
+  the default engine choice (``auto``) and both in eager torch.
 
 Env and bare compute are timed next to each other in ``--rounds`` rounds and each ratio is
 the median of the rounds' ratios: on a shared machine speed drifts by tens of percent from
@@ -57,17 +61,18 @@ import torch
 from bench_common import env_stepper, rate, small_cache  # beside this script
 
 import gistgym.envs  # noqa: F401 (registers the ids)
-from gistgym.backbones.convlstm import LSTMState
+from gistgym.backbones.engines import BatchedMemoryHead
 from gistgym.backbones.ssdlite import DetectionTargets, frame_detection_loss
 from gistgym.envs.interleave_core import InterleaveCore
 from gistgym.envs.interleave_vector import InterleaveVectorEnv
 from gistgym.errors import GistgymError
 
 SIZES = (1, 16, 64)
+STEP_ENGINES = ("onnxruntime", "eager")
 
 
-def bare_calls(core: InterleaveCore) -> tuple[Callable[[], object], Callable[[], object]]:
-    """Bare memory + head (and + loss) on the ``N * m`` rows of real inputs the core's next step would run.
+def bare_calls(core: InterleaveCore, engine: str) -> tuple[Callable[[], object], Callable[[], object]]:
+    """Bare memory + head (and + loss) on ``engine``, on the ``N * m`` rows of inputs the core's next step would run.
 
     Taken mid-episode: right after a reset half the state is exactly zero, which runs at
     another speed than the states an episode spends most of its steps in.
@@ -76,20 +81,19 @@ def bare_calls(core: InterleaveCore) -> tuple[Callable[[], object], Callable[[],
     C, g = core.channels, core.grid
     frames = torch.from_numpy(np.arange(n) * core.clip_len + np.minimum(core._t + 1, core.clip_len - 1))
     x = core._features.view(-1, m * C, g, g).index_select(0, frames).view(n * m, C, g, g).float()
-    state = LSTMState(core._c.repeat_interleave(m, dim=0), core._h.repeat_interleave(m, dim=0))
+    c, h = core._c.repeat_interleave(m, dim=0), core._h.repeat_interleave(m, dim=0)
+    step = BatchedMemoryHead(core.memory, core.head, grid=core.grid, engine=engine)
     labels = core._labels.view(-1, core._labels.shape[-1]).index_select(0, frames).repeat_interleave(m, dim=0)
     offsets = core._offsets.view(-1, *core._offsets.shape[-2:]).index_select(0, frames).repeat_interleave(m, dim=0)
     targets = DetectionTargets(labels, offsets)
 
     def memory_head() -> object:
         with torch.inference_mode():
-            out, _ = core.memory(x, state)
-            return core.head(out)
+            return step(x, c, h)
 
     def memory_head_loss() -> object:
         with torch.inference_mode():
-            out, _ = core.memory(x, state)
-            loc, conf = core.head(out)
+            _, _, loc, conf = step(x, c, h)
             return frame_detection_loss(loc, conf, targets)
 
     return memory_head, memory_head_loss
@@ -257,44 +261,66 @@ def main(argv: list[str] | None = None) -> int:
             f"clip_len {args.clip_len}, skip_light_updates={core.skip_light_updates}"
         )
 
-        print("\nnative batched env (InterleaveVectorEnv), env steps/s = N x vector steps/s:")
-        header = ("N", "rows", "env steps/s", "bare m+h", "ratio", "bare m+h+loss", "ratio")
-        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (4, 5, 12, 10, 6, 14, 6), strict=True)))
+        print("\nnative batched env (InterleaveVectorEnv), env steps/s = N x vector steps/s, per step engine:")
+        header = ("N", "rows", "engine", "env steps/s", "bare m+h", "ratio", "bare m+h+loss", "ratio", "vs eager")
+        widths = (4, 5, 12, 12, 10, 6, 14, 6, 9)
+        print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
         for n in SIZES:
             env = envs[n]
             env.reset(seed=0)
             step = env_stepper(env, seed=n)
             for _ in range(args.clip_len // 2):
                 step()
-            memory_head, memory_head_loss = bare_calls(env.core)
-            rows: list[tuple[float, float, float]] = []
+            bare = {e: bare_calls(env.core, e) for e in STEP_ENGINES}
+            rows: dict[str, list[tuple[float, float, float]]] = {e: [] for e in STEP_ENGINES}
             for _ in range(args.rounds):
-                rows.append(
-                    (rate(step, args.seconds), rate(memory_head, args.seconds), rate(memory_head_loss, args.seconds))
+                for e in STEP_ENGINES:
+                    env.core.step_engine.set_engine(e)
+                    memory_head, memory_head_loss = bare[e]
+                    rows[e].append(
+                        (
+                            rate(step, args.seconds),
+                            rate(memory_head, args.seconds),
+                            rate(memory_head_loss, args.seconds),
+                        )
+                    )
+            env.core.step_engine.set_engine("auto")
+            for e in STEP_ENGINES:
+                r = rows[e]
+                env_rate = statistics.median(x[0] for x in r) * n
+                vs_eager = statistics.median(a[0] / b[0] for a, b in zip(r, rows["eager"], strict=True))
+                bare_rate, bare_loss = (statistics.median(x[k] for x in r) * n for k in (1, 2))
+                ratio, ratio_loss = (statistics.median(x[0] / x[k] for x in r) for k in (1, 2))
+                print(
+                    f"{n:>4} {n * env.core.num_actions:>5} {e:>12} {env_rate:>12.0f} {bare_rate:>10.0f} {ratio:>6.2f} "
+                    f"{bare_loss:>14.0f} {ratio_loss:>6.2f} {vs_eager:>9.2f}"
                 )
-            env_rate = statistics.median(r[0] for r in rows) * n
-            bare = statistics.median(r[1] for r in rows) * n
-            bare_loss = statistics.median(r[2] for r in rows) * n
-            ratio = statistics.median(r[0] / r[1] for r in rows)
-            ratio_loss = statistics.median(r[0] / r[2] for r in rows)
-            print(
-                f"{n:>4} {n * env.core.num_actions:>5} {env_rate:>12.0f} {bare:>10.0f} {ratio:>6.2f} "
-                f"{bare_loss:>14.0f} {ratio_loss:>6.2f}"
-            )
-        print("(bare = the same N*m rows through the frozen memory + head [+ loss] only; goal: ratio >= 0.5)")
+        print(
+            "(bare = the same N*m rows through the memory + head [+ loss] only, same engine; goal: ratio >= 0.5; "
+            "vs eager = env steps/s over the eager env's, same rounds)"
+        )
 
         n = SIZES[-1]
         sync = gym.make_vec("gistgym/Interleave-v0", num_envs=n, vectorization_mode="sync", **kwargs)
-        sync.reset(seed=0)
-        envs[n].reset(seed=0)
-        sync_step, native_step = env_stepper(sync, seed=1), env_stepper(envs[n], seed=1)
-        pairs = [(rate(native_step, 2 * args.seconds), rate(sync_step, 2 * args.seconds)) for _ in range(args.rounds)]
-        speedup = statistics.median(a / b for a, b in pairs)
-        print(
-            f"\nN = {n}: native {statistics.median(a for a, _ in pairs) * n:.0f} env steps/s, "
-            f"SyncVectorEnv of {n} single envs {statistics.median(b for _, b in pairs) * n:.0f} env steps/s: "
-            f"native is {speedup:.1f}x (goal >= 5x)"
-        )
+        for e in ("auto", "eager"):
+            sync.reset(seed=0)
+            envs[n].reset(seed=0)
+            envs[n].core.step_engine.set_engine(e)
+            for sub in sync.envs:  # type: ignore[attr-defined]
+                sub.unwrapped.core.step_engine.set_engine(e)
+            sync_step, native_step = env_stepper(sync, seed=1), env_stepper(envs[n], seed=1)
+            pairs = [
+                (rate(native_step, 2 * args.seconds), rate(sync_step, 2 * args.seconds)) for _ in range(args.rounds)
+            ]
+            speedup = statistics.median(a / b for a, b in pairs)
+            print(
+                f"\nN = {n}, step engine {e} (native {envs[n].core.step_engine.engine_for(n * 2)}, single envs "
+                f"{sync.envs[0].unwrapped.core.step_engine.engine_for(2)}): "  # type: ignore[attr-defined]
+                f"native {statistics.median(a for a, _ in pairs) * n:.0f} env steps/s, "
+                f"SyncVectorEnv of {n} single envs {statistics.median(b for _, b in pairs) * n:.0f} env steps/s: "
+                f"native is {speedup:.1f}x (goal >= 5x)"
+            )
+        envs[n].core.step_engine.set_engine("auto")
         sync.close()
         for env in envs.values():
             env.close()

@@ -2,13 +2,14 @@
 
 Usage::
 
-    python benchmarks/runtime.py [--video FILE ...] [--policy EXPORTED] [--repeats N] [--eager] [--json] [--plot PNG]
+    python benchmarks/runtime.py [--video FILE ...] [--policy EXPORTED] [--repeats N] [--engine NAME ...]
+                                 [--threads N] [--json] [--plot PNG]
 
 For each video (default: the first val video of ``data/bench`` and, if it can be obtained,
 the real sample ``bikes.mp4``, see :mod:`gistgym.runtime.sample_video`) the frames are
-decoded and resized once, then every configuration runs over them ``--repeats`` times,
-round-robin (heavy, light, tau=9, ..., heavy, light, ...) so that a change in the machine's
-load hits every configuration alike. Configurations (the JSON keys):
+decoded and resized once, then every configuration runs over them ``--repeats`` times on every
+engine, round-robin (heavy, light, tau=9, ... on ONNX Runtime, the same on TorchScript, then
+again) so that a change in the machine's load hits every configuration and engine alike. Configurations (the JSON keys):
 
 * ``heavy``, ``light``: one extractor on every frame (sync);
 * ``tau=9``: the fixed schedule (sync); ``tau=9+async``: the same requests in async mode;
@@ -22,10 +23,15 @@ the next decision (:mod:`gistgym.runtime.online`); frames are fed back to back (
 mode, not paced at the video's frame rate), so in async mode the heavy job competes with
 the following light frames for the CPU. Per configuration the statistics of each repeat are
 computed and the median over repeats reported (fps, p50, p95, max), with the ratios the
-issue asks for: fps / heavy's fps and max latency / light's max latency, from the same run.
-One torch thread per thread (``OMP_NUM_THREADS=1``). The detector runs as frozen TorchScript
-graphs, as ``gistgym detect`` does (:mod:`gistgym.runtime.frozen`); ``--eager`` measures the
-eager torch modules instead.
+issue asks for: fps / heavy's fps and max latency / light's max latency, each against the same
+engine's heavy and light rows of the same run. One torch thread per thread
+(``OMP_NUM_THREADS=1``), single-threaded ONNX Runtime sessions (``--threads``). Engines
+(``--engine``, repeatable; default ``onnxruntime`` and ``torchscript``): the modules as
+``gistgym detect --engine`` runs them (:mod:`gistgym.runtime.frozen`); ``--eager`` adds the
+eager torch modules.
+
+``--json`` prints ``{"machine", "engines", "videos": [{..., "engines": {ENGINE: {CONFIG: stats}}}]}``
+and, at the top level, the first video's configurations on the first engine.
 """
 
 from __future__ import annotations
@@ -78,12 +84,24 @@ def _configs(policy: str | None) -> list[tuple[str, str, bool]]:
     return out
 
 
-def run_keyframe_once(dff: Any, spec: str, frames: list[np.ndarray]) -> dict[str, Any]:
+def run_keyframe_once(
+    dff: Any, spec: str, frames: list[np.ndarray], engine: str = "onnxruntime", threads: int = 1
+) -> dict[str, Any]:
     """One DFF pass over ``frames`` with the key scheduler ``spec``: fps, latency percentiles, key fraction."""
     from gistgym.runtime.keyframe import keyframe_scheduler, run_keyframe
 
     policy, max_distance, history_len = keyframe_scheduler(spec, str(dff.sha256))
-    results = list(run_keyframe(dff.model, iter(frames), policy, max_distance=max_distance, history_len=history_len))
+    results = list(
+        run_keyframe(
+            dff.model,
+            iter(frames),
+            policy,
+            max_distance=max_distance,
+            history_len=history_len,
+            engine=engine,
+            threads=threads,
+        )
+    )
     lat = [r.latency_s for r in results]
     return {
         "fps": len(lat) / float(np.sum(lat)),
@@ -93,10 +111,15 @@ def run_keyframe_once(dff: Any, spec: str, frames: list[np.ndarray]) -> dict[str
 
 
 def run_once(
-    model: Any, choice: ScheduleChoice, frames: list[np.ndarray], async_mode: bool, frozen: bool = True
+    model: Any,
+    choice: ScheduleChoice,
+    frames: list[np.ndarray],
+    async_mode: bool,
+    engine: str = "onnxruntime",
+    threads: int = 1,
 ) -> dict[str, Any]:
     """One pass over ``frames``: fps over the summed latencies, latency percentiles, heavy fraction."""
-    memory = online_memory(model, choice, frozen=frozen)
+    memory = online_memory(model, choice, engine=engine, threads=threads)
     names = choice.action_meanings
     stats = AsyncStats()
     if async_mode:
@@ -118,10 +141,11 @@ def bench_video(
     video: Path,
     policy: str | None,
     repeats: int,
-    frozen: bool = True,
+    engines: tuple[str, ...] = ("onnxruntime", "torchscript"),
     dff: Any = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Every configuration on one video, round-robin over ``repeats`` (DFF rows when ``dff`` is given)."""
+    """Every configuration on every engine on one video, round-robin over ``repeats`` (with DFF rows if ``dff``)."""
     source = VideoSource(video, model.config.image_size)
     frames = [small for _, small in source.frames()]
     configs = _configs(policy)
@@ -135,32 +159,40 @@ def bench_video(
         )
         for key, spec, _ in configs
     }
-    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in configs}
     dff_specs = {} if dff is None else {f"dff {s}": s for s in ("every-frame", "key=10")}
     if dff is not None and dff.policy:
         dff_specs["dff adaptive"] = dff.policy
-    runs.update({key: [] for key in dff_specs})
-    run_once(model, choices["heavy"], frames[:10], False, frozen)  # warm-up (allocator, lazy init, freezing)
+    keys = [key for key, _, _ in configs] + list(dff_specs)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {e: {key: [] for key in keys} for e in engines}
+    for engine in engines:  # warm-up (allocator, lazy init, exports or their cache, compiling)
+        run_once(model, choices["heavy"], frames[:10], False, engine, threads)
+        if dff is not None:
+            run_keyframe_once(dff, "key=10", frames[:10], engine, threads)
     for _ in range(repeats):
-        for key, _, async_mode in configs:
-            runs[key].append(run_once(model, choices[key], frames, async_mode, frozen))
-        for key, spec in dff_specs.items():
-            runs[key].append(run_keyframe_once(dff, spec, frames))
-    report: dict[str, Any] = {}
-    for key, per_repeat in runs.items():
-        report[key] = {k: float(np.median([r[k] for r in per_repeat])) for k in per_repeat[0]}
-    heavy_fps = report["heavy"]["fps"]
-    light_max = report["light"]["max_ms"]
-    for r in report.values():
-        r["fps_vs_heavy"] = r["fps"] / heavy_fps
-        r["max_vs_light"] = r["max_ms"] / light_max
+        for engine in engines:
+            for key, _, async_mode in configs:
+                runs[engine][key].append(run_once(model, choices[key], frames, async_mode, engine, threads))
+            for key, spec in dff_specs.items():
+                runs[engine][key].append(run_keyframe_once(dff, spec, frames, engine, threads))
+    reports: dict[str, dict[str, Any]] = {}
+    for engine in engines:
+        report: dict[str, Any] = {}
+        for key, per_repeat in runs[engine].items():
+            report[key] = {k: float(np.median([r[k] for r in per_repeat])) for k in per_repeat[0]}
+        heavy_fps = report["heavy"]["fps"]
+        light_max = report["light"]["max_ms"]
+        for r in report.values():
+            r["fps_vs_heavy"] = r["fps"] / heavy_fps
+            r["max_vs_light"] = r["max_ms"] / light_max
+        reports[engine] = report
     return {
         "video": str(video),
-        "modules": "frozen-torchscript" if frozen else "eager",
         "frames": len(frames),
         "size": [source.info.width, source.info.height],
         "repeats": repeats,
-        "configs": report,
+        "threads": threads,
+        "engines": reports,
+        "configs": reports[engines[0]],
     }
 
 
@@ -171,20 +203,24 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
-    for row, res in zip(axes, results, strict=True):
-        keys = list(res["configs"])
+    panels = [(res, engine) for res in results for engine in res["engines"]]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels)), squeeze=False)
+    for row, (res, engine) in zip(axes, panels, strict=True):
+        configs = res["engines"][engine]
+        keys = list(configs)
         x = np.arange(len(keys))
-        row[0].bar(x, [res["configs"][k]["fps"] for k in keys], color="tab:blue")
+        row[0].bar(x, [configs[k]["fps"] for k in keys], color="tab:blue")
         row[0].set_ylabel("frames/s")
         w = 0.27
         for j, (stat, colour) in enumerate((("p50_ms", "tab:green"), ("p95_ms", "tab:orange"), ("max_ms", "tab:red"))):
-            row[1].bar(x + (j - 1) * w, [res["configs"][k][stat] for k in keys], w, label=stat, color=colour)
+            row[1].bar(x + (j - 1) * w, [configs[k][stat] for k in keys], w, label=stat, color=colour)
         row[1].set_ylabel("latency per frame (ms)")
         row[1].legend(fontsize=8)
         for ax in row:
             ax.set_xticks(x, keys, rotation=20, fontsize=8)
-            ax.set_title(f"{Path(res['video']).name} ({res['frames']} frames {res['size'][0]}x{res['size'][1]})")
+            ax.set_title(
+                f"{Path(res['video']).name} ({res['frames']} frames {res['size'][0]}x{res['size'][1]}), {engine}"
+            )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -197,7 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", default=None, help="exported policy for the adaptive rows")
     parser.add_argument("--weights", default=None, help="detector weights (default: the shipped ones)")
     parser.add_argument("--repeats", type=int, default=5, help="passes over each video per configuration")
-    parser.add_argument("--eager", action="store_true", help="run the eager torch modules, not frozen TorchScript")
+    parser.add_argument(
+        "--engine",
+        action="append",
+        default=None,
+        help="engine to measure (repeatable; default onnxruntime and torchscript, in the same run)",
+    )
+    parser.add_argument("--eager", action="store_true", help="also measure the eager torch modules")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session")
     parser.add_argument(
         "--keyframe-policy", default=None, help="exported Keyframe-v0 policy for the 'dff adaptive' row"
     )
@@ -206,9 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default="runs/runtime/benchmark.png", help="PNG to write ('' = none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    from gistgym.backbones.engines import check_engine, check_threads
     from gistgym.backbones.weights import load_detector
 
     try:
+        engines = tuple(dict.fromkeys([*(args.engine or ["onnxruntime", "torchscript"]), *(["eager"] * args.eager)]))
+        for engine in engines:
+            check_engine(engine)
+        check_threads(args.threads)
+        if args.repeats < 1:
+            raise GistgymError(f"--repeats must be >= 1, got {args.repeats}")
         model, meta = load_detector(args.weights)
         dff = None
         if not args.no_dff:
@@ -217,14 +267,18 @@ def main(argv: list[str] | None = None) -> int:
             dff_model, dff_meta = load_dff()
             dff = SimpleNamespace(model=dff_model, sha256=dff_meta.get("sha256"), policy=args.keyframe_policy)
         videos = [Path(v) for v in args.video] if args.video else _default_videos()
-        results = [bench_video(model, meta, v, args.policy, args.repeats, not args.eager, dff) for v in videos]
+        results = [bench_video(model, meta, v, args.policy, args.repeats, engines, dff, args.threads) for v in videos]
     except GistgymError as exc:
         print(f"benchmarks/runtime.py: error: {exc}", file=sys.stderr)
         return 2
     if args.plot:
         plot(results, Path(args.plot))
     if args.json:
-        out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "videos": results}
+        out: dict[str, Any] = {
+            "machine": platform.processor() or platform.machine(),
+            "engines": list(engines),
+            "videos": results,
+        }
         if results:  # the first video's table under the issue's top-level keys
             out.update(results[0]["configs"])
         print(json.dumps(out))
@@ -233,15 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         print(
             f"\n{res['video']}: {res['frames']} frames {res['size'][0]}x{res['size'][1]}, median of {res['repeats']}, "
-            f"{res['modules']} modules"
+            f"engines {', '.join(res['engines'])} (ratios against the same engine's heavy and light rows)"
         )
-        print("| config | frames/s | x heavy | p50 ms | p95 ms | max ms | max / light max | heavy (dff: key) frac. |")
-        print("|---|---|---|---|---|---|---|---|")
-        for key, r in res["configs"].items():
-            print(
-                f"| {key} | {r['fps']:.1f} | {r['fps_vs_heavy']:.2f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-                f"{r['max_ms']:.2f} | {r['max_vs_light']:.2f} | {r['heavy_fraction']:.3f} |"
-            )
+        print(
+            "| engine | config | frames/s | x heavy | p50 ms | p95 ms | max ms | max / light max | "
+            "heavy (dff: key) frac. |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for engine, configs in res["engines"].items():
+            for key, r in configs.items():
+                print(
+                    f"| {engine} | {key} | {r['fps']:.1f} | {r['fps_vs_heavy']:.2f} | {r['p50_ms']:.2f} | "
+                    f"{r['p95_ms']:.2f} | {r['max_ms']:.2f} | {r['max_vs_light']:.2f} | {r['heavy_fraction']:.3f} |"
+                )
     if args.plot:
         print(f"\nwrote {args.plot}")
     return 0

@@ -11,7 +11,8 @@
 #   EVAL_FRONTIER  the headroom file measured on EVAL_CACHE
 #
 # Training takes about 2 minutes per Keyframe-v0 run and 5 per Interleave-v0 run on one core
-# (27 + 18 runs); run it with OMP_NUM_THREADS=1.
+# (27 + 18 runs); run it with OMP_NUM_THREADS=1. KEYFRAME_GAMMAS and INTERLEAVE_GAMMAS replace
+# the speed-reward grids (docs/schedulers.md's `detection` table uses smaller ones).
 set -eu
 if [ $# -ne 3 ] && [ $# -ne 5 ]; then
     sed -n '5,12p' "$0" >&2
@@ -21,16 +22,18 @@ CACHE=$1
 FRONTIER=$2
 OUT=$3
 GISTGYM=${GISTGYM:-gistgym}
+KEYFRAME_GAMMAS=${KEYFRAME_GAMMAS:--0.08 -0.05 0.03 0.2 0.8 1.6 3 6 12}
+INTERLEAVE_GAMMAS=${INTERLEAVE_GAMMAS:-0.3 0.5 0.8 1.3 2 3}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # Keyframe-v0: Double DQN, the MLP on the flow cues, the `matched` signal reward; gamma is the
 # speed reward of propagating (negative ones buy keyframes beyond what the signal pays for).
 $GISTGYM train --cache "$CACHE" --env gistgym/Keyframe-v0 --reward matched --seeds 3 \
-    --gamma-sweep --gammas -0.08 -0.05 0.03 0.2 0.8 1.6 3 6 12 --total-timesteps 100000 \
+    --gamma-sweep --gammas $KEYFRAME_GAMMAS --total-timesteps 100000 \
     --out "$OUT/keyframe"
 # Interleave-v0: Double DQN, the MLP on pooled Eq. 1 state + history + runtime cues, `matched`.
 $GISTGYM train --cache "$CACHE" --reward matched --cues --extractor mlp --seeds 3 \
-    --gamma-sweep --gammas 0.3 0.5 0.8 1.3 2 3 --total-timesteps 60000 \
+    --gamma-sweep --gammas $INTERLEAVE_GAMMAS --total-timesteps 60000 \
     --out "$OUT/interleave"
 
 compare() {  # compare CACHE FRONTIER NAME

@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 import gistgym
 from gistgym import errors
 from gistgym.backbones.detector import DetectorConfig, InterleavedDetector
+from gistgym.backbones.engines import use_build_engine
 from gistgym.backbones.flops import step_costs
 from gistgym.backbones.weights import DEFAULT_WEIGHTS, freeze, load_into, read_sidecar
 from gistgym.errors import (
@@ -199,8 +200,8 @@ class ModelSources:
         return (("detector", self.detector.sha256), *((s.role, s.sha256) for s in self.extra))
 
     def load(self) -> FrozenModels:
-        """Load every model (frozen)."""
-        return FrozenModels(self.detector.load(), {s.role: s.load_module() for s in self.extra})
+        """Load every model (frozen); the detector's per-frame extractors compute on the build's engine."""
+        return FrozenModels(use_build_engine(self.detector.load()), {s.role: s.load_module() for s in self.extra})
 
 
 _MODELS: dict[tuple[tuple[str, str], ...], FrozenModels] = {}

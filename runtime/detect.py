@@ -19,6 +19,7 @@ import numpy as np
 
 import gistgym
 from gistgym.backbones.detector import InterleavedDetector
+from gistgym.backbones.engines import DEFAULT_ENGINE, check_engine, check_threads
 from gistgym.errors import ConfigError, PolicyMismatchError
 from gistgym.runtime.online import AsyncStats, FrameResult, OnlineMemory, run_async, run_sync
 from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter, timing_summary
@@ -56,7 +57,32 @@ class DetectArgs:
     progress: bool = True
     """Show a progress bar."""
     eager: bool = False
-    """Run the detector's eager torch modules instead of frozen TorchScript graphs (slower; for debugging)."""
+    """Same as --engine eager (kept for older command lines)."""
+    engine: str = DEFAULT_ENGINE
+    """Execution engine of the frozen modules: onnxruntime (exported once per weights, cached), torchscript or
+    eager."""
+    threads: int = 1
+    """Threads per module call (ONNX Runtime intra-op threads; torch's threads for torchscript and eager)."""
+
+
+def resolve_engine(engine: str, eager: bool, threads: int) -> str:
+    """The engine ``--engine`` and ``--eager`` name, after checking both and ``--threads``.
+
+    Raises:
+        EngineError: Unknown engine, ``--eager`` with another engine than the default, ``--threads`` < 1.
+    """
+    from gistgym.backbones.engines import EngineError
+
+    check_engine(engine)
+    check_threads(threads)
+    if eager and engine not in (DEFAULT_ENGINE, "eager"):
+        raise EngineError(f"--eager contradicts --engine {engine}; pass only one of them")
+    return "eager" if eager else engine
+
+
+def modules_label(engine: str) -> str:
+    """The summary's ``modules`` value of an engine."""
+    return {"torchscript": "frozen-torchscript"}.get(engine, engine)
 
 
 def class_names_for(meta: dict[str, Any], num_classes: int) -> tuple[str, ...]:
@@ -91,7 +117,12 @@ def action_extractor_indices(choice: ScheduleChoice, detector: InterleavedDetect
 
 
 def build_runtime(
-    policy_spec: str, weights: str | Path | None = None, *, frozen: bool = True
+    policy_spec: str,
+    weights: str | Path | None = None,
+    *,
+    frozen: bool = True,
+    engine: str = DEFAULT_ENGINE,
+    threads: int = 1,
 ) -> tuple[InterleavedDetector, dict[str, Any], ScheduleChoice, OnlineMemory]:
     """Load the detector and the policy, check they fit, and make the online memory (see :class:`OnlineMemory`)."""
     from gistgym.backbones.weights import load_detector
@@ -104,16 +135,25 @@ def build_runtime(
         hidden_channels=detector.config.hidden_channels,
         grid=detector.grid,
     )
-    return detector, meta, choice, online_memory(detector, choice, frozen=frozen)
+    return detector, meta, choice, online_memory(detector, choice, frozen=frozen, engine=engine, threads=threads)
 
 
-def online_memory(detector: InterleavedDetector, choice: ScheduleChoice, *, frozen: bool = True) -> OnlineMemory:
+def online_memory(
+    detector: InterleavedDetector,
+    choice: ScheduleChoice,
+    *,
+    frozen: bool = True,
+    engine: str = DEFAULT_ENGINE,
+    threads: int = 1,
+) -> OnlineMemory:
     """The :class:`OnlineMemory` a schedule runs on: its actions' extractors, history length and cues."""
     indices = action_extractor_indices(choice, detector, choice.spec)
     exported = choice.exported
     history_len = exported.history_len if exported is not None else 20
     cues = exported is not None and exported.cues
-    return OnlineMemory(detector, indices, history_len=history_len, cues=cues, frozen=frozen)
+    return OnlineMemory(
+        detector, indices, history_len=history_len, cues=cues, frozen=frozen, engine=engine, threads=threads
+    )
 
 
 def run_frames(
@@ -144,7 +184,8 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
     """Run ``gistgym detect`` and return its summary (also written to ``OUT/summary.json``).
 
     Summary keys: ``format``, ``gistgym_version``, ``video`` (path, size, fps, codec, resize),
-    ``policy``, ``mode`` (sync/async), ``modules`` (frozen-torchscript or eager), ``frames``,
+    ``policy``, ``mode`` (sync/async), ``modules`` (onnxruntime, frozen-torchscript or eager),
+    ``engine``, ``threads``, ``frames``,
     ``fps`` (frames over the summed per-frame
     latencies), ``fps_wall`` (frames over the wall time including decoding and writing),
     ``heavy_fraction`` (frames the heavy extractor ran on, or was launched on in async mode),
@@ -162,7 +203,10 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
         raise ConfigError(f"--annotate must be one of {', '.join(ANNOTATE_CHOICES)}, got {args.annotate!r}")
     if args.max_frames < 0 or args.heavy_delay_frames < 0:
         raise ConfigError("--max-frames and --heavy-delay-frames must be >= 0")
-    detector, meta, choice, memory = build_runtime(args.policy, args.weights or None, frozen=not args.eager)
+    engine = resolve_engine(args.engine, args.eager, args.threads)
+    detector, meta, choice, memory = build_runtime(
+        args.policy, args.weights or None, engine=engine, threads=args.threads
+    )
     source = VideoSource(args.video, detector.config.image_size, max_frames=args.max_frames or None)
     classes = class_names_for(meta, detector.config.num_classes)
     stats = AsyncStats()
@@ -195,7 +239,9 @@ def detect_video(args: DetectArgs, *, on_frame: Callable[[FrameResult], None] | 
             "policy_name": choice.policy.name,
             "action_meanings": list(choice.action_meanings),
             "mode": "async" if args.async_mode else "sync",
-            "modules": "eager" if args.eager else "frozen-torchscript",
+            "modules": modules_label(engine),
+            "engine": engine,
+            "threads": args.threads,
             "frames": n,
             "heavy_fraction": float(np.mean(heavy)) if n else None,
             **timing_summary(latencies, wall0),

@@ -1,30 +1,37 @@
-"""The detector's per-frame modules as frozen TorchScript graphs, for the online runtime.
+"""The detector's per-frame modules on an execution engine, for the online runtime.
 
 At 64x64 and batch one the detector's cost is mostly per-operator overhead, not arithmetic:
 a MobileNetV2 block is nine eager ops each paying Python dispatch, and a BatchNorm after every
-convolution. :func:`frozen_modules` traces each per-frame extractor, the ConvLSTM memory step
-and the SSDLite head once and freezes them (``torch.jit.freeze`` folds every BatchNorm into
-its convolution and inlines the weights), which on this machine makes the light extractor
-about 2x and the heavy one about 1.6x faster at batch one, with outputs equal to the eager
-modules to about 1e-5 (:func:`check_frozen_parity`).
+convolution. :func:`engine_modules` compiles each per-frame extractor, the ConvLSTM memory step
+and the SSDLite head once on an engine of :mod:`gistgym.backbones.engines`:
 
-Frozen graphs also matter for the asynchronous mode: a TorchScript call runs without the
-Python GIL, so the heavy job in the background thread no longer takes turns with the light
-frames of the main thread on every operator (in eager mode it does, and the light frames'
-latency doubles while a heavy job runs).
+* ``onnxruntime`` (the default): exported once per set of weights (cached on disk, keyed by
+  their sha256) and run in single-threaded ONNX Runtime sessions; a light step (extractor +
+  memory + head) then costs about 0.3 ms against 1.7 ms for a heavy one, close to their FLOPs
+  ratio;
+* ``torchscript``: traced and frozen (``torch.jit.freeze`` folds every BatchNorm into its
+  convolution and inlines the weights), about 2x (light) and 1.6x (heavy) faster than eager;
+* ``eager``: the torch modules themselves.
 
-:func:`frozen_dff` does the same for Deep Feature Flow's N_feat, F and N_task (the DFF runtime,
-:mod:`gistgym.runtime.keyframe`); the warp W stays eager.
+Every engine gives the eager modules' outputs to :data:`PARITY_ATOL` (:func:`check_frozen_parity`).
+
+Compiled modules also matter for the asynchronous mode: an ONNX Runtime or TorchScript call runs
+without the Python GIL, so the heavy job in the background thread no longer takes turns with
+the light frames of the main thread on every operator (in eager mode it does, and the light
+frames' latency doubles while a heavy job runs).
+
+:func:`engine_dff` does the same for Deep Feature Flow's N_feat, F and N_task (the DFF runtime,
+:mod:`gistgym.runtime.keyframe`); the warp W stays eager. :func:`frozen_modules` and
+:func:`frozen_dff` are the TorchScript versions.
 
 Extractors that carry temporal-shift buffers (``uses_shift``) stay eager: their state is a
-Python object per block. The frozen modules are built once per detector object and reused
-(building them takes about a second); they hold a copy of the weights, so a detector whose
-weights change afterwards (further training) needs a new object to be frozen again.
+Python object per block. The compiled modules are built once per detector object and engine
+and reused; they hold a copy of the weights, so a detector whose weights change afterwards
+(further training) needs a new object to be compiled again.
 """
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -34,16 +41,33 @@ from torch import Tensor, nn
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.detector import InterleavedDetector
 from gistgym.backbones.dff import DeepFeatureFlow, FlowOutput
+from gistgym.backbones.engines import (
+    DEFAULT_ENGINE,
+    PARITY_ATOL,
+    Compiled,
+    check_engine,
+    check_threads,
+    compile_module,
+    freeze_torchscript,
+)
 from gistgym.errors import ConfigError
 
-WARMUP_CALLS = 3
-"""Calls of each frozen graph at build time (the executor's profiling runs)."""
-PARITY_ATOL = 1e-4
-"""Largest absolute difference :func:`check_frozen_parity` accepts between frozen and eager outputs."""
+__all__ = [
+    "PARITY_ATOL",
+    "FrozenDFF",
+    "FrozenModules",
+    "check_frozen_parity",
+    "engine_dff",
+    "engine_modules",
+    "frozen_dff",
+    "frozen_modules",
+]
+
+_freeze = freeze_torchscript  # the name other modules of the project used
 
 
 class _MemoryStep(nn.Module):
-    """The ConvLSTM step with plain tensors in and out (what tracing needs)."""
+    """The ConvLSTM step with plain tensors in and out (what tracing and export need)."""
 
     def __init__(self, detector: InterleavedDetector) -> None:
         super().__init__()
@@ -56,15 +80,17 @@ class _MemoryStep(nn.Module):
 
 @dataclass(frozen=True)
 class FrozenModules:
-    """Frozen graphs of one detector's per-frame modules (batch one)."""
+    """One detector's per-frame modules on one engine (any batch size on ONNX Runtime, batch one on TorchScript)."""
 
-    extractors: tuple[torch.jit.ScriptModule | None, ...]
-    """Per detector extractor: its frozen graph (normalised (1, 3, S, S) -> (1, C, g, g)), or
-    ``None`` for one that carries temporal-shift buffers (it runs eagerly)."""
-    memory: torch.jit.ScriptModule
+    extractors: tuple[Compiled | None, ...]
+    """Per detector extractor: normalised (B, 3, S, S) -> (B, C, g, g), or ``None`` for one that
+    carries temporal-shift buffers (it runs eagerly through the detector)."""
+    memory: Compiled
     """``(features, c, h) -> (output, c', h')``: one ConvLSTM step."""
-    head: torch.jit.ScriptModule
+    head: Compiled
     """``memory output -> (loc, conf)``: the SSDLite head."""
+    engine: str = "torchscript"
+    """The engine they run on."""
 
     def memory_step(self, features: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """The memory step with the detector's calling convention."""
@@ -72,101 +98,132 @@ class FrozenModules:
         return out, LSTMState(c, h)
 
 
-def _freeze(module: nn.Module, *example: Tensor) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        # tracing warns about Python numbers (the input scale, the groups) becoming constants,
-        # which is exactly what is wanted for a fixed input signature
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(module.eval(), example, check_trace=False)
-        frozen = torch.jit.freeze(traced)
-        # TorchScript's executor profiles and optimises a graph on its first calls (tens of ms):
-        # do that here, not on the first frames of a video, whose latency would show it
-        for _ in range(WARMUP_CALLS):
-            frozen(*example)
-    return frozen
+_CACHE: weakref.WeakKeyDictionary[InterleavedDetector, dict[tuple[str, int], FrozenModules]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-_CACHE: weakref.WeakKeyDictionary[InterleavedDetector, FrozenModules] = weakref.WeakKeyDictionary()
+def _example_images(size: int) -> Tensor:
+    """Normalised-looking images (the parity check and the export's example inputs)."""
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
 
 
 @torch.no_grad()
-def frozen_modules(detector: InterleavedDetector) -> FrozenModules:
-    """The frozen per-frame modules of ``detector`` (built on first use, then cached per detector).
+def engine_modules(detector: InterleavedDetector, engine: str = DEFAULT_ENGINE, threads: int = 1) -> FrozenModules:
+    """The per-frame modules of ``detector`` on ``engine`` (built on first use, then cached per detector).
+
+    Args:
+        detector: The detector (eval mode).
+        engine: One of :data:`gistgym.backbones.engines.ENGINES`.
+        threads: ONNX Runtime intra-op threads per session.
 
     Raises:
-        ConfigError: The detector is in training mode (frozen graphs would bake in batch statistics).
+        ConfigError: The detector is in training mode (compiled graphs would bake in batch statistics).
+        EngineError: Unknown engine, bad ``threads``, onnxruntime missing, an export failing.
+        ExportMismatchError: A cached export that records other weights.
     """
-    cached = _CACHE.get(detector)
+    check_engine(engine)
+    check_threads(threads)
+    per_detector = _CACHE.setdefault(detector, {})
+    cached = per_detector.get((engine, threads))
     if cached is not None:
         return cached
     if detector.training:
-        raise ConfigError("the online runtime freezes the detector's modules; call detector.eval() first")
+        raise ConfigError("the online runtime compiles the detector's modules; call detector.eval() first")
     size = detector.config.image_size
-    images = torch.zeros(1, 3, size, size)
-    extractors: list[torch.jit.ScriptModule | None] = []
+    images = _example_images(size)
+    extractors: list[Compiled | None] = []
     features = None
-    for index in range(len(detector.extractors)):
+    for index, name in enumerate(detector.extractor_names):
         extractor = detector.extractor(index)
         if extractor.uses_shift:
             extractors.append(None)
             continue
-        extractors.append(_freeze(extractor, images))
+        extractors.append(
+            compile_module(
+                extractor,
+                (images,),
+                engine=engine,
+                kind=f"extractor-{name.replace('+', '_')}",
+                input_names=("images",),
+                output_names=("features",),
+                threads=threads,
+            )
+        )
         if features is None:
             features = extractor(images)
-    if features is None:  # every extractor shifts: trace the memory on the first one's features
+    if features is None:  # every extractor shifts: compile the memory on the first one's features
         features = detector.extract(0, images)[0]
     state = detector.memory.initial_state(1, detector.grid, detector.grid)
-    memory = _freeze(_MemoryStep(detector), features, state.c, state.h)
+    state = LSTMState(state.c + 1.0, state.h + 0.5)  # a written-looking state (zeros hide mistakes)
+    memory = compile_module(
+        _MemoryStep(detector).eval(),
+        (features, state.c, state.h),
+        engine=engine,
+        kind="memory-step",
+        input_names=("features", "c", "h"),
+        output_names=("output", "c_new", "h_new"),
+        threads=threads,
+    )
     out = detector.memory(features, state)[0]
-    head = _freeze(detector.head, out)
-    modules = FrozenModules(tuple(extractors), memory, head)
-    _CACHE[detector] = modules
+    head = compile_module(
+        detector.head, (out,), engine=engine, kind="head", input_names=("memory",), output_names=("loc", "conf"),
+        threads=threads,
+    )  # fmt: skip
+    modules = FrozenModules(tuple(extractors), memory, head, engine)
+    per_detector[(engine, threads)] = modules
     return modules
 
 
-@torch.no_grad()
-def check_frozen_parity(detector: InterleavedDetector, images: Tensor) -> float:
-    """Largest absolute difference between the frozen and the eager modules on ``images``.
+def frozen_modules(detector: InterleavedDetector) -> FrozenModules:
+    """The frozen TorchScript per-frame modules of ``detector`` (:func:`engine_modules` with ``torchscript``)."""
+    return engine_modules(detector, "torchscript")
 
-    Runs every frozen extractor, then the memory and the head over the frames one by one
+
+@torch.no_grad()
+def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: str = "torchscript") -> float:
+    """Largest absolute difference between the ``engine`` and the eager modules on ``images``.
+
+    Runs every compiled extractor, then the memory and the head over the frames one by one
     (the memory carried), comparing features, memory state, box offsets and logits.
 
     Args:
         detector: The detector (eval mode).
         images: (T, 3, S, S) normalised frames.
+        engine: The engine to compare with eager.
 
     Raises:
         ConfigError: A difference above :data:`PARITY_ATOL`.
     """
-    modules = frozen_modules(detector)
+    modules = engine_modules(detector, engine)
     worst = 0.0
-    for index, frozen in enumerate(modules.extractors):
-        if frozen is None:
+    for index, compiled in enumerate(modules.extractors):
+        if compiled is None:
             continue
-        eager_state = frozen_state = detector.memory.initial_state(1, detector.grid, detector.grid)
+        eager_state = engine_state = detector.memory.initial_state(1, detector.grid, detector.grid)
         for t in range(len(images)):
             x = images[t : t + 1]
             feats = detector.extract(index, x)[0]
             eager_out, eager_state = detector.memory(feats, eager_state)
-            frozen_out, frozen_state = modules.memory_step(frozen(x), frozen_state)
+            engine_out, engine_state = modules.memory_step(compiled(x), engine_state)
             pairs = [
-                (feats, frozen(x)),
-                (eager_out, frozen_out),
-                (eager_state.c, frozen_state.c),
-                (eager_state.h, frozen_state.h),
-                *zip(detector.head(eager_out), modules.head(frozen_out), strict=True),
+                (feats, compiled(x)),
+                (eager_out, engine_out),
+                (eager_state.c, engine_state.c),
+                (eager_state.h, engine_state.h),
+                *zip(detector.head(eager_out), modules.head(engine_out), strict=True),
             ]
             worst = max(worst, *(float((a - b).abs().max()) for a, b in pairs))
     if worst > PARITY_ATOL:
         raise ConfigError(
-            f"frozen TorchScript modules differ from the eager detector by {worst:.3g} (> {PARITY_ATOL:g}); "
-            "run with the eager modules (frozen=False)"
+            f"{engine} modules differ from the eager detector by {worst:.3g} (> {PARITY_ATOL:g}); "
+            "run with the eager modules (--engine eager)"
         )
     return worst
 
 
 class _FlowStep(nn.Module):
-    """DFF's flow network with plain tensors out (what tracing needs)."""
+    """DFF's flow network with plain tensors out (what tracing and export need)."""
 
     def __init__(self, model: DeepFeatureFlow) -> None:
         super().__init__()
@@ -179,14 +236,15 @@ class _FlowStep(nn.Module):
 
 @dataclass(frozen=True)
 class FrozenDFF:
-    """Frozen graphs of a Deep Feature Flow model's per-frame networks (batch one); W stays eager."""
+    """A Deep Feature Flow model's per-frame networks on one engine; W stays eager."""
 
-    features: torch.jit.ScriptModule
-    """N_feat: normalised (1, 3, S, S) -> (1, C, g, g)."""
-    flow_net: torch.jit.ScriptModule
+    features: Compiled
+    """N_feat: normalised (B, 3, S, S) -> (B, C, g, g)."""
+    flow_net: Compiled
     """F: ``(key_images, images) -> (flow, scale)``."""
-    task: torch.jit.ScriptModule
+    task: Compiled
     """N_task: features -> (loc, conf)."""
+    engine: str = "torchscript"
 
     def flow(self, key_images: Tensor, images: Tensor) -> FlowOutput:
         """F with :class:`~gistgym.backbones.dff.FlowOutput` out, as the eager model returns it."""
@@ -194,26 +252,46 @@ class FrozenDFF:
         return FlowOutput(flow, scale)
 
 
-_DFF_CACHE: weakref.WeakKeyDictionary[DeepFeatureFlow, FrozenDFF] = weakref.WeakKeyDictionary()
+_DFF_CACHE: weakref.WeakKeyDictionary[DeepFeatureFlow, dict[tuple[str, int], FrozenDFF]] = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
-def frozen_dff(model: DeepFeatureFlow) -> FrozenDFF:
-    """The frozen per-frame networks of a DFF model (built on first use, then cached per model).
+def engine_dff(model: DeepFeatureFlow, engine: str = DEFAULT_ENGINE, threads: int = 1) -> FrozenDFF:
+    """The per-frame networks of a DFF model on ``engine`` (built on first use, then cached per model).
 
     Raises:
         ConfigError: The model is in training mode.
+        EngineError, ExportMismatchError: As :func:`engine_modules`.
     """
-    cached = _DFF_CACHE.get(model)
+    check_engine(engine)
+    check_threads(threads)
+    per_model = _DFF_CACHE.setdefault(model, {})
+    cached = per_model.get((engine, threads))
     if cached is not None:
         return cached
     if model.training:
-        raise ConfigError("the DFF runtime freezes the model's networks; call model.eval() first")
+        raise ConfigError("the DFF runtime compiles the model's networks; call model.eval() first")
     size = model.config.image_size
-    images = torch.zeros(1, 3, size, size)
+    images = _example_images(size)
+    other = images.flip(-1) * 0.5
     features = model.features(images)
-    frozen = FrozenDFF(
-        _freeze(model.feature_net, images), _freeze(_FlowStep(model), images, images), _freeze(model.task_net, features)
-    )
-    _DFF_CACHE[model] = frozen
+    feature_net = compile_module(
+        model.feature_net, (images,), engine=engine, kind="dff-feature", input_names=("images",),
+        output_names=("features",), threads=threads,
+    )  # fmt: skip
+    flow_net = compile_module(
+        _FlowStep(model).eval(), (images, other), engine=engine, kind="dff-flow", input_names=("key_images", "images"),
+        output_names=("flow", "scale"), threads=threads,
+    )  # fmt: skip
+    task_net = compile_module(
+        model.task_net, (features,), engine=engine, kind="dff-task", input_names=("features",),
+        output_names=("loc", "conf"), threads=threads,
+    )  # fmt: skip
+    frozen = FrozenDFF(feature_net, flow_net, task_net, engine)
+    per_model[(engine, threads)] = frozen
     return frozen
+
+
+def frozen_dff(model: DeepFeatureFlow) -> FrozenDFF:
+    """The frozen TorchScript networks of a DFF model (:func:`engine_dff` with ``torchscript``)."""
+    return engine_dff(model, "torchscript")

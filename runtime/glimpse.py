@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 import gistgym
+from gistgym.backbones.engines import DEFAULT_ENGINE, Compiled, compile_module
 from gistgym.errors import ConfigError, PolicyMismatchError
 from gistgym.runtime.online import percentiles_ms
 from gistgym.runtime.outputs import SUMMARY_FILE, SUMMARY_FORMAT, AtomicOutputDir
@@ -82,6 +83,47 @@ class GlimpseDetectArgs:
     """Read only the first N frames (0 = all)."""
     progress: bool = True
     """Unused (the glimpse runtime is quick); kept for symmetry with the interleave runtime."""
+    engine: str = DEFAULT_ENGINE
+    """Execution engine of the frame and memory extractors: onnxruntime (exported once per weights, cached),
+    torchscript or eager."""
+    threads: int = 1
+    """Threads per module call (ONNX Runtime intra-op threads; torch's threads for torchscript and eager)."""
+
+
+def glimpse_extractors(models: Any, engine: str, threads: int = 1) -> tuple[Compiled, Compiled]:
+    """The glimpse models' frame (heavy) and memory (light) extractors on ``engine``.
+
+    Raises:
+        EngineError, ExportMismatchError: As :func:`gistgym.backbones.engines.compile_module`.
+    """
+    size = models.config.image_size
+    images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    return tuple(  # type: ignore[return-value]
+        compile_module(
+            net,
+            (images,),
+            engine=engine,
+            kind=f"glimpse-{role}",
+            input_names=("images",),
+            output_names=("features",),
+            threads=threads,
+        )
+        for role, net in (("frame", models.frame_net), ("memory", models.memory_net))
+    )
+
+
+def pooled_features(models: Any, extractor: Compiled, frames: np.ndarray, batch: int = 128) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, F) float32 pooled features of ``extractor`` (as ``GlimpseModels`` pools them)."""
+    from gistgym.backbones.glimpse import pool_features
+
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(frames), batch):
+            images = models.preprocess(torch.from_numpy(np.ascontiguousarray(frames[s : s + batch])))
+            out.append(pool_features(extractor(images)))
+    if not out:
+        return np.zeros((0, models.config.feature_dim), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32)
 
 
 def _class_names(policy_names: Sequence[str], meta: dict[str, Any], num_classes: int) -> tuple[str, ...]:
@@ -115,7 +157,8 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
     memory frames + encoding), ``initial_step_ms``, ``total_ms`` (memory + initial step +
     glimpses; decoding excluded), ``decode_ms``, ``gflops_per_video`` (heavy extractor per
     distinct frame + the memory, :class:`~gistgym.backbones.glimpse.GlimpseCosts`),
-    ``gflops`` (its parts), ``glimpse_weights``, ``glimpse_weights_sha256``, ``outputs``.
+    ``gflops`` (its parts), ``modules``, ``engine``, ``threads``, ``glimpse_weights``,
+    ``glimpse_weights_sha256``, ``outputs``.
 
     Raises:
         VideoError: Missing, corrupt, unsupported or empty video (nothing is written).
@@ -125,7 +168,14 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
     """
     from gistgym.agents.adaframe import stopping_steps
     from gistgym.agents.glimpse_export import load_glimpse_policy, read_glimpse_sidecar
-    from gistgym.backbones.glimpse import glimpse_costs, load_glimpse, location_to_index, memory_with_positions
+    from gistgym.backbones.glimpse import (
+        glimpse_costs,
+        load_glimpse,
+        location_to_index,
+        memory_positions,
+        memory_with_positions,
+    )
+    from gistgym.runtime.detect import modules_label, resolve_engine
 
     if args.patience < 1:
         raise ConfigError(f"--patience must be >= 1, got {args.patience}")
@@ -133,6 +183,7 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         raise ConfigError("--num-glimpses and --max-frames must be >= 0")
     if np.isnan(args.mu):
         raise ConfigError("--mu must be a number (or -inf / inf)")
+    engine = resolve_engine(args.engine, False, args.threads)
     read_glimpse_sidecar(args.policy)  # a foreign sidecar fails before the weights load
     models, meta = load_glimpse(args.glimpse_weights or None)
     cfg = models.config
@@ -156,6 +207,7 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         memory_dim=cfg.memory_dim,
         num_classes=cfg.num_classes,
     )
+    frame_net, memory_net = glimpse_extractors(models, engine, args.threads)
     k = args.num_glimpses or policy.num_glimpses
     classes = _class_names(policy.class_names, meta, cfg.num_classes)
     source = VideoSource(args.video, cfg.image_size, max_frames=args.max_frames or None)
@@ -173,7 +225,8 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
 
     # 2. the global memory and the initial step
     t0 = time.perf_counter()
-    mem_feats, positions = models.memory_features(frames)
+    positions = memory_positions(num_frames, cfg.memory_frames)
+    mem_feats = pooled_features(models, memory_net, frames[positions], len(positions))
     memory = memory_with_positions(mem_feats, positions, num_frames, cfg.position_dim)[None]
     memory_s = time.perf_counter() - t0
     zeros_feat = np.zeros((1, cfg.feature_dim), dtype=np.float32)
@@ -196,7 +249,7 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         idx = int(location_to_index(location[0], num_frames))
         revisit = idx in features
         if not revisit:
-            features[idx] = models.frame_features(frames[idx : idx + 1])
+            features[idx] = pooled_features(models, frame_net, frames[idx : idx + 1])
         logits, location, utility, h, c = policy.step(features[idx], memory, h, c, one)
         latencies.append(time.perf_counter() - start)
         probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1)[0].numpy()
@@ -258,6 +311,9 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         "decode_ms": decode_s * 1e3,
         "gflops_per_video": costs.video_flops(used, with_memory=True) / 1e9,
         "gflops": {"memory": costs.memory_flops / 1e9, "frames": used * costs.frame_flops / 1e9},
+        "modules": modules_label(engine),
+        "engine": engine,
+        "threads": args.threads,
         "glimpse_weights": str(args.glimpse_weights or "shipped"),
         "glimpse_weights_sha256": sha,
         "outputs": [GLIMPSES_FILE, SHEET_FILE, SUMMARY_FILE],

@@ -38,9 +38,10 @@ import torch
 import gistgym
 from gistgym.agents.policy import Policy
 from gistgym.backbones.dff import DeepFeatureFlow, warp
-from gistgym.backbones.ssdlite import Detections
+from gistgym.backbones.engines import DEFAULT_ENGINE
+from gistgym.backbones.ssdlite import Detections, postprocess_frame
 from gistgym.errors import ConfigError, InvalidActionError
-from gistgym.runtime.frozen import frozen_dff
+from gistgym.runtime.frozen import engine_dff
 from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter, timing_summary
 from gistgym.runtime.video_source import VideoSource
 
@@ -83,7 +84,12 @@ class KeyframeDetectArgs:
     progress: bool = True
     """Show a progress bar."""
     eager: bool = False
-    """Run DFF's eager torch networks instead of frozen TorchScript graphs (slower; for debugging)."""
+    """Same as --engine eager (kept for older command lines)."""
+    engine: str = DEFAULT_ENGINE
+    """Execution engine of N_feat, F and N_task: onnxruntime (exported once per weights, cached), torchscript or
+    eager."""
+    threads: int = 1
+    """Threads per module call (ONNX Runtime intra-op threads; torch's threads for torchscript and eager)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,8 @@ def run_keyframe(
     max_distance: int,
     history_len: int,
     frozen: bool = True,
+    engine: str = DEFAULT_ENGINE,
+    threads: int = 1,
 ) -> Iterator[KeyframeFrameResult]:
     """Deep Feature Flow on resized frames with ``policy`` choosing the keyframes (see the module docstring).
 
@@ -131,8 +139,9 @@ def run_keyframe(
         policy: A Keyframe-v0 policy (batch of one).
         max_distance: D_max.
         history_len: Length of the keyframe history in the observation.
-        frozen: Run N_feat, F and N_task as frozen TorchScript graphs
-            (:func:`gistgym.runtime.frozen.frozen_dff`); ``False`` runs the eager networks.
+        frozen: ``False`` runs the eager networks whatever ``engine`` says.
+        engine: The engine of N_feat, F and N_task (:func:`gistgym.runtime.frozen.engine_dff`).
+        threads: ONNX Runtime intra-op threads per session.
 
     Yields:
         One :class:`KeyframeFrameResult` per frame, as soon as it is processed.
@@ -145,7 +154,9 @@ def run_keyframe(
     policy.reset(1)
     policy.episode_started(np.zeros(1, dtype=np.int64))
     cell = model.config.cell_pixels
-    nets: Any = frozen_dff(model) if frozen else model
+    size = model.config.image_size
+    anchors = model.anchors.numpy().astype(np.float32)
+    nets: Any = engine_dff(model, engine, threads) if frozen and engine != "eager" else model
     history = np.zeros((1, history_len), dtype=np.int8)
     key_images = key_feats = None
     info: dict[str, Any] = {}
@@ -173,7 +184,9 @@ def run_keyframe(
         else:
             assert flow is not None and key_feats is not None
             feats = warp(key_feats, flow.flow, flow.scale)
-        dets = model.detect(*nets.task(feats))[0]
+        loc, conf = nets.task(feats)
+        # as model.detect, in numpy (at batch one torch's per-op overhead doubles a propagated frame's cost)
+        dets = postprocess_frame(loc[0].numpy(), conf[0].numpy(), anchors, image_size=(size, size))
         distance = 0 if key else d
         history[:, 1:] = history[:, :-1]
         history[:, 0] = key
@@ -226,7 +239,7 @@ def detect_keyframe(
     """Run DFF with a key scheduler on a video file and return the summary (also ``OUT/summary.json``).
 
     Summary keys: ``format``, ``gistgym_version``, ``runtime`` (``"keyframe"``), ``video``,
-    ``policy``, ``policy_name``, ``max_distance``, ``modules``, ``frames``, ``key_fraction``,
+    ``policy``, ``policy_name``, ``max_distance``, ``modules``, ``engine``, ``threads``, ``frames``, ``key_fraction``,
     ``forced_keyframes``, ``fps`` (frames over the summed per-frame latencies), ``fps_wall``,
     ``p50_ms``, ``p95_ms``, ``max_ms``, ``mean_ms``, ``dff_weights``, ``dff_sha256``, ``outputs``.
 
@@ -237,13 +250,16 @@ def detect_keyframe(
         OutputDirError: ``--out`` cannot be written or is not a previous detect output.
     """
     from gistgym.backbones.dff import load_dff
-    from gistgym.runtime.detect import ANNOTATE_CHOICES, class_names_for
+    from gistgym.runtime.detect import ANNOTATE_CHOICES, class_names_for, modules_label, resolve_engine
 
     if args.annotate not in ANNOTATE_CHOICES:
         raise ConfigError(f"--annotate must be one of {', '.join(ANNOTATE_CHOICES)}, got {args.annotate!r}")
     if args.max_frames < 0:
         raise ConfigError("--max-frames must be >= 0")
+    engine = resolve_engine(args.engine, args.eager, args.threads)
     model, meta = load_dff(args.dff_weights or None)
+    if engine != "eager":
+        engine_dff(model, engine, args.threads)  # compiled (or its export refused) before anything is written
     policy, max_distance, history_len = keyframe_scheduler(args.policy, str(meta.get("sha256")), args.max_distance)
     size = model.config.image_size
     source = VideoSource(args.video, size, max_frames=args.max_frames or None)
@@ -254,7 +270,13 @@ def detect_keyframe(
     wall0 = time.perf_counter()
     with DetectionsWriter.for_args(args, source, classes) as writer:
         results = run_keyframe(
-            model, writer.frames(), policy, max_distance=max_distance, history_len=history_len, frozen=not args.eager
+            model,
+            writer.frames(),
+            policy,
+            max_distance=max_distance,
+            history_len=history_len,
+            engine=engine,
+            threads=args.threads,
         )
         for r in results:
             kind = "keyframe" if r.keyframe else "propagated"
@@ -275,7 +297,9 @@ def detect_keyframe(
             "policy": args.policy,
             "policy_name": policy.name,
             "max_distance": max_distance,
-            "modules": "eager" if args.eager else "frozen-torchscript",
+            "modules": modules_label(engine),
+            "engine": engine,
+            "threads": args.threads,
             "frames": n,
             "key_fraction": float(np.mean(keys)) if n else None,
             "forced_keyframes": forced,

@@ -39,13 +39,15 @@ thread and only writes the memory. Per frame t, in this order:
 A job still in flight after the last frame is waited for and dropped (counted in the
 summary).
 
-Both modes run the extractors, the memory and the head as frozen TorchScript graphs by default
-(:mod:`gistgym.runtime.frozen`; ``OnlineMemory(frozen=False)`` or ``gistgym detect --eager`` for
-the eager modules): the same outputs to about 1e-5, faster per frame, and in async mode the
-background heavy job no longer holds the GIL between operators, which is what made light frames
-slow while a heavy job ran. Per-frame latency in both modes is the main thread's time from the resized frame
-to its detections and the next decision (fuse + launch + step + NMS + policy); decoding and
-writing outputs are excluded and reported separately as wall-clock frames/s.
+Both modes run the extractors, the memory and the head on ONNX Runtime by default
+(:mod:`gistgym.runtime.frozen`; ``OnlineMemory(engine="torchscript")`` or ``gistgym detect --engine
+torchscript`` for frozen TorchScript graphs, ``engine="eager"`` / ``--engine eager`` for the eager
+modules): the same outputs to about 1e-5, faster per frame, and in async mode the background heavy
+job no longer holds the GIL between operators (``InferenceSession.run`` and TorchScript calls
+release it), which is what made light frames slow while a heavy job ran. Per-frame latency in both
+modes is the main thread's time from the resized frame to its detections and the next decision
+(fuse + launch + step + NMS + policy); decoding and writing outputs are excluded and reported
+separately as wall-clock frames/s.
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ from torch import Tensor
 from gistgym.agents.policy import Policy
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.detector import InterleavedDetector
-from gistgym.backbones.ssdlite import Detections
+from gistgym.backbones.engines import DEFAULT_ENGINE
+from gistgym.backbones.ssdlite import Detections, postprocess_frame
 from gistgym.envs.interleave_core import runtime_cues
 from gistgym.errors import ConfigError, InvalidActionError
-from gistgym.runtime.frozen import FrozenModules, frozen_modules
+from gistgym.runtime.frozen import FrozenModules, engine_modules
 
 DEFAULT_HISTORY_LEN = 20
 
@@ -98,9 +101,11 @@ class OnlineMemory:
         cues: Add the runtime cues (:func:`gistgym.envs.interleave_core.runtime_cues`) to the
             observation, as the environment's ``cues=True`` does: the features of action 1's
             extractor are then needed on every frame (:meth:`step`'s ``cue_feats``).
-        frozen: Run the extractors, memory and head as frozen TorchScript graphs
-            (:mod:`gistgym.runtime.frozen`: same outputs to about 1e-5, 1.5-2x faster per frame
-            and free of the GIL in async mode); ``False`` runs the eager modules.
+        frozen: ``False`` runs the eager modules whatever ``engine`` says.
+        engine: The engine of the extractors, memory and head (:mod:`gistgym.runtime.frozen`:
+            ``onnxruntime``, ``torchscript`` or ``eager``; the compiled ones give the same
+            outputs to about 1e-5, are faster per frame and free of the GIL in async mode).
+        threads: ONNX Runtime intra-op threads per session.
     """
 
     def __init__(
@@ -112,6 +117,8 @@ class OnlineMemory:
         skip_light_updates: bool | None = None,
         cues: bool = False,
         frozen: bool = True,
+        engine: str = DEFAULT_ENGINE,
+        threads: int = 1,
     ) -> None:
         if not action_extractors or action_extractors[0] != 0:
             raise ConfigError(
@@ -126,7 +133,9 @@ class OnlineMemory:
         self.cues = bool(cues)
         if self.cues and len(self.action_extractors) < 2:
             raise ConfigError("cues need a light action (action 1) besides the heavy one")
-        self.frozen: FrozenModules | None = frozen_modules(detector) if frozen else None
+        self.engine = engine if frozen else "eager"
+        self.frozen: FrozenModules = engine_modules(detector, self.engine, threads)
+        self._anchors = detector.head.anchors.numpy().astype(np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -146,7 +155,7 @@ class OnlineMemory:
     def extract(self, action: int, images: Tensor) -> Tensor:
         """Projected features of action ``action``'s extractor (advancing its shift buffer if it has one)."""
         index = self.action_extractors[action]
-        graph = self.frozen.extractors[index] if self.frozen is not None else None
+        graph = self.frozen.extractors[index]
         if graph is not None:
             out: Tensor = graph(images)
             return out
@@ -157,17 +166,14 @@ class OnlineMemory:
 
     def heavy_features(self, images: Tensor) -> Tensor:
         """Features of the heavy extractor (action 0) without touching any carried state (async jobs)."""
-        graph = self.frozen.extractors[self.action_extractors[0]] if self.frozen is not None else None
+        graph = self.frozen.extractors[self.action_extractors[0]]
         if graph is not None:
             out: Tensor = graph(images)
             return out
         return self.detector.extract(self.action_extractors[0], images)[0]
 
     def _memory(self, feats: Tensor) -> tuple[Tensor, LSTMState]:
-        if self.frozen is not None:
-            return self.frozen.memory_step(feats, self.lstm)
-        out: tuple[Tensor, LSTMState] = self.detector.memory(feats, self.lstm)
-        return out
+        return self.frozen.memory_step(feats, self.lstm)
 
     def step(
         self, action: int, feats: Tensor, *, history_action: int | None = None, cue_feats: Tensor | None = None
@@ -184,7 +190,7 @@ class OnlineMemory:
         """
         c_prev, h_prev = self.lstm
         out, new = self._memory(feats)
-        loc, conf = self.frozen.head(out) if self.frozen is not None else self.detector.head(out)
+        loc, conf = self.frozen.head(out)
         # (the environment's "frame 0 is always written" holds because frame 0 is heavy in sync mode;
         # in async mode a light frame 0 must not write: the heavy job of frame 0 initialises the memory)
         written = action == 0 or not self.skip_light_updates
@@ -211,6 +217,15 @@ class OnlineMemory:
         cues = runtime_cues(torch.tensor([self.since_heavy]), light, ref, prev, dh).numpy()
         self.cue_ref, self.cue_prev = ref, light
         return cues
+
+    def detect(self, loc: Tensor, conf: Tensor) -> Detections:
+        """The frame's decoded, NMS-filtered detections in pixels, as ``detector.detect`` gives them.
+
+        Postprocessed in numpy (:func:`~gistgym.backbones.ssdlite.postprocess_frame`): at batch
+        one torch's per-op overhead made it cost as much as a whole light step.
+        """
+        size = self.detector.config.image_size
+        return postprocess_frame(loc[0].numpy(), conf[0].numpy(), self._anchors, image_size=(size, size))
 
     def write(self, feats: Tensor) -> None:
         """A heavy write step without detections (async fusion of background features)."""
@@ -291,7 +306,6 @@ def run_sync(
     """
     memory.reset()
     policy.reset(1)
-    detector = memory.detector
     num_actions = len(memory.action_extractors)
     action = 0
     for t, image in enumerate(frames):
@@ -300,7 +314,7 @@ def run_sync(
         images = memory.preprocess(image)
         cue_feats = memory.extract(1, images) if memory.cues and a != 1 else None
         rec = memory.step(a, memory.extract(a, images), cue_feats=cue_feats)
-        dets = detector.detect(rec.loc, rec.conf)[0]
+        dets = memory.detect(rec.loc, rec.conf)
         action = _check_action(policy.act(rec.observation, [_info(t, a, rec.state_written)]), num_actions, policy)
         latency = time.perf_counter() - start
         yield FrameResult(t, action_names[a], a == 0, None, rec.state_written, dets, latency, rec.observation)
@@ -348,7 +362,6 @@ def run_async(
     stats.fuse_delays = []
     memory.reset()
     policy.reset(1)
-    detector = memory.detector
     num_actions = len(memory.action_extractors)
     threads = _worker_threads()
 
@@ -391,7 +404,7 @@ def run_async(
             rec = memory.step(
                 used, memory.extract(used, images), history_action=0 if launched else 1, cue_feats=cue_feats
             )
-            dets = detector.detect(rec.loc, rec.conf)[0]
+            dets = memory.detect(rec.loc, rec.conf)
             info = _info(t, 0 if launched else used, rec.state_written)
             choice = _check_action(policy.act(rec.observation, [info]), num_actions, policy)
             if choice == 0:

@@ -6,13 +6,12 @@ Exit codes: 0 = fine, 2 = bad input (one line on stderr, printed by ``gistgym.sc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gistgym.scripts.args import field_docs
+from gistgym.scripts.args import field_docs, nonnegative_int, number_or_infinity, positive_int, unit_interval
 
 ArgsT = TypeVar("ArgsT")
 
@@ -28,6 +27,8 @@ _DETECT_FIELDS = (
     "heavy_delay_frames",
     "draw_threshold",
     "eager",
+    "engine",
+    "threads",
 )
 """The ``DetectArgs`` fields ``gistgym detect`` takes from options of the same name."""
 _KEYFRAME_DETECT_FIELDS = (
@@ -41,6 +42,8 @@ _KEYFRAME_DETECT_FIELDS = (
     "max_frames",
     "draw_threshold",
     "eager",
+    "engine",
+    "threads",
 )
 """The ``KeyframeDetectArgs`` fields ``gistgym detect`` takes from options of the same name (key schedulers)."""
 
@@ -54,6 +57,8 @@ _GLIMPSE_DETECT_FIELDS = (
     "patience",
     "num_glimpses",
     "max_frames",
+    "engine",
+    "threads",
 )
 """The ``GlimpseDetectArgs`` fields ``gistgym detect`` takes from options of the same name (AdaFrame policies)."""
 
@@ -94,13 +99,14 @@ def cmd_export(ns: argparse.Namespace) -> int:
     """Export a trained run's policy network."""
     from gistgym.agents.export import export_run
     from gistgym.errors import ConfigError
+    from gistgym.videos.dataset import json_text
 
     if not ns.out:
         raise ConfigError("--out is required (the file to write, e.g. runs/policy.onnx)")
     _set_threads()
     result = export_run(ns.run, ns.out, ns.format, overwrite=ns.overwrite)
     if ns.json:
-        print(json.dumps({"path": str(result.path), "sidecar": str(result.sidecar), "sha256": result.sha256}))
+        print(json_text({"path": str(result.path), "sidecar": str(result.sidecar), "sha256": result.sha256}))
     else:
         print(f"wrote {result.path} ({result.format}, sha256 {result.sha256[:12]}...) and {result.sidecar}")
     return 0
@@ -154,13 +160,20 @@ def _dest(flag: str) -> str:
 
 def cmd_detect(ns: argparse.Namespace) -> int:
     """Run the interleaved detector, DFF with a key scheduler, or the glimpse runtime (AdaFrame) on a video file."""
+    from gistgym.backbones.engines import check_engine, check_threads
     from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
     from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
     from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary, is_keyframe_spec
     from gistgym.runtime.outputs import check_detect_out
 
+    check_engine(ns.engine)  # one line and exit 2, before any work
+    check_threads(ns.threads)
     check_detect_out(ns.out, ns.overwrite)  # before any work
     _set_threads()
+    if ns.threads > 1:  # torch's threads serve the torchscript and eager engines
+        import torch
+
+        torch.set_num_threads(ns.threads)
     if _is_glimpse_policy(ns.policy):
         _refuse_foreign_options(ns, ns.detect_defaults, "glimpse")
         return _run_detect(ns, GlimpseDetectArgs, _GLIMPSE_DETECT_FIELDS, detect_glimpse, format_glimpse_summary)
@@ -191,9 +204,11 @@ def _run_detect(
     Returns:
         The exit code, 0.
     """
+    from gistgym.videos.dataset import json_text, nan_to_null
+
     args = make_args(**{name: getattr(ns, name) for name in fields}, progress=ns.progress and not ns.json)
     summary = detect(args)
-    print(json.dumps(summary) if ns.json else summarize(summary))
+    print(json_text(nan_to_null(summary)) if ns.json else summarize(summary))
     return 0
 
 
@@ -233,24 +248,28 @@ def register_runtime_commands(sub: Any) -> None:
     p.add_argument("--async", dest="async_mode", action="store_true", help=docs["async_mode"])
     p.add_argument("--weights", default="", help=docs["weights"])
     p.add_argument("--annotate", default=DetectArgs.annotate, choices=ANNOTATE_CHOICES, help=docs["annotate"])
-    p.add_argument("--max-frames", type=int, default=0, help=docs["max_frames"])
-    p.add_argument("--heavy-delay-frames", type=int, default=0, help=docs["heavy_delay_frames"])
-    p.add_argument("--draw-threshold", type=float, default=DetectArgs.draw_threshold, help=docs["draw_threshold"])
+    p.add_argument("--max-frames", type=nonnegative_int, default=0, help=docs["max_frames"])
+    p.add_argument("--heavy-delay-frames", type=nonnegative_int, default=0, help=docs["heavy_delay_frames"])
+    p.add_argument(
+        "--draw-threshold", type=unit_interval, default=DetectArgs.draw_threshold, help=docs["draw_threshold"]
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help=docs["progress"])
     p.add_argument("--eager", action="store_true", help=docs["eager"])
+    p.add_argument("--engine", default=DetectArgs.engine, help=docs["engine"])
+    p.add_argument("--threads", type=int, default=DetectArgs.threads, help=docs["threads"])
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     kdocs = field_docs(KeyframeDetectArgs)
     k = p.add_argument_group(
         "Deep Feature Flow key schedulers (an exported Keyframe-v0 policy, every-frame, key=L, flow-threshold@X)"
     )
     k.add_argument("--dff-weights", default="", help=kdocs["dff_weights"])
-    k.add_argument("--max-distance", type=int, default=0, help=kdocs["max_distance"])
+    k.add_argument("--max-distance", type=nonnegative_int, default=0, help=kdocs["max_distance"])
     gdocs = field_docs(GlimpseDetectArgs)
     g = p.add_argument_group("AdaFrame policies (an exported gistgym/Glimpse-v0 agent: the glimpse runtime)")
     g.add_argument("--glimpse-weights", default="", help=gdocs["glimpse_weights"])
-    g.add_argument("--mu", type=float, default=GlimpseDetectArgs.mu, help=gdocs["mu"])
-    g.add_argument("--patience", type=int, default=GlimpseDetectArgs.patience, help=gdocs["patience"])
-    g.add_argument("--num-glimpses", type=int, default=0, help=gdocs["num_glimpses"])
+    g.add_argument("--mu", type=number_or_infinity, default=GlimpseDetectArgs.mu, help=gdocs["mu"])
+    g.add_argument("--patience", type=positive_int, default=GlimpseDetectArgs.patience, help=gdocs["patience"])
+    g.add_argument("--num-glimpses", type=nonnegative_int, default=0, help=gdocs["num_glimpses"])
     # every option's default, to tell which runtime-specific options were given
     p.set_defaults(func=cmd_detect, detect_defaults=p.parse_args(["VIDEO"]))
 

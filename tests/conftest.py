@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONNX Runtime exports of the test session go to a temporary folder, not the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("engines")
+    os.environ["GISTGYM_ENGINE_CACHE"] = str(folder)  # subprocesses (CLI tests) inherit it
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic benchmark (2 train, 2 val, 1 test videos of 24 frames)."""

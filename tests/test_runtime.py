@@ -335,7 +335,7 @@ def test_detect_command_writes_jsonl_annotated_video_and_summary(
     assert sorted(p.name for p in out.iterdir()) == ["annotated.gif", "detections.jsonl", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == record.num_frames
-    assert summary["modules"] == "frozen-torchscript"
+    assert summary["modules"] == "onnxruntime"  # the default engine
     assert summary["heavy_fraction"] == pytest.approx(6 / 24)
     assert summary["detections_from"] == {"heavy": 6, "light": 18}
     for key in ("fps", "p50_ms", "p95_ms", "max_ms"):
