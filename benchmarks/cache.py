@@ -2,12 +2,15 @@
 
 Usage::
 
-    python benchmarks/cache.py [--videos data/bench] [--count 12] [--weights PATH] [--rounds 3]
+    python benchmarks/cache.py [--videos data/bench] [--count 12] [--weights PATH] [--rounds 3] [--engine NAME ...]
 
 Takes the first ``--count`` val videos of ``--videos`` (or generates that many 96-frame
 videos into a temporary folder when the dataset is absent) and prints:
 
-* build throughput: frames/s of ``build_cache`` with one worker, everything included
+* build throughput, once per engine of the build's extractors (``--engine``, repeatable; default
+  ``eager`` and ``onnxruntime``, set for each build through ``$GISTGYM_BUILD_ENGINE``, see
+  :func:`gistgym.backbones.engines.use_build_engine`; the bare forward pass runs on the same
+  engine): frames/s of ``build_cache`` with one worker, everything included
   (dataset parsing, decoding, every extractor, ground truth, checksums, shard write +
   fsync, combine, metadata), as a ratio of (a) the bare forward pass of every extractor on
   already-decoded frames and (b) decoding + that forward pass, which any build must do. The
@@ -17,7 +20,8 @@ videos into a temporary folder when the dataset is absent) and prints:
   forward passes over the build's wall time), so it is immune to drift between measurements;
 * episode load throughput (``FeatureCache.load_episode``: features of every extractor and
   ground truth, finite checks on, warm page cache) as a ratio of copying the same arrays
-  from memory;
+  from memory, and what checking each dataset's recorded sha256 on its first load costs
+  (first loads with and without the check, ratio of medians);
 * file size per frame and compression ratio, for the default storage and the other options;
 * a local build with 2 worker processes against 1 (wall-time speed-up).
 
@@ -48,6 +52,7 @@ import numpy as np
 import torch
 
 from gistgym.backbones.detector import InterleavedDetector, default_detector_config
+from gistgym.backbones.engines import BUILD_ENGINE_ENV, check_engine, use_build_engine
 from gistgym.backbones.flops import step_costs
 from gistgym.backbones.weights import DEFAULT_WEIGHTS, save_detector
 from gistgym.errors import GistgymError
@@ -109,6 +114,37 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def checksum_cost(cache_file: Path, ids: list[str], repeats: int) -> list[str]:
+    """Lines on what checking each dataset's sha256 on its first load costs, measured here.
+
+    Every pass opens a fresh reader, so every load is a first load (the checked case; a
+    reader checks a dataset once, later loads cost nothing extra). Passes with and without
+    the check alternate and each ratio is the median over passes.
+    """
+    ratios: list[float] = []
+    checked: list[float] = []
+    unchecked: list[float] = []
+    FeatureCache(cache_file).close()  # warm the page cache
+    for _ in range(max(3, repeats)):
+        for check, into in ((True, checked), (False, unchecked)):
+            cache = FeatureCache(cache_file, check_checksums=check)
+            into.append(timed(lambda: [cache.load_episode(v) for v in ids]))  # noqa: B023 (called right here)
+            cache.close()
+        ratios.append(checked[-1] / unchecked[-1])
+    again = FeatureCache(cache_file)
+    [again.load_episode(v) for v in ids]
+    later = timed(lambda: [again.load_episode(v) for v in ids])
+    again.close()
+    n = len(ids)
+    return [
+        "Episode load, checking every dataset's recorded sha256 on its first load in a reader",
+        f"  first load, checked:       {np.median(checked) / n * 1e3:6.2f} ms per episode",
+        f"  first load, unchecked:     {np.median(unchecked) / n * 1e3:6.2f} ms per episode",
+        f"  checked / unchecked:       {np.median(ratios):6.2f}  (rounds: {', '.join(f'{r:.2f}' for r in ratios)})",
+        f"  later loads, same reader:  {later / n * 1e3:6.2f} ms per episode (already checked: no hashing)",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", default="data/bench", help="dataset folder (used read-only)")
@@ -116,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="detector weights (.pt with its .json sidecar)")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the episodes when timing loads")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of decode/forward/build timing (median ratio)")
+    parser.add_argument("--engine", action="append", default=None, help="engine of the build's extractors (repeatable)")
     args = parser.parse_args(argv)
     if args.count < 2 or args.rounds < 1 or args.repeats < 1:
         parser.error("--count must be >= 2, --rounds and --repeats >= 1")
@@ -126,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             weights, weights_line = pick_weights(args.weights, tmp)
             videos, ids, videos_line = pick_videos(Path(args.videos), args.count, tmp)
+            engines = tuple(dict.fromkeys(args.engine or ["eager", "onnxruntime"]))
+            for engine in engines:
+                check_engine(engine)
             model = DetectorSource.from_path(weights).load()
             models = FrozenModels(model)
         except GistgymError as exc:
@@ -146,68 +186,93 @@ def main(argv: list[str] | None = None) -> int:
         interleave_features(models, decoded[0][:8], records[0])
         step_costs(model, measure=False)
 
-        inside: list[float] = []  # per 1-worker build: share of its wall time spent decoding + forward
-
-        def build(folder: Path, out: Path, workers: int = 1) -> float:
+        def build(folder: Path, out: Path, inside: list[float], workers: int = 1) -> float:
             report = build_cache(folder, out, weights=weights, workers=workers, measure_latency=False, progress=False)
-            if workers == 1:
+            if workers == 1:  # share of its wall time spent decoding + forward
                 inside.append(report.compute_seconds / report.seconds)
             return report.seconds
 
         def setup() -> None:
             step_costs(DetectorSource.from_path(weights).load(), measure=False)
 
-        # Rounds of adjacent measurements (order alternating between rounds), each giving its
-        # own ratio; the median ratio cancels the slow drift of a shared machine's speed.
-        rounds: list[dict[str, float]] = []
-        cache_file = tmp / "one.h5"
-        for round_ in range(args.rounds):
-            t: dict[str, float] = {}
-            out = tmp / f"round{round_}.h5"
-            steps: list[tuple[str, Callable[[], object]]] = [
-                ("decode", lambda: [read_video_file(r.path) for r in records]),
-                ("forward", lambda: [interleave_features(models, f, r) for f, r in zip(decoded, records, strict=True)]),
-                ("setup", setup),
-                ("build", lambda out=out: build(videos, out)),  # type: ignore[misc]
-            ]
-            for name, fn in steps if round_ % 2 == 0 else steps[::-1]:
-                t[name] = timed(fn)
-            if round_ == 0:
-                out.rename(cache_file)
-            else:
-                out.unlink()
-            rounds.append(t)
-        build2_s = build(videos, tmp / "two.h5", workers=2)
-
         def median(values: list[float]) -> float:
             return float(np.median(values))
-
-        fps_forward = median([frames_total / t["forward"] for t in rounds])
-        fps_decode_forward = median([frames_total / (t["decode"] + t["forward"]) for t in rounds])
-        fps_build = median([frames_total / t["build"] for t in rounds])
-        r_forward = [t["forward"] / t["build"] for t in rounds]
-        r_decode = [(t["decode"] + t["forward"]) / t["build"] for t in rounds]
-        r_steady = [(t["decode"] + t["forward"]) / (t["build"] - t["setup"]) for t in rounds]
 
         def show(values: list[float]) -> str:
             return f"{median(values):6.3f}  (rounds: {', '.join(f'{v:.3f}' for v in values)})"
 
-        print(f"Build throughput (one worker; medians of {args.rounds} rounds of adjacent measurements)")
-        print(f"  bare forward, every extractor, decoded frames: {fps_forward:7.1f} frames/s")
-        print(f"  decode + bare forward:                         {fps_decode_forward:7.1f} frames/s")
-        print(f"  cache build, end to end:                       {fps_build:7.1f} frames/s")
-        print(f"  fixed setup of every build (model load + FLOP count): {median([t['setup'] for t in rounds]):.2f} s")
-        print(f"  build / bare forward:                          {show(r_forward)}")
-        print(f"  build / (decode + bare forward):               {show(r_decode)}")
-        print(f"  same, without the fixed setup [goal >= 0.9]:   {show(r_steady)}")
-        print(f"  inside each build, (decode + forward) / wall:  {show(inside)}")
-        build_s = median([t["build"] for t in rounds])
-        print(
-            f"Local build, 2 workers: {frames_total / build2_s:.1f} frames/s end to end, "
-            f"x{build_s / build2_s:.2f} the speed of 1 worker (includes starting 2 spawned processes; "
-            f"{os.cpu_count()} CPUs shared with whatever else runs)"
-        )
-        print()
+        # Per engine of the build's extractors (GISTGYM_BUILD_ENGINE, read by every build process):
+        # rounds of adjacent measurements (order alternating between rounds), each giving its own
+        # ratio; the median ratio cancels the slow drift of a shared machine's speed.
+        cache_file = tmp / "one.h5"
+        forward_fps: dict[str, float] = {}
+        for engine in engines:
+            os.environ[BUILD_ENGINE_ENV] = engine
+            use_build_engine(model, engine)  # the bare forward pass on the same engine
+            interleave_features(models, decoded[0][:8], records[0])  # warm-up (compiling, sessions)
+            inside: list[float] = []
+            rounds: list[dict[str, float]] = []
+            for round_ in range(args.rounds):
+                t: dict[str, float] = {}
+                out = tmp / f"round{round_}.h5"
+                steps: list[tuple[str, Callable[[], object]]] = [
+                    ("decode", lambda: [read_video_file(r.path) for r in records]),
+                    (
+                        "forward",
+                        lambda: [interleave_features(models, f, r) for f, r in zip(decoded, records, strict=True)],
+                    ),
+                    ("setup", setup),
+                    ("build", lambda out=out, inside=inside: build(videos, out, inside)),  # type: ignore[misc]
+                ]
+                for name, fn in steps if round_ % 2 == 0 else steps[::-1]:
+                    t[name] = timed(fn)
+                if round_ == 0 and not cache_file.exists():
+                    out.rename(cache_file)
+                else:
+                    out.unlink()
+                rounds.append(t)
+
+            fps_forward = median([frames_total / t["forward"] for t in rounds])
+            forward_fps[engine] = fps_forward
+            fps_decode_forward = median([frames_total / (t["decode"] + t["forward"]) for t in rounds])
+            fps_build = median([frames_total / t["build"] for t in rounds])
+            r_forward = [t["forward"] / t["build"] for t in rounds]
+            r_decode = [(t["decode"] + t["forward"]) / t["build"] for t in rounds]
+            r_steady = [(t["decode"] + t["forward"]) / (t["build"] - t["setup"]) for t in rounds]
+
+            print(
+                f"Build throughput, extractors on {engine} (one worker; medians of {args.rounds} rounds of "
+                "adjacent measurements)"
+            )
+            print(f"  bare forward, every extractor, decoded frames: {fps_forward:7.1f} frames/s")
+            print(f"  decode + bare forward:                         {fps_decode_forward:7.1f} frames/s")
+            print(f"  cache build, end to end:                       {fps_build:7.1f} frames/s")
+            print(
+                f"  fixed setup of every build (model load + FLOP count): {median([t['setup'] for t in rounds]):.2f} s"
+            )
+            print(f"  build / bare forward:                          {show(r_forward)}")
+            print(f"  build / (decode + bare forward):               {show(r_decode)}")
+            print(f"  same, without the fixed setup [goal >= 0.9]:   {show(r_steady)}")
+            print(f"  inside each build, (decode + forward) / wall:  {show(inside)}")
+            if engine == engines[0]:
+                build_s = median([t["build"] for t in rounds])
+                build2_s = build(videos, tmp / "two.h5", [], workers=2)
+                print(
+                    f"Local build, 2 workers: {frames_total / build2_s:.1f} frames/s end to end, "
+                    f"x{build_s / build2_s:.2f} the speed of 1 worker (includes starting 2 spawned processes; "
+                    f"{os.cpu_count()} CPUs shared with whatever else runs)"
+                )
+            print()
+        if len(engines) > 1:
+            base = forward_fps[engines[0]]
+            print(
+                "Bare forward by engine (same run): "
+                + ", ".join(
+                    f"{e} {fps:.1f} frames/s ({fps / base:.2f}x {engines[0]})" for e, fps in forward_fps.items()
+                )
+            )
+            print()
+        os.environ.pop(BUILD_ENGINE_ENV, None)
 
         # episode loads against copying the same arrays from memory
         cache = FeatureCache(cache_file)
@@ -229,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         copy_mb_s = args.repeats * episode_bytes / copy_s / 1e6
         print(f"  numpy copy from memory:    {n / copy_s:8.0f} frames/s ({copy_mb_s:5.0f} MB/s)")
         print(f"  load / in-memory copy:     {copy_s / load_s:8.3f}")
+        print()
+        print("\n".join(checksum_cost(cache_file, ids, args.repeats)))
         print()
 
         print("Size on disk (float16 features; ratio = raw bytes / bytes on disk)")

@@ -34,6 +34,8 @@ where disk space matters more than reset time; readers handle every option uncha
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,6 +69,33 @@ def storage_description(compression: str) -> dict[str, Any]:
     }
 
 
+H5_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    RuntimeError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    MemoryError,
+    OverflowError,
+    SystemError,
+)
+"""What h5py raises on a damaged file: ``OSError: Can't synchronously read data``,
+``RuntimeError: Object visitation failed``, ``KeyError`` for a group whose link was damaged,
+``ValueError``/``UnicodeDecodeError`` for a mangled attribute, ``TypeError`` for an object of the
+wrong kind, ``MemoryError`` for a header claiming an absurd shape, ... Every h5py call of
+:class:`CacheFile` turns them into one :class:`CacheError` naming the file."""
+
+MAX_EXPANSION = 1024
+"""A compressed dataset may decode to at most this many times the file's size (a damaged
+header claiming more is refused before numpy tries to allocate it); an uncompressed one to
+at most the file's size."""
+
+Layout = tuple[str, tuple[int, ...]]
+"""(numpy dtype string, shape) of a dataset, as recorded in the seal."""
+
+
 def _dataset_kwargs(array: np.ndarray, compression: str) -> dict[str, Any]:
     filters = COMPRESSIONS[compression]
     if not filters or array.ndim == 0 or array.shape[0] == 0:
@@ -93,6 +122,70 @@ def _from_attr(value: Any) -> Any:
     if isinstance(value, np.floating):
         return float(value)
     return value
+
+
+def attr_digest(value: Any) -> str:
+    """sha256 of an attribute value as readers see it (decoded), in canonical JSON.
+
+    The seal records it at build time and readers recompute it, so both sides must decode
+    the same way: both go through this function.
+    """
+    value = _from_attr(value)
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    text = json.dumps(value, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _layout(ds: h5py.Dataset) -> Layout:
+    return ds.dtype.str, tuple(int(n) for n in ds.shape)
+
+
+def _name(name: str | bytes) -> str:
+    """A link name as text (h5py hands out ``bytes`` for a name that is not UTF-8, e.g. a damaged one)."""
+    text = name if isinstance(name, str) else name.decode("utf-8", "backslashreplace")
+    # no control characters in an error line (a damaged name can hold any byte)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _walk(root: h5py.Group) -> tuple[dict[str, dict[str, str]], dict[str, Layout]]:
+    """Digests of every group's attributes (groups that have any) and the layout of every dataset."""
+    groups: dict[str, dict[str, str]] = {}
+    layouts: dict[str, Layout] = {}
+
+    def visit(name: str | bytes, item: Any) -> None:
+        if isinstance(item, h5py.Dataset):
+            layouts[_name(name)] = _layout(item)
+        elif isinstance(item, h5py.Group) and len(item.attrs):
+            groups[_name(name)] = {_name(k): attr_digest(v) for k, v in item.attrs.items()}
+
+    root.visititems(visit)
+    return groups, layouts
+
+
+def _seal_value(f: h5py.File) -> str:
+    groups, layouts = _walk(f)
+    return json.dumps(
+        {
+            "algorithm": schema.SEAL_ALGORITHM,
+            "attrs": {k: attr_digest(v) for k, v in f.attrs.items() if k != schema.ATTR_SEAL},
+            "groups": groups,
+            "datasets": {k: [dtype, list(shape)] for k, (dtype, shape) in layouts.items()},
+        },
+        sort_keys=True,
+    )
+
+
+def write_seal(path: Path) -> None:
+    """(Re)write the metadata seal of a finished cache file from what it holds now.
+
+    :func:`combine_shards` seals every file it writes. This is for writers of files in the
+    cache format other than the build (and tests that make one by hand): sealing a damaged
+    or edited file vouches for the damage, so never run it on a file you did not just write.
+    """
+    with h5py.File(path, "a") as f:
+        f.attrs[schema.ATTR_SEAL] = _seal_value(f)
+        f.flush()
 
 
 def _fsync_open(handle: h5py.File) -> None:
@@ -154,7 +247,7 @@ def read_shard_identity(path: Path, video_id: str) -> dict[str, Any] | None:
             if not isinstance(group, h5py.Group) or not _from_attr(group.attrs.get(schema.VIDEO_COMPLETE, False)):
                 return None
             return {k: _from_attr(v) for k, v in f.attrs.items()}
-    except (OSError, KeyError, ValueError):
+    except H5_ERRORS:  # any damage: the shard is recomputed
         return None
 
 
@@ -205,6 +298,8 @@ def combine_shards(
         _fsync_open(f)
         for key, value in file_attrs.items():
             f.attrs[key] = _to_attr(value)
+        # the seal last: digests of everything above, read back from the file as readers will
+        f.attrs[schema.ATTR_SEAL] = _seal_value(f)
         f.flush()
     fsync_path(path)
 
@@ -222,7 +317,7 @@ class DatasetStorage:
 
 
 class CacheFile:
-    """A read-only h5py handle with numpy-only accessors; errors become :class:`CacheError`.
+    """A read-only h5py handle with numpy-only accessors; every error becomes :class:`CacheError`.
 
     Args:
         path: The HDF5 file.
@@ -235,93 +330,182 @@ class CacheFile:
         self.path = Path(path)
         try:
             self._file = h5py.File(self.path, "r")
-        except OSError as exc:
+            self.file_bytes = os.path.getsize(self.path)
+        except H5_ERRORS as exc:
             raise CacheError(
                 self.path,
-                f"not a readable HDF5 file (not HDF5, truncated or corrupt): {exc}; "
+                f"not a readable HDF5 file (not HDF5, truncated or corrupt): {_text(exc)}; "
                 "rebuild it with `gistgym cache build`",
+            ) from exc
+
+    @contextlib.contextmanager
+    def _reading(self, field: str | None = None, video: str | None = None) -> Iterator[None]:
+        """Turn any h5py error inside the block into one :class:`CacheError` naming the file."""
+        try:
+            yield
+        except CacheError:
+            raise
+        except H5_ERRORS as exc:
+            raise CacheError(
+                self.path,
+                f"cannot read (corrupt or truncated file?): {_text(exc)}; rebuild it with `gistgym cache build`",
+                field=field,
+                video=video,
             ) from exc
 
     def close(self) -> None:
         """Close the handle (idempotent)."""
-        if self._file.id.valid:
-            self._file.close()
+        with contextlib.suppress(*H5_ERRORS):
+            if self._file.id.valid:
+                self._file.close()
 
     def file_attrs(self) -> dict[str, Any]:
         """All file attributes, JSON ones still as strings."""
-        return {k: _from_attr(v) for k, v in self._file.attrs.items()}
+        with self._reading("attrs"):
+            return {_name(k): _from_attr(v) for k, v in self._file.attrs.items()}
+
+    def file_attr_digests(self) -> dict[str, str]:
+        """:func:`attr_digest` of every file attribute but the seal."""
+        with self._reading("attrs"):
+            return {_name(k): attr_digest(v) for k, v in self._file.attrs.items() if k != schema.ATTR_SEAL}
+
+    def _group(self, group: str) -> h5py.Group | None:
+        obj = self._file.get(group)
+        return obj if isinstance(obj, h5py.Group) else None
 
     def group_attrs(self, group: str) -> dict[str, Any] | None:
         """Attributes of a group, or ``None`` if there is no such group."""
-        obj = self._file.get(group)
-        if not isinstance(obj, h5py.Group):
-            return None
-        return {k: _from_attr(v) for k, v in obj.attrs.items()}
+        with self._reading(group):
+            obj = self._group(group)
+            return None if obj is None else {_name(k): _from_attr(v) for k, v in obj.attrs.items()}
+
+    def group_attr_digests(self, group: str) -> dict[str, str] | None:
+        """:func:`attr_digest` of every attribute of a group, or ``None`` if there is no such group."""
+        with self._reading(group):
+            obj = self._group(group)
+            return None if obj is None else {_name(k): attr_digest(v) for k, v in obj.attrs.items()}
 
     def group_attr(self, group: str, name: str) -> Any:
         """One attribute of a group; ``None`` if the group or the attribute is absent."""
-        obj = self._file.get(group)
-        if not isinstance(obj, h5py.Group):
-            return None
-        return _from_attr(obj.attrs.get(name))
+        with self._reading(f"{group}.attrs[{name}]"):
+            obj = self._group(group)
+            return None if obj is None else _from_attr(obj.attrs.get(name))
 
     def has_group(self, group: str) -> bool:
         """Whether ``group`` exists and is a group."""
-        return isinstance(self._file.get(group), h5py.Group)
+        with self._reading(group):
+            return self._group(group) is not None
+
+    def _size_problem(self, ds: h5py.Dataset) -> str | None:
+        """Why ``ds`` cannot be what it claims to be, judged from its header alone (or ``None``)."""
+        nbytes = int(ds.size) * int(ds.dtype.itemsize)
+        fits = max(self.file_bytes, 1 << 16)
+        # asking for the filters costs more than the rest of the check: only when it matters
+        if nbytes > fits and nbytes > fits * (MAX_EXPANSION if ds.compression else 1):
+            return f"claims {nbytes} bytes ({tuple(ds.shape)} {ds.dtype}), more than the file can hold"
+        return None
 
     def read_group(self, group: str, *, video: str | None = None) -> dict[str, np.ndarray]:
         """Every dataset under ``group`` (recursively), keyed by path relative to it, in one go."""
-        out: dict[str, np.ndarray] = {}
-        try:
-            obj = self._file[group]
+        arrays, problems = self.read_group_checked(group, video=video)
+        if problems:
+            where, problem = problems[0]
+            raise CacheError(self.path, problem, field=where, video=video)
+        return arrays
 
-            def visit(name: str, item: Any) -> None:
-                if isinstance(item, h5py.Dataset):
-                    out[name] = item[()]
+    def read_group_checked(
+        self, group: str, *, video: str | None = None, layouts: Mapping[str, Layout] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+        """Every dataset under ``group`` whose header is sound, and the problems of the others.
 
-            obj.visititems(visit)
-        except (OSError, KeyError, ValueError) as exc:
-            raise CacheError(
-                self.path, f"cannot read (corrupt or truncated file?): {exc}", field=group, video=video
-            ) from exc
-        return out
-
-    def read_datasets(self, group: str, names: Sequence[str], *, video: str | None = None) -> dict[str, np.ndarray]:
-        """The named datasets under ``group``.
+        A dataset whose dtype or shape differs from ``layouts`` (keyed by full path; ``None``:
+        not checked), or whose header claims more bytes than the file could hold, is not read:
+        it is reported as ``(full path, problem)``. The caller decides in which order to raise.
 
         Raises:
-            CacheError: A dataset is missing or unreadable (names the dataset).
+            CacheError: ``group`` is missing or HDF5 cannot read it.
         """
-        out: dict[str, np.ndarray] = {}
-        for name in names:
+        arrays: dict[str, np.ndarray] = {}
+        problems: list[tuple[str, str]] = []
+        with self._reading(group, video):
+            obj = self._file.get(group)
+            if not isinstance(obj, h5py.Group):
+                raise CacheError(
+                    self.path,
+                    f"group {'missing' if obj is None else 'expected, found a dataset'}; "
+                    "rebuild it with `gistgym cache build`",
+                    field=group,
+                    video=video,
+                )
+            items: list[tuple[str, h5py.Dataset]] = []
+            obj.visititems(
+                lambda name, item: items.append((_name(name), item)) if isinstance(item, h5py.Dataset) else None
+            )
+        for name, ds in items:
             where = f"{group}/{name}"
-            try:
-                out[name] = self._file[where][()]
-            except KeyError as exc:
-                raise CacheError(self.path, "dataset missing", field=where, video=video) from exc
-            except (OSError, ValueError) as exc:
-                raise CacheError(self.path, f"cannot read (corrupt?): {exc}", field=where, video=video) from exc
-        return out
+            with self._reading(where, video):
+                problem = self._size_problem(ds)
+                if problem is None and layouts is not None:
+                    problem = _layout_problem(name, _layout(ds), layouts.get(where))
+                if problem is not None:
+                    problems.append((where, problem))
+                    continue
+                arrays[name] = ds[()]
+        return arrays, problems
 
     def dataset_names(self, group: str) -> list[str]:
         """Paths of every dataset under ``group``, relative to it (empty if no such group)."""
-        obj = self._file.get(group)
-        if not isinstance(obj, h5py.Group):
-            return []
-        names: list[str] = []
-        obj.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
-        return names
+        with self._reading(group):
+            obj = self._group(group)
+            if obj is None:
+                return []
+            names: list[str] = []
+            obj.visititems(lambda name, item: names.append(_name(name)) if isinstance(item, h5py.Dataset) else None)
+            return names
+
+    def walk(self) -> tuple[dict[str, dict[str, str]], dict[str, Layout]]:
+        """Attribute digests of every group that has attributes, and the layout of every dataset."""
+        with self._reading():
+            return _walk(self._file)
 
     def iter_storage(self) -> Iterator[DatasetStorage]:
         """Size on disk of every dataset in the file."""
         items: list[tuple[str, h5py.Dataset]] = []
-        self._file.visititems(lambda name, item: items.append((name, item)) if isinstance(item, h5py.Dataset) else None)
-        for name, ds in items:
-            yield DatasetStorage(
-                path=name,
-                shape=tuple(ds.shape),
-                dtype=str(ds.dtype),
-                nbytes=int(ds.size * ds.dtype.itemsize),
-                stored_bytes=int(ds.id.get_storage_size()),
-                compression=ds.compression,
+        with self._reading():
+            self._file.visititems(
+                lambda name, item: items.append((_name(name), item)) if isinstance(item, h5py.Dataset) else None
             )
+        for name, ds in items:
+            with self._reading(name):
+                storage = DatasetStorage(
+                    path=name,
+                    shape=tuple(ds.shape),
+                    dtype=str(ds.dtype),
+                    nbytes=int(ds.size * ds.dtype.itemsize),
+                    stored_bytes=int(ds.id.get_storage_size()),
+                    compression=ds.compression,
+                )
+            yield storage
+
+
+def _text(exc: BaseException) -> str:
+    """An h5py exception as one short line (``KeyError`` quotes its message)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _layout_problem(name: str, found: Layout, expected: Any) -> str | None:
+    """Why a dataset's (dtype, shape) is not the recorded one (``None`` if it is)."""
+    leaf = name.rsplit("/", 1)[-1]
+    if expected is None:
+        return f"{leaf} is not covered by the seal (added after the build?)"
+    dtype, shape = found
+    try:
+        want_dtype, want_shape = str(expected[0]), tuple(int(n) for n in expected[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return f"the seal's record of {leaf} is damaged"
+    if shape != want_shape:
+        return f"{leaf} of shape {shape}, expected {want_shape} (recorded when the cache was built)"
+    if dtype != want_dtype:
+        return f"{leaf} has dtype {np.dtype(dtype)}, expected {want_dtype} (recorded when the cache was built)"
+    return None

@@ -55,6 +55,7 @@ from gistgym.backbones.dff import (
 )
 from gistgym.backbones.ssdlite import Detections, build_targets, frame_detection_loss
 from gistgym.feature_cache.hdf5 import EmbeddedArrays
+from gistgym.feature_cache.reader import SectionData, register_section_check
 from gistgym.feature_cache.sections import FrozenModels, FrozenModelSpec, Section, register_section
 from gistgym.metrics import FRAME_SIGNALS, BoxesAndLabels, frame_signals
 from gistgym.videos.dataset import VideoRecord
@@ -301,4 +302,23 @@ KEYFRAME_SECTION = Section(
     models=(MODEL_ROLE,),
 )
 
+
+def check_keyframe_section(section: SectionData) -> tuple[str, str] | None:
+    """Whether a ``keyframe`` section's attributes are what readers expect (the reader's section check)."""
+    attrs = section.attrs
+    ints = (ATTR_MAX_DISTANCE, ATTR_MAX_DETECTIONS)
+    for key in ints:
+        value = attrs.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f".attrs[{key}]", f"{key} must be a positive integer, got {value!r}"
+    cues = attrs.get(ATTR_CUE_NAMES)
+    if not isinstance(cues, list) or not all(isinstance(c, str) for c in cues):
+        return f".attrs[{ATTR_CUE_NAMES}]", f"{ATTR_CUE_NAMES} must be a list of names, got {cues!r}"
+    costs = attrs.get(ATTR_DFF_COSTS)
+    if not isinstance(costs, dict):
+        return f".attrs[{ATTR_DFF_COSTS}]", f"{ATTR_DFF_COSTS} must be a mapping, got {costs!r}"
+    return None
+
+
 register_section(KEYFRAME_SECTION, DFF_MODEL)
+register_section_check(SECTION_KEYFRAME, check_keyframe_section)

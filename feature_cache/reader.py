@@ -9,11 +9,25 @@ Example::
     ep.features["heavy"]          # (T, C, g, g) float16, read-only
     ep.ground_truth(0)            # FrameAnnotation of frame 0 (boxes, labels, track ids, speeds)
 
-Validation on open: the file exists and is HDF5 (not truncated), its schema version is one
-this gistgym reads, the requested sections are present, and (optionally) it was built from
-the weights the caller expects. Each problem raises a typed
-:class:`~gistgym.errors.CacheError` naming the file and saying how to fix it. Per episode:
-the video group must carry its completion mark, and features must be finite.
+Validation on open (cheap: file attributes only): the file exists and is HDF5 (not
+truncated), its schema version is one this gistgym reads, the requested sections are
+present, (optionally) it was built from the weights the caller expects, and every file
+attribute matches the metadata seal recorded at build time (see the schema's ``seal``).
+Each problem raises a typed :class:`~gistgym.errors.CacheError` naming the file and saying
+how to fix it. A cache built before the seal existed opens with a one-line warning.
+
+What is read is validated when it is read. A section's attributes against the seal and its
+embedded tensors against their recorded checksums (and, for sections that register a check
+with :func:`register_section_check`, that its modules rebuild). An episode: the video group
+must carry its completion mark and its attributes match the seal; every dataset's dtype and
+shape match the seal (checked from the header, before reading); features and ground-truth
+boxes are finite; frame offsets add up, labels lie in the dataset's classes; and the bytes
+of every dataset match the sha256 recorded when it was computed, checked the first time this
+reader loads it (sha256 runs at about 1 GB/s: the first load of an episode in a reader takes
+about 1.4-1.6x as long as unchecked, later loads of it cost nothing extra; see
+``benchmarks/cache.py``).
+Failures raise :class:`~gistgym.errors.CacheDataError` naming the video and the dataset.
+Every h5py error becomes a one-line :class:`~gistgym.errors.CacheError` naming the file.
 
 Handles. A :class:`FeatureCache` keeps one h5py handle per process, opened lazily on
 first use. It records the process id at open and reopens in a forked child instead of
@@ -27,9 +41,11 @@ frame into a :class:`~gistgym.videos.synthetic.FrameAnnotation`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,10 +61,35 @@ from gistgym.errors import (
     CacheVersionError,
 )
 from gistgym.feature_cache import schema
-from gistgym.feature_cache.hdf5 import CacheFile, DatasetStorage
+from gistgym.feature_cache.hdf5 import CacheFile, DatasetStorage, Layout
 from gistgym.videos.synthetic import FrameAnnotation
 
 REBUILD_HINT = "rebuild it with `gistgym cache build --videos DIR --out FILE`"
+
+log = logging.getLogger("gistgym.feature_cache")
+"""Where the one-line warning about an unsealed cache goes (Python's last-resort handler
+prints it on stderr as one line when nothing is configured)."""
+
+_WARNED_UNSEALED: set[str] = set()
+"""Files this process already warned about (one warning per file and process)."""
+
+ATTR_DIFFERS = "checksum differs"
+ATTR_MISSING = "missing"
+ATTR_NOT_SEALED = "not sealed"
+_ATTR_PROBLEMS = {
+    ATTR_DIFFERS: "differs from the checksum recorded when the cache was built (edited or damaged)",
+    ATTR_MISSING: "was recorded when the cache was built and is missing now",
+    ATTR_NOT_SEALED: "is not covered by the seal (added after the build)",
+}
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """Hex sha256 of an array's raw bytes in C order (what the build records for every dataset)."""
+    a = np.ascontiguousarray(array)
+    if not a.size or not a.dtype.itemsize:
+        return hashlib.sha256(a.tobytes()).hexdigest()
+    # hash the array's own buffer: no copy of a whole episode's features per check
+    return hashlib.sha256(a.reshape(-1).view(np.uint8).data).hexdigest()
 
 
 V = TypeVar("V")
@@ -210,13 +251,89 @@ class CacheInfo:
         return tuple(v.video_id for v in self.videos if split is None or v.split == split)
 
 
-def _json_attr(path: Path, attrs: Mapping[str, Any], key: str) -> Any:
+def _json_attr(path: Path, attrs: Mapping[str, Any], key: str, kind: type = object) -> Any:
     if key not in attrs:
         raise CacheError(path, f"file attribute missing; {REBUILD_HINT}", field=key)
     try:
-        return json.loads(attrs[key])
+        value = json.loads(attrs[key])
     except (TypeError, json.JSONDecodeError) as exc:
-        raise CacheError(path, f"file attribute is not valid JSON: {exc}", field=key) from exc
+        raise CacheError(path, f"file attribute is not valid JSON: {exc}; {REBUILD_HINT}", field=key) from exc
+    if not isinstance(value, kind):
+        raise CacheError(
+            path,
+            f"file attribute is a JSON {type(value).__name__}, expected a {kind.__name__}; {REBUILD_HINT}",
+            field=key,
+        )
+    return value
+
+
+def _names(path: Path, attrs: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = _json_attr(path, attrs, key, list)
+    if not all(isinstance(v, str) for v in value):
+        raise CacheError(path, f"file attribute must be a list of names, got {value!r}; {REBUILD_HINT}", field=key)
+    return tuple(value)
+
+
+SectionCheck = Callable[["SectionData"], "tuple[str, str] | None"]
+"""``section -> (field, problem)`` if the section's embedded data cannot be used, else ``None``."""
+
+SECTION_CHECKS: dict[str, SectionCheck] = {}
+"""Per section name, a check that its embedded modules rebuild (registered by the modules that
+know them, e.g. :mod:`gistgym.feature_cache.sections` for ``interleave``; the reader stays torch-free)."""
+
+
+def register_section_check(name: str, check: SectionCheck) -> None:
+    """Run ``check`` on every :meth:`FeatureCache.section` of ``name``; a problem raises :class:`CacheDataError`."""
+    SECTION_CHECKS[name] = check
+
+
+@dataclass(frozen=True)
+class Seal:
+    """The metadata seal recorded at build time (see the schema's ``seal``)."""
+
+    attrs: Mapping[str, str]
+    """sha256 of every file attribute (but the seal) by name."""
+    groups: Mapping[str, Mapping[str, str]]
+    """sha256 of every attribute of every group that has attributes, by group path and name."""
+    datasets: Mapping[str, Layout]
+    """(dtype, shape) of every dataset by path."""
+
+    @staticmethod
+    def parse(path: Path, text: Any) -> Seal:
+        """The seal in the ``seal`` attribute's JSON text.
+
+        Raises:
+            CacheDataError: It is not a seal this gistgym reads.
+        """
+        where = f"attrs[{schema.ATTR_SEAL}]"
+        try:
+            d = json.loads(text)
+            if d["algorithm"] != schema.SEAL_ALGORITHM:
+                raise ValueError(f"unknown algorithm {d['algorithm']!r}")
+            attrs = {str(k): str(v) for k, v in dict(d["attrs"]).items()}
+            groups = {str(g): {str(k): str(v) for k, v in dict(a).items()} for g, a in dict(d["groups"]).items()}
+            datasets = {str(k): (str(v[0]), tuple(int(n) for n in v[1])) for k, v in dict(d["datasets"]).items()}
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise CacheDataError(path, f"the metadata seal is damaged ({exc}); {REBUILD_HINT}", field=where) from exc
+        return Seal(attrs, groups, datasets)
+
+
+def attr_mismatches(actual: Mapping[str, str], sealed: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(attribute name, problem)`` for every attribute whose digest is not the sealed one."""
+    out: list[tuple[str, str]] = []
+    for name in sorted(set(actual) | set(sealed)):
+        if name not in actual:
+            out.append((name, ATTR_MISSING))
+        elif name not in sealed:
+            out.append((name, ATTR_NOT_SEALED))
+        elif actual[name] != sealed[name]:
+            out.append((name, ATTR_DIFFERS))
+    return out
+
+
+def attr_field(group: str, name: str) -> str:
+    """How errors name an attribute: ``attrs[costs]`` (file) or ``sections/interleave.attrs[extractors]``."""
+    return f"{group}.attrs[{name}]" if group else f"attrs[{name}]"
 
 
 def _nonfinite_count(a: np.ndarray) -> tuple[int, int]:
@@ -240,20 +357,25 @@ def _nonfinite_count(a: np.ndarray) -> tuple[int, int]:
 
 
 class FeatureCache:
-    """A feature cache file, validated on open.
+    """A feature cache file, validated on open and as it is read.
 
     Args:
         path: The ``.h5`` file written by ``gistgym cache build``.
         sections: Sections the caller needs; missing ones raise :class:`CacheSectionError`.
             Episodes load these sections (all present ones when empty).
         expected_weights_sha256: If given, refuse a cache built from other weights.
-        check_finite: Refuse episodes whose features hold NaN or inf.
+        check_finite: Refuse episodes whose features or ground-truth boxes hold NaN or inf.
+        check_metadata: Check attributes and dataset layouts against the metadata seal
+            (``verify`` turns it off to report every difference instead of the first).
+        check_checksums: Check each dataset's bytes against its recorded sha256 the first
+            time it is loaded (``verify`` turns it off: it compares every dataset itself).
 
     Raises:
-        CacheError: Missing file, not HDF5, truncated, not a gistgym cache, bad metadata.
+        CacheError: Missing file, a directory, not HDF5, truncated, not a gistgym cache, bad metadata.
         CacheVersionError: Unknown or newer schema version.
         CacheSectionError: A requested section is absent.
         CacheMismatchError: Built from other weights than ``expected_weights_sha256``.
+        CacheDataError: A file attribute differs from the seal.
     """
 
     def __init__(
@@ -263,17 +385,35 @@ class FeatureCache:
         sections: Sequence[str] = (),
         expected_weights_sha256: str | None = None,
         check_finite: bool = True,
+        check_metadata: bool = True,
+        check_checksums: bool = True,
     ) -> None:
         self.path = Path(path)
         self.check_finite = check_finite
+        self.check_metadata = check_metadata
+        self.check_checksums = check_checksums
         self._handle: CacheFile | None = None
         self._pid = -1
+        self._recorded: dict[str, Any] | None = None
+        self._verified: set[str] = set()
+        """Datasets whose bytes matched their recorded checksum in this reader (checked once)."""
+        self._feature_shape: tuple[int, ...] | None = None
+        if self.path.is_dir():
+            raise CacheError(
+                self.path,
+                "is a directory, not a cache file; give the .h5 file (one made by "
+                f"`gistgym cache build --out {self.path / 'cache.h5'}`)",
+            )
         if not self.path.is_file():
             raise CacheError(self.path, f"cache file does not exist; build it with `gistgym cache build --out {path}`")
         # Validate with a handle that is closed again: the file stays closed until first use,
         # so a reader made before a fork or pickled for a worker holds no h5py state.
-        self.info = self._read_info()
-        self.close()
+        try:
+            attrs = self._file().file_attrs()
+            self.info = self._read_info(attrs)
+            digests = self._file().file_attr_digests()
+        finally:
+            self.close()
         missing = [s for s in sections if s not in self.info.sections]
         if missing:
             raise CacheSectionError(
@@ -291,7 +431,44 @@ class FeatureCache:
                 f"rebuild it with `gistgym cache build --weights W.pt --out {self.path}`",
                 field=schema.ATTR_WEIGHTS_SHA256,
             )
+        # The seal is checked last: a missing section or other weights is the more useful message.
+        self.seal = Seal.parse(self.path, attrs[schema.ATTR_SEAL]) if schema.ATTR_SEAL in attrs else None
+        if check_metadata:
+            if self.seal is None:
+                self._warn_unsealed()
+            else:
+                self._raise_first("", attr_mismatches(digests, self.seal.attrs))
         self._index = {v.video_id: v for v in self.info.videos}
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the file carries a metadata seal (caches built before it existed do not)."""
+        return self.seal is not None
+
+    def _warn_unsealed(self) -> None:
+        key = str(self.path.resolve())
+        if key in _WARNED_UNSEALED:
+            return
+        _WARNED_UNSEALED.add(key)
+        log.warning(
+            "gistgym: warning: %s: metadata unsealed (built before gistgym sealed its attributes): edited "
+            "configurations or costs would go unnoticed, data checksums are still checked; rebuild it with "
+            "`gistgym cache build` to seal it",
+            self.path,
+        )
+
+    def _raise_first(self, group: str, mismatches: Sequence[tuple[str, str]], video: str | None = None) -> None:
+        """Raise :class:`CacheDataError` for the first attribute mismatch of ``group`` (if any)."""
+        if not mismatches:
+            return
+        name, problem = mismatches[0]
+        more = f" ({len(mismatches) - 1} more: run `gistgym cache verify`)" if len(mismatches) > 1 else ""
+        raise CacheDataError(
+            self.path,
+            f"attribute {_ATTR_PROBLEMS[problem]}{more}; {REBUILD_HINT}",
+            field=attr_field(group, name),
+            video=video,
+        )
 
     # --- handle management -----------------------------------------------------------------
     def _file(self) -> CacheFile:
@@ -329,9 +506,8 @@ class FeatureCache:
         )
 
     # --- metadata --------------------------------------------------------------------------
-    def _read_info(self) -> CacheInfo:
+    def _read_info(self, attrs: Mapping[str, Any]) -> CacheInfo:
         path = self.path
-        attrs = self._file().file_attrs()
         fmt = attrs.get(schema.ATTR_FORMAT)
         if fmt != schema.FORMAT:
             what = "a shard of an unfinished build" if fmt == schema.SHARD_FORMAT else f"format {fmt!r}"
@@ -358,7 +534,7 @@ class FeatureCache:
                 f"unknown schema version {version} (this gistgym reads {schema.SCHEMA_VERSION}); {REBUILD_HINT}",
                 field="schema_version",
             )
-        videos = _json_attr(path, attrs, schema.ATTR_VIDEOS)
+        videos = _json_attr(path, attrs, schema.ATTR_VIDEOS, list)
         try:
             entries = tuple(
                 VideoEntry(
@@ -371,23 +547,28 @@ class FeatureCache:
                 for v in videos
             )
         except (TypeError, KeyError, ValueError) as exc:
-            raise CacheError(path, f"bad video index: {exc}", field=schema.ATTR_VIDEOS) from exc
+            raise CacheError(path, f"bad video index: {exc!r}", field=schema.ATTR_VIDEOS) from exc
+        ids = [e.video_id for e in entries]
+        bad = next((e for e in entries if e.num_frames < 0 or not e.video_id or "/" in e.video_id), None)
+        if bad is not None or len(set(ids)) != len(ids):
+            raise CacheError(path, f"bad video index entry {bad or 'duplicate id'}", field=schema.ATTR_VIDEOS)
+        model_weights = (
+            _json_attr(path, attrs, schema.ATTR_MODEL_WEIGHTS, dict) if schema.ATTR_MODEL_WEIGHTS in attrs else {}
+        )
         return CacheInfo(
             path=path,
             schema_version=version,
             gistgym_version=str(attrs.get(schema.ATTR_GISTGYM_VERSION, "")),
-            sections=tuple(_json_attr(path, attrs, schema.ATTR_SECTIONS)),
+            sections=_names(path, attrs, schema.ATTR_SECTIONS),
             weights_sha256=str(attrs.get(schema.ATTR_WEIGHTS_SHA256, "")),
-            dataset=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_DATASET)),
-            model_weights=ReadOnlyMapping(
-                _json_attr(path, attrs, schema.ATTR_MODEL_WEIGHTS) if schema.ATTR_MODEL_WEIGHTS in attrs else {}
-            ),
-            splits=tuple(_json_attr(path, attrs, schema.ATTR_SPLITS)),
+            dataset=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_DATASET, dict)),
+            model_weights=ReadOnlyMapping(model_weights),
+            splits=_names(path, attrs, schema.ATTR_SPLITS),
             videos=entries,
-            modules=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_MODULES)),
-            preprocessing=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_PREPROCESSING)),
-            costs=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_COSTS)),
-            storage=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_STORAGE)),
+            modules=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_MODULES, dict)),
+            preprocessing=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_PREPROCESSING, dict)),
+            costs=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_COSTS, dict)),
+            storage=ReadOnlyMapping(_json_attr(path, attrs, schema.ATTR_STORAGE, dict)),
         )
 
     def raw_datasets(self, group: str, *, video: str | None = None) -> dict[str, np.ndarray]:
@@ -397,13 +578,77 @@ class FeatureCache:
         """
         return self._file().read_group(group, video=video)
 
+    def has_group(self, group: str) -> bool:
+        """Whether the file has the HDF5 group ``group``."""
+        return self._file().has_group(group)
+
     def dataset_storage(self) -> list[DatasetStorage]:
         """Logical and on-disk size of every dataset in the file (for ``gistgym cache info``)."""
         return list(self._file().iter_storage())
 
     def checksums(self) -> dict[str, Any]:
         """The per-dataset sha256 recorded at write time (see the schema's ``checksums``)."""
-        return dict(_json_attr(self.path, self._file().file_attrs(), schema.ATTR_CHECKSUMS))
+        if self._recorded is None:
+            attrs = self._file().file_attrs()
+            recorded = _json_attr(self.path, attrs, schema.ATTR_CHECKSUMS, dict)
+            for key in ("videos", "sections"):
+                if not isinstance(recorded.get(key, {}), dict):
+                    raise CacheError(self.path, f"checksums[{key!r}] is not a mapping", field=schema.ATTR_CHECKSUMS)
+            self._recorded = recorded
+        return dict(self._recorded)
+
+    def metadata_mismatches(self) -> list[tuple[str, str]]:
+        """``(where, problem)`` for every attribute and dataset layout that differs from the seal.
+
+        ``where`` names an attribute (``attrs[costs]``, ``sections/interleave.attrs[...]``) or a
+        dataset path; problems are ``checksum differs``, ``missing``, ``not sealed`` and (for
+        datasets) ``shape or dtype differs``. Empty for an unsealed cache (see :attr:`sealed`).
+        Walks every group and dataset header of the file (no data): what ``info`` and ``verify`` check.
+        """
+        if self.seal is None:
+            return []
+        handle = self._file()
+        out = [(attr_field("", n), p) for n, p in attr_mismatches(handle.file_attr_digests(), self.seal.attrs)]
+        groups, layouts = handle.walk()
+        for group in sorted(set(groups) | set(self.seal.groups)):
+            found = groups.get(group, {})
+            out += [(attr_field(group, n), p) for n, p in attr_mismatches(found, self.seal.groups.get(group, {}))]
+        for name in sorted(set(layouts) | set(self.seal.datasets)):
+            if name not in layouts:
+                out.append((name, ATTR_MISSING))
+            elif name not in self.seal.datasets:
+                out.append((name, ATTR_NOT_SEALED))
+            elif layouts[name] != self.seal.datasets[name]:
+                out.append((name, "shape or dtype differs"))
+        return out
+
+    def check_metadata_all(self) -> None:
+        """Raise for the first difference :meth:`metadata_mismatches` finds (no-op when unsealed).
+
+        Raises:
+            CacheDataError: Names the attribute or dataset, and how many more differ.
+        """
+        found = self.metadata_mismatches()
+        if not found:
+            return
+        where, problem = found[0]
+        more = f" ({len(found) - 1} more: run `gistgym cache verify`)" if len(found) > 1 else ""
+        what = "dataset layout" if ".attrs[" not in where and not where.startswith("attrs[") else "attribute"
+        text = _ATTR_PROBLEMS.get(problem, "differs from the one recorded when the cache was built")
+        raise CacheDataError(self.path, f"{what} {text}{more}; {REBUILD_HINT}", field=where)
+
+    def incomplete_videos(self) -> list[tuple[str, str]]:
+        """``(video id, "missing" | "incomplete")`` for index entries without a finished video group."""
+        handle = self._file()
+        out: list[tuple[str, str]] = []
+        for v in self.info.videos:
+            group = f"{schema.GROUP_VIDEOS}/{v.video_id}"
+            complete = handle.group_attr(group, schema.VIDEO_COMPLETE)
+            if complete is not True:
+                out.append(
+                    (v.video_id, "missing" if complete is None and not handle.has_group(group) else "incomplete")
+                )
+        return out
 
     def video_ids(self, split: str | None = None) -> tuple[str, ...]:
         """Video ids in index order, optionally of one split.
@@ -433,11 +678,115 @@ class FeatureCache:
             )
         return self._index[video_id]
 
+    # --- checks of what is read ---------------------------------------------------------------
+    def _layouts(self) -> Mapping[str, Layout] | None:
+        return self.seal.datasets if self.seal is not None and self.check_metadata else None
+
+    def _check_group_attrs(self, group: str, video: str | None = None) -> None:
+        """A group's attributes against the seal, once per reader (attributes are never rewritten)."""
+        key = f"{group}.attrs"
+        if self.seal is None or not self.check_metadata or key in self._verified:
+            return
+        found = self._file().group_attr_digests(group) or {}
+        self._raise_first(group, attr_mismatches(found, self.seal.groups.get(group, {})), video)
+        self._verified.add(key)
+
+    def _check_bytes(
+        self, prefix: str, arrays: Mapping[str, np.ndarray], recorded: Any, video: str | None = None
+    ) -> None:
+        """Compare each array (once per reader) with the sha256 recorded for ``prefix/name``."""
+        if not self.check_checksums:
+            return
+        for name, a in arrays.items():
+            where = f"{prefix}/{name}"
+            if where in self._verified:
+                continue
+            expected = recorded.get(name) if isinstance(recorded, dict) else None
+            if expected is None:
+                raise CacheDataError(
+                    self.path, f"no checksum recorded for this dataset; {REBUILD_HINT}", field=where, video=video
+                )
+            if array_sha256(a) != expected:
+                raise CacheDataError(
+                    self.path,
+                    f"{name.rsplit('/', 1)[-1]} does not match the checksum recorded when it was computed "
+                    f"(damaged on disk?); {REBUILD_HINT}",
+                    field=where,
+                    video=video,
+                )
+            self._verified.add(where)
+
+    def _raise_nonfinite(self, where: str, a: np.ndarray, video: str, what: str) -> None:
+        n, first = _nonfinite_count(a)
+        if n:
+            raise CacheDataError(
+                self.path,
+                f"{n} NaN/inf values in the {what} of video {video!r} (first at frame {first}); {REBUILD_HINT}",
+                field=where,
+                video=video,
+            )
+
+    def _interleave_feature_shape(self) -> tuple[int, ...] | None:
+        """``[C, g, g]`` of the ``interleave`` section as recorded (``None`` if unreadable)."""
+        if self._feature_shape is None:
+            raw = self._file().group_attr(
+                f"{schema.GROUP_SECTIONS}/{schema.SECTION_INTERLEAVE}", schema.INTERLEAVE_FEATURE_SHAPE
+            )
+            try:
+                shape = tuple(int(n) for n in json.loads(raw))
+            except (TypeError, ValueError):
+                return None
+            self._feature_shape = shape
+        return self._feature_shape
+
+    def _check_ground_truth(self, gt: Mapping[str, np.ndarray], group: str, video: str, frames: int) -> None:
+        """Shapes against the frame count, offsets that add up, labels in range, finite boxes."""
+
+        def fail(name: str, problem: str) -> None:
+            raise CacheDataError(self.path, f"{problem}; {REBUILD_HINT}", field=f"{group}/{name}", video=video)
+
+        offsets = gt[schema.GT_FRAME_OFFSETS]
+        if offsets.shape != (frames + 1,) or offsets.dtype.kind not in "iu":
+            fail(schema.GT_FRAME_OFFSETS, f"frame_offsets of shape {offsets.shape}, expected ({frames + 1},) integers")
+        objects = len(gt[schema.GT_LABELS]) if gt[schema.GT_LABELS].ndim == 1 else -1
+        if offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != objects:
+            fail(
+                schema.GT_FRAME_OFFSETS,
+                f"frame_offsets must rise from 0 to the number of objects ({objects}), "
+                f"got {offsets[0]} .. {offsets[-1]}{' and a decrease' if (np.diff(offsets) < 0).any() else ''}",
+            )
+        expected = {
+            schema.GT_BOXES: ((objects, 4), "f"),
+            schema.GT_LABELS: ((objects,), "iu"),
+            schema.GT_TRACK_IDS: ((objects,), "iu"),
+            schema.GT_SPEEDS: ((objects,), "f"),
+            schema.GT_SEGMENTS: ((frames,), "S"),
+        }
+        for name, (shape, kinds) in expected.items():
+            a = gt[name]
+            if a.shape != shape or a.dtype.kind not in kinds:
+                fail(name, f"{name.rsplit('/', 1)[-1]} of shape {a.shape} {a.dtype}, expected {shape}")
+        if self.check_finite:
+            self._raise_nonfinite(f"{group}/{schema.GT_BOXES}", gt[schema.GT_BOXES], video, "ground-truth boxes")
+        classes = self.info.dataset.get("classes")
+        labels = gt[schema.GT_LABELS]
+        if isinstance(classes, list) and classes and len(labels):
+            bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+            if len(bad):
+                frame = int(np.searchsorted(offsets, bad[0], side="right")) - 1
+                fail(
+                    schema.GT_LABELS,
+                    f"ground-truth label {int(labels[bad[0]])} outside 0..{len(classes) - 1} "
+                    f"(the dataset's classes) at frame {frame}",
+                )
+
     def section(self, name: str) -> SectionData:
-        """What section ``name`` embeds once per file (attributes and tensors).
+        """What section ``name`` embeds once per file (attributes and tensors), checked.
 
         Raises:
             CacheSectionError: No such section in the file.
+            CacheDataError: Its attributes or tensors differ from what the build recorded, or
+                (for a section with a registered check) its modules do not rebuild.
         """
         if name not in self.info.sections:
             raise CacheSectionError(
@@ -451,21 +800,37 @@ class FeatureCache:
         raw = handle.group_attrs(group)
         if raw is None:
             raise CacheError(self.path, f"section group missing; {REBUILD_HINT}", field=group)
+        self._check_group_attrs(group)
         attrs: dict[str, Any] = {}
         for k, v in raw.items():
             try:
                 attrs[k] = json.loads(v) if isinstance(v, str) else v
             except json.JSONDecodeError:
                 attrs[k] = v
+        arrays, problems = handle.read_group_checked(group, layouts=self._layouts())
+        if problems:
+            where, problem = problems[0]
+            raise CacheDataError(self.path, f"{problem}; {REBUILD_HINT}", field=where)
+        if self.check_checksums:
+            recorded = self.checksums().get("sections", {}).get(name, {})
+            for missing in sorted(set(recorded) - set(arrays)):
+                raise CacheDataError(self.path, f"dataset missing; {REBUILD_HINT}", field=f"{group}/{missing}")
+            self._check_bytes(group, arrays, recorded)
         tensors: dict[str, dict[str, np.ndarray]] = {}
-        for rel, array in handle.read_group(group).items():
+        for rel, array in arrays.items():
             module, _, key = rel.partition("/")
             tensors.setdefault(module, {})[key] = _frozen_array(array)
-        return SectionData(name, ReadOnlyMapping(attrs), ReadOnlyMapping(tensors))
+        data = SectionData(name, ReadOnlyMapping(attrs), ReadOnlyMapping(tensors))
+        check = SECTION_CHECKS.get(name)
+        found = check(data) if check is not None else None
+        if found is not None:
+            where, problem = found
+            raise CacheDataError(self.path, f"{problem}; {REBUILD_HINT}", field=f"{group}{where}")
+        return data
 
     # --- episodes --------------------------------------------------------------------------
     def load_episode(self, video_id: str, *, sections: Sequence[str] | None = None) -> VideoEpisode:
-        """Read one whole video (ground truth and section arrays) into numpy in one go.
+        """Read one whole video (ground truth and section arrays) into numpy in one go, checked.
 
         Args:
             video_id: A video of the index.
@@ -474,7 +839,10 @@ class FeatureCache:
         Raises:
             CacheError: No such video, or its data is unreadable.
             CacheIncompleteError: The video group has no completion mark.
-            CacheDataError: A feature holds NaN or inf (names the video, dataset and frame).
+            CacheDataError: An attribute differs from the seal; a dataset's shape or dtype from
+                the record or the frame count; NaN/inf features or boxes; frame offsets that do
+                not add up; a label outside the classes; bytes that differ from their
+                checksum (names the video, the dataset and, where it helps, the frame).
         """
         entry = self.entry(video_id)
         wanted = tuple(sections) if sections is not None else self.sections
@@ -494,42 +862,57 @@ class FeatureCache:
                 field=f"{group}.attrs[{schema.VIDEO_COMPLETE}]",
                 video=video_id,
             )
-        gt = handle.read_datasets(group, schema.GT_DATASETS, video=video_id)
-        loaded: dict[str, Mapping[str, np.ndarray]] = {}
+        self._check_group_attrs(group, video_id)
+        layouts = self._layouts()
+        T = entry.num_frames
+        gt_group = f"{group}/{schema.GROUP_GT}"
+        gt_read, problems = handle.read_group_checked(gt_group, video=video_id, layouts=layouts)
+        gt = {f"{schema.GROUP_GT}/{k}": v for k, v in gt_read.items()}
+        loaded: dict[str, dict[str, np.ndarray]] = {}
         for s in wanted:
-            arrays = handle.read_group(f"{group}/{s}", video=video_id)
+            arrays, found = handle.read_group_checked(f"{group}/{s}", video=video_id, layouts=layouts)
+            problems += found
             if self.check_finite:
                 for name, a in arrays.items():
-                    n, first = _nonfinite_count(a)
-                    if n:
-                        raise CacheDataError(
-                            self.path,
-                            f"{n} NaN/inf values in the features of video {video_id!r} (first at frame {first}); "
-                            f"{REBUILD_HINT}",
-                            field=f"{group}/{s}/{name}",
-                            video=video_id,
-                        )
-            loaded[s] = ReadOnlyMapping({k: _frozen_array(v) for k, v in arrays.items()})
+                    self._raise_nonfinite(f"{group}/{s}/{name}", a, video_id, "features")
+            loaded[s] = arrays
+        if problems:  # a dataset whose header differs from the record (it was not read)
+            where, problem = problems[0]
+            raise CacheDataError(self.path, f"{problem}; {REBUILD_HINT}", field=where, video=video_id)
+        for name in schema.GT_DATASETS:
+            if name not in gt:
+                raise CacheError(self.path, "dataset missing", field=f"{group}/{name}", video=video_id)
+        self._check_ground_truth(gt, group, video_id, T)
+        shape = self._interleave_feature_shape() if schema.SECTION_INTERLEAVE in loaded else None
+        if shape is not None:
+            for name, a in loaded[schema.SECTION_INTERLEAVE].items():
+                if a.shape != (T, *shape):
+                    raise CacheDataError(
+                        self.path,
+                        f"{name} of shape {a.shape}, expected {(T, *shape)} ({T} frames); {REBUILD_HINT}",
+                        field=f"{group}/{schema.SECTION_INTERLEAVE}/{name}",
+                        video=video_id,
+                    )
+        if self.check_checksums:
+            recorded = self.checksums().get("videos", {}).get(video_id, {})
+            self._check_bytes(group, {k: gt[k] for k in schema.GT_DATASETS}, recorded, video_id)
+            for s, arrays in loaded.items():
+                self._check_bytes(group, {f"{s}/{k}": a for k, a in arrays.items()}, recorded, video_id)
         offsets = gt[schema.GT_FRAME_OFFSETS]
-        if offsets.shape != (entry.num_frames + 1,):
-            raise CacheError(
-                self.path,
-                f"frame_offsets has shape {offsets.shape}, expected ({entry.num_frames + 1},)",
-                field=f"{group}/{schema.GT_FRAME_OFFSETS}",
-                video=video_id,
-            )
         return VideoEpisode(
             video_id=video_id,
             split=entry.split,
             label=entry.label,
-            num_frames=entry.num_frames,
-            sections=ReadOnlyMapping(loaded),
+            num_frames=T,
+            sections=ReadOnlyMapping(
+                {s: ReadOnlyMapping({k: _frozen_array(v) for k, v in arrays.items()}) for s, arrays in loaded.items()}
+            ),
             frame_offsets=_frozen_array(offsets),
             boxes=_frozen_array(gt[schema.GT_BOXES]),
             labels=_frozen_array(gt[schema.GT_LABELS]),
             track_ids=_frozen_array(gt[schema.GT_TRACK_IDS]),
             speeds=_frozen_array(gt[schema.GT_SPEEDS]),
-            segments=tuple(s.decode() for s in gt[schema.GT_SEGMENTS].tolist()),
+            segments=tuple(s.decode(errors="replace") for s in gt[schema.GT_SEGMENTS].tolist()),
             cache_path=self.path,
         )
 

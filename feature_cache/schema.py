@@ -23,6 +23,12 @@ schema version 1::
       storage             JSON {"compression", "chunk_frames", "feature_dtype"}
       checksums           JSON {"videos": {video_id: {dataset: sha256}}, "sections": {name: {dataset: sha256}}}
                           sha256 of each dataset's raw bytes, recorded when it was computed
+      seal                JSON {"algorithm": "sha256", "attrs": {name: sha256}, "groups": {group: {name: sha256}},
+                          "datasets": {path: [dtype, shape]}}: the metadata seal, written last. sha256 of
+                          every other file attribute and of every group attribute (sections and videos),
+                          and the dtype and shape of every dataset, so an edited configuration, cost
+                          table or header is refused instead of silently changing results. Absent in
+                          caches built before it existed: they stay readable ("unsealed", with a warning).
     /videos/<video_id>/                  one group per video
       attrs: video_id, split, label, num_frames, height, width, fps, source_sha256,
              complete (written last; a reader refuses a group without it)
@@ -74,6 +80,8 @@ ATTR_PREPROCESSING = "preprocessing"
 ATTR_COSTS = "costs"
 ATTR_STORAGE = "storage"
 ATTR_CHECKSUMS = "checksums"
+ATTR_SEAL = "seal"
+SEAL_ALGORITHM = "sha256"
 
 # --- shard attributes (identity of one video's shard) ---------------------------------------
 ATTR_VIDEO_ID = "video_id"

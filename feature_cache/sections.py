@@ -40,6 +40,7 @@ from gistgym.backbones.ssdlite import SSDLiteHead
 from gistgym.errors import ConfigError
 from gistgym.feature_cache import schema
 from gistgym.feature_cache.hdf5 import EmbeddedArrays
+from gistgym.feature_cache.reader import SectionData, register_section_check
 from gistgym.videos.dataset import VideoRecord
 
 FEATURE_BATCH = 256
@@ -275,6 +276,43 @@ def interleave_modules(attrs: Mapping[str, Any], tensors: Mapping[str, Mapping[s
         module.eval().requires_grad_(False)
     return InterleaveModules(config, tuple(attrs[schema.INTERLEAVE_EXTRACTORS]), memory, head)
 
+
+def check_interleave_section(section: SectionData) -> tuple[str, str] | None:
+    """Whether an ``interleave`` section's embedded modules rebuild (the reader's section check).
+
+    Returns:
+        ``(where, problem)`` (``where`` relative to the section group, e.g.
+        ``.attrs[detector_config]`` or ``/memory``) if they do not, else ``None``.
+    """
+    attrs = section.attrs
+    try:
+        config = DetectorConfig.from_dict(dict(attrs[schema.INTERLEAVE_DETECTOR_CONFIG]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f".attrs[{schema.INTERLEAVE_DETECTOR_CONFIG}]", f"not a detector configuration: {exc!r}"
+    names = attrs.get(schema.INTERLEAVE_EXTRACTORS)
+    if names != [e.name for e in config.extractors]:
+        return (
+            f".attrs[{schema.INTERLEAVE_EXTRACTORS}]",
+            f"extractors {names!r} are not the configuration's {[e.name for e in config.extractors]}",
+        )
+    grid = config.anchors.grid
+    if attrs.get(schema.INTERLEAVE_FEATURE_SHAPE) != [config.memory_channels, grid, grid]:
+        return (
+            f".attrs[{schema.INTERLEAVE_FEATURE_SHAPE}]",
+            f"feature_shape {attrs.get(schema.INTERLEAVE_FEATURE_SHAPE)!r} is not the configuration's "
+            f"{[config.memory_channels, grid, grid]}",
+        )
+    for key in (schema.INTERLEAVE_MEMORY, schema.INTERLEAVE_HEAD):
+        if key not in section.tensors:
+            return f"/{key}", "embedded module missing"
+    try:
+        interleave_modules(attrs, section.tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        return "", f"the embedded memory and head do not fit the configuration: {' '.join(str(exc).split())[:300]}"
+    return None
+
+
+register_section_check(schema.SECTION_INTERLEAVE, check_interleave_section)
 
 from gistgym.feature_cache import glimpse as _glimpse  # noqa: E402,F401  (registers the glimpse section)
 from gistgym.feature_cache import keyframe as _keyframe  # noqa: E402,F401  (registers the keyframe section)

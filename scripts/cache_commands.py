@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ class CacheFileArgs:
     """Also require the cache to be built from these weights (their sidecar's sha256)."""
     sections: tuple[str, ...] = ()
     """Also require these sections."""
+    progress: bool | None = None
+    """verify: show a progress bar (default: only when stderr is a terminal and --json is not given)."""
 
 
 def _expected_sha(weights: str) -> str | None:
@@ -126,8 +129,18 @@ def cmd_cache_build(ns: argparse.Namespace) -> int:
 
 
 def cache_summary(path: str | Path, *, weights: str = "", sections: tuple[str, ...] = ()) -> dict[str, Any]:
-    """What ``gistgym cache info`` reports, as a JSON-ready dict."""
-    from gistgym.feature_cache.reader import FeatureCache
+    """What ``gistgym cache info`` reports, as a JSON-ready dict.
+
+    Reads metadata only (no data), and checks all of it: every video of the index has a
+    finished group, and every attribute and dataset header matches the metadata seal.
+
+    Raises:
+        CacheError: The reader refuses the file, or HDF5 cannot read its structures.
+        CacheIncompleteError: Video groups of the index are missing or unfinished.
+        CacheDataError: An attribute or dataset header differs from the seal.
+    """
+    from gistgym.errors import CacheError, CacheIncompleteError
+    from gistgym.feature_cache.reader import REBUILD_HINT, FeatureCache
 
     cache = FeatureCache(path, sections=sections, expected_weights_sha256=_expected_sha(weights))
     info = cache.info
@@ -137,6 +150,20 @@ def cache_summary(path: str | Path, *, weights: str = "", sections: tuple[str, .
         frames[v.split] += v.num_frames
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"bytes": 0, "stored_bytes": 0})
     try:
+        unfinished = cache.incomplete_videos()
+        if unfinished:
+            video, what = unfinished[0]
+            kinds = Counter(w for _, w in unfinished)
+            counts = " and ".join(f"{n} {w}" for w, n in sorted(kinds.items()))
+            error = CacheError if what == "missing" else CacheIncompleteError
+            raise error(
+                cache.path,
+                f"{len(unfinished)} of {info.num_videos} videos in the index have no finished group "
+                f"({counts}: a missing group or one without its completion mark; first: {video}); {REBUILD_HINT}",
+                field=f"videos/{video}",
+                video=video,
+            )
+        cache.check_metadata_all()
         for ds in cache.dataset_storage():
             parts = ds.path.split("/")
             kind = "/".join(parts[2:]) if parts[0] == "videos" else "/".join(parts[:3])
@@ -163,6 +190,7 @@ def cache_summary(path: str | Path, *, weights: str = "", sections: tuple[str, .
         "modules": dict(info.modules),
         "preprocessing": dict(info.preprocessing),
         "costs": dict(info.costs),
+        "sealed": cache.sealed,
     }
 
 
@@ -200,6 +228,10 @@ def cmd_cache_info(ns: argparse.Namespace) -> int:
             f"{c.get('step_seconds', 0) * 1e3:.2f} ms"
         )
     print(f"preprocessing: image {s['preprocessing'].get('image_size')}px, mean {s['preprocessing'].get('mean')}")
+    if s["sealed"]:
+        print("metadata: sealed (every attribute and dataset header matches the checksums recorded at build)")
+    else:
+        print("metadata: unsealed (built before gistgym sealed its attributes; rebuild to seal it)")
     return 0
 
 
@@ -207,18 +239,29 @@ def cmd_cache_verify(ns: argparse.Namespace) -> int:
     """Recompute every checksum; exit 1 on any mismatch."""
     from gistgym.feature_cache.verify import verify_cache
 
+    # a bar is for a person watching: not when stderr is a file or a pipe (a log would keep every frame)
+    progress = ns.progress if ns.progress is not None else (not ns.json and sys.stderr.isatty())
     report = verify_cache(
         ns.file,
         expected_weights_sha256=_expected_sha(ns.weights),
         sections=tuple(ns.sections or ()),
-        progress=not ns.json,
+        progress=progress,
+    )
+    sealed = (
+        f", {report.attributes} attributes match the seal"
+        if report.sealed
+        else "; metadata unsealed (built before gistgym sealed its attributes: configurations and costs "
+        "cannot be checked; rebuild to seal it)"
     )
     if ns.json:
         print(json.dumps(report.to_dict()))
     elif report.ok:
-        print(f"OK: {report.path}: {report.videos} videos, {report.datasets} datasets match their checksums")
+        print(f"OK: {report.path}: {report.videos} videos, {report.datasets} datasets match their checksums{sealed}")
     else:
-        print(f"FAILED: {report.path}: {len(report.mismatches)} of {report.datasets} datasets do not match")
+        print(
+            f"FAILED: {report.path}: {len(report.mismatches)} differences in {report.datasets} datasets"
+            f"{'' if report.sealed else ' (metadata unsealed)'} and their metadata"
+        )
         for m in report.mismatches:
             print(f"  {m.where}: {m.problem}")
     return 0 if report.ok else EXIT_MISMATCH
@@ -262,4 +305,8 @@ def register_cache_commands(sub: Any) -> None:
         p.add_argument(
             "--sections", action="extend", nargs="+", default=None, metavar="SECTION", help=file_docs["sections"]
         )
+        if name == "verify":
+            p.add_argument(
+                "--progress", action=argparse.BooleanOptionalAction, default=None, help=file_docs["progress"]
+            )
         p.set_defaults(func=func)
