@@ -312,8 +312,22 @@ def postprocess_frame(
 
     The online runtime's per-frame cost at batch one: torch spends about 0.5 ms on the thirty
     small ops of :func:`postprocess`, as much as a whole light step on ONNX Runtime; numpy does
-    the same work in about a tenth of that. Only the candidates above ``score_threshold`` are
+    the same work in a fraction of that. Only the candidates above ``score_threshold`` are
     decoded (decoding is per anchor, so that changes nothing).
+
+    Every array is handled column-major (one row per logit, per box coordinate): a numpy op
+    over a (384, 5) or (N, 4) array broadcast along its short last axis runs one tiny inner
+    loop per row, which cost more than the arithmetic. The float32 operations are those of
+    :func:`postprocess` (softmax: max, ``exp(x - max)``, the sum, a division; decoding and
+    clamping as :func:`decode_boxes`; the NMS's IoU as :func:`box_iou`), so scores and boxes
+    agree with it to float32 rounding; candidates keep the anchor-major order of its ``nonzero``.
+
+    **Equal scores** are broken by that order, lower candidate index (``anchor * K + class``)
+    first, both in the ``pre_nms_top_k`` cut and in the NMS's score order. :func:`postprocess`
+    leaves them to torch's ``topk`` and unstable ``argsort``, whose order among equal values is
+    an implementation detail, so the two give the same detections whenever the candidates'
+    scores are distinct (what a trained network's float32 softmax gives in practice; exact
+    ties take degenerate logits such as all zeros).
 
     Args:
         loc: (A, 4) box offsets of one frame.
@@ -325,43 +339,81 @@ def postprocess_frame(
         pre_nms_top_k: As :func:`postprocess`.
         image_size: As :func:`postprocess`.
     """
-    conf = np.asarray(conf, dtype=np.float32)
-    z = np.exp(conf - conf.max(axis=1, keepdims=True))
-    probs = (z / z.sum(axis=1, keepdims=True))[:, 1:]
-    K = probs.shape[1]
-    scores = probs.reshape(-1)
-    cand = np.flatnonzero(scores > score_threshold)
+    logits = np.asarray(conf, dtype=np.float32).T  # (K + 1, A)
+    peak = logits[0]
+    for row in logits[1:]:
+        peak = np.maximum(peak, row)
+    z = np.exp(logits - peak)
+    total = z[0].copy()
+    for row in z[1:]:
+        total += row
+    probs = z[1:] / total  # (K, A)
+    K = probs.shape[0]
+    cand = np.flatnonzero((probs > score_threshold).T)  # anchor-major, as the (A, K) flattening
+    anchor_idx, cls = np.divmod(cand, K)
+    sc = probs[cls, anchor_idx]
     if len(cand) > pre_nms_top_k:
-        cand = cand[np.argpartition(-scores[cand], pre_nms_top_k - 1)[:pre_nms_top_k]]
-    anchor_idx, cls = cand // K, cand % K
-    a, off = anchors[anchor_idx], np.asarray(loc, dtype=np.float32)[anchor_idx]
+        # the top k, and of candidates tied with the k-th score the first ones (anchor-major),
+        # kept in candidate order: equal scores then always fall the same way (see _nms_columns)
+        kth = -np.partition(-sc, pre_nms_top_k - 1)[pre_nms_top_k - 1]
+        chosen = sc > kth
+        chosen[np.flatnonzero(sc == kth)[: pre_nms_top_k - int(np.count_nonzero(chosen))]] = True
+        top = np.flatnonzero(chosen)
+        anchor_idx, cls, sc = anchor_idx[top], cls[top], sc[top]
+    a = np.asarray(anchors, dtype=np.float32).T[:, anchor_idx]  # (4, N): cx, cy, w, h
+    off = np.asarray(loc, dtype=np.float32).T[:, anchor_idx]
     v0, v1 = BOX_VARIANCES
-    cxcy = a[:, :2] + off[:, :2] * np.float32(v0) * a[:, 2:]
-    wh = a[:, 2:] * np.exp(np.minimum(off[:, 2:] * np.float32(v1), np.float32(_MAX_LOG_SCALE)))
-    boxes = np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1).astype(np.float32)
+    cxcy = a[:2] + off[:2] * np.float32(v0) * a[2:]
+    half = a[2:] * np.exp(np.minimum(off[2:] * np.float32(v1), np.float32(_MAX_LOG_SCALE))) / np.float32(2)
+    corners = np.concatenate([cxcy - half, cxcy + half])  # (4, N): x0, y0, x1, y1
     if image_size is not None:
         h, w = image_size
-        np.clip(boxes, 0, np.array([w, h, w, h], dtype=np.float32), out=boxes)
-    sc = scores[cand]
-    keep = _nms_numpy(boxes + (cls[:, None] * 1e4).astype(np.float32), sc, iou_threshold, max_detections)
-    return Detections(boxes[keep], sc[keep].astype(np.float32), cls[keep].astype(np.int64))
+        np.maximum(corners, np.float32(0), out=corners)
+        np.minimum(corners, np.array([[w], [h], [w], [h]], dtype=np.float32), out=corners)
+    # class offset trick, as postprocess: boxes of different classes never overlap
+    keep = _nms_columns(corners + (cls * 1e4).astype(np.float32), sc, iou_threshold, max_detections)
+    return Detections(np.ascontiguousarray(corners[:, keep].T), sc[keep], cls[keep].astype(np.int64, copy=False))
 
 
 def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
-    """:func:`nms` in numpy: kept indices, highest score first."""
+    """:func:`nms` in numpy: kept indices, highest score first (ties: the lower index first); ``boxes`` (N, 4)."""
+    return _nms_columns(np.asarray(boxes, dtype=np.float32).T, scores, iou_threshold, max_keep)
+
+
+def _nms_columns(corners: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
+    """:func:`_nms_numpy` of boxes given as (4, N) rows ``x0, y0, x1, y1``.
+
+    The pairwise IoU is computed as :func:`box_iou` does it, element for element the same
+    float32 operations (so the same bits and the same ``> iou_threshold`` decisions), but
+    from the four coordinate rows rather than (N, N, 2) corner arrays, whose last-axis
+    product costs numpy more than the rest. The greedy pass then runs over the kept boxes
+    only: the rows of the "overlaps too much" matrix are packed into bits (bit ``j`` of row
+    ``i``: box ``j`` of the score order overlaps box ``i``), the candidates still alive form
+    one Python integer, and each kept box removes itself and its row from it; the next kept
+    box is the lowest bit left (every lower one is already kept or removed, so a row's bits
+    below the diagonal change nothing). At most ``max_keep`` rows are ever unpacked.
+    """
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
-    b = boxes[order]
-    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(b[:, None, :2], b[None, :, :2])
-    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=-1)
-    over = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9) > iou_threshold
-    keep = np.ones(len(order), dtype=bool)
+    if n == 1:
+        return order.astype(np.int64, copy=False)
+    x0, y0, x1, y1 = corners[:, order]
+    zero = np.float32(0)
+    area = np.maximum(x1 - x0, zero) * np.maximum(y1 - y0, zero)
+    w = np.minimum(x1[:, None], x1) - np.maximum(x0[:, None], x0)
+    h = np.minimum(y1[:, None], y1) - np.maximum(y0[:, None], y0)
+    inter = np.maximum(w, zero, out=w) * np.maximum(h, zero, out=h)
+    union = area[:, None] + area - inter
+    over = inter / np.maximum(union, np.float32(1e-9), out=union) > iou_threshold
+    rows = np.packbits(over, axis=1, bitorder="little")
+    alive = (1 << n) - 1
     kept: list[int] = []
-    for i in range(len(order)):
-        if keep[i]:
-            kept.append(i)
-            if len(kept) >= max_keep:
-                break
-            keep[i + 1 :] &= ~over[i, i + 1 :]
+    while alive:
+        i = (alive & -alive).bit_length() - 1
+        kept.append(i)
+        if len(kept) >= max_keep:
+            break
+        alive &= ~int.from_bytes(rows[i].tobytes(), "little") & ~(1 << i)
     return order[np.asarray(kept, dtype=np.int64)]

@@ -2,8 +2,9 @@
 
 At 64x64 and batch one the detector's cost is mostly per-operator overhead, not arithmetic:
 a MobileNetV2 block is nine eager ops each paying Python dispatch, and a BatchNorm after every
-convolution. :func:`engine_modules` compiles each per-frame extractor, the ConvLSTM memory step
-and the SSDLite head once on an engine of :mod:`gistgym.backbones.engines`:
+convolution. :func:`engine_modules` compiles each per-frame extractor, the ConvLSTM memory step,
+the SSDLite head and the memory step and head as one graph (what the online runtime calls on
+every frame) once on an engine of :mod:`gistgym.backbones.engines`:
 
 * ``onnxruntime`` (the default): exported once per set of weights (cached on disk, keyed by
   their sha256) and run in single-threaded ONNX Runtime sessions; a light step (extractor +
@@ -33,8 +34,10 @@ and reused; they hold a copy of the weights, so a detector whose weights change 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,6 +48,8 @@ from gistgym.backbones.engines import (
     DEFAULT_ENGINE,
     PARITY_ATOL,
     Compiled,
+    MemoryHeadStep,
+    OrtModule,
     check_engine,
     check_threads,
     compile_module,
@@ -54,8 +59,10 @@ from gistgym.errors import ConfigError
 
 __all__ = [
     "PARITY_ATOL",
+    "ArrayCall",
     "FrozenDFF",
     "FrozenModules",
+    "array_call",
     "check_frozen_parity",
     "engine_dff",
     "engine_modules",
@@ -91,11 +98,38 @@ class FrozenModules:
     """``memory output -> (loc, conf)``: the SSDLite head."""
     engine: str = "torchscript"
     """The engine they run on."""
+    memory_head: Compiled | None = None
+    """``(features, c, h) -> (c', h', loc, conf)``: the memory step and the head in one graph
+    (:class:`~gistgym.backbones.engines.MemoryHeadStep`, the environment's fused step): what the
+    online runtime calls on every frame, one engine call instead of two."""
 
     def memory_step(self, features: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """The memory step with the detector's calling convention."""
         out, c, h = self.memory(features, state.c, state.h)
         return out, LSTMState(c, h)
+
+
+ArrayCall = Callable[..., tuple[np.ndarray, ...]]
+"""A compiled module called on float32 numpy arrays, returning a tuple of numpy arrays."""
+
+
+def array_call(compiled: Compiled) -> ArrayCall:
+    """``compiled`` with numpy arrays in and a tuple of numpy arrays out (the online runtime's per-frame calls).
+
+    An ONNX Runtime module is called on the arrays directly (:meth:`OrtModule.run_arrays`: no
+    tensor on either side); a TorchScript or eager module gets tensors sharing the arrays'
+    memory and returns its outputs' arrays (each call in inference mode). Inputs must be
+    C-contiguous float32 arrays.
+    """
+    if isinstance(compiled, OrtModule):
+        return compiled.run_arrays
+
+    def call(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        with torch.inference_mode():
+            out = compiled(*(torch.from_numpy(a) for a in arrays))
+        return tuple(o.numpy() for o in (out if isinstance(out, tuple | list) else (out,)))
+
+    return call
 
 
 _CACHE: weakref.WeakKeyDictionary[InterleavedDetector, dict[tuple[str, int], FrozenModules]] = (
@@ -170,7 +204,13 @@ def engine_modules(detector: InterleavedDetector, engine: str = DEFAULT_ENGINE, 
         detector.head, (out,), engine=engine, kind="head", input_names=("memory",), output_names=("loc", "conf"),
         threads=threads,
     )  # fmt: skip
-    modules = FrozenModules(tuple(extractors), memory, head, engine)
+    # the names and kind of the environment's fused step (BatchedMemoryHead): one export serves both
+    memory_head = compile_module(
+        MemoryHeadStep(detector.memory, detector.head).eval(), (features, state.c, state.h), engine=engine,
+        kind="memory-head", input_names=("x", "c", "h"), output_names=("c_new", "h_new", "loc", "conf"),
+        threads=threads,
+    )  # fmt: skip
+    modules = FrozenModules(tuple(extractors), memory, head, engine, memory_head)
     per_detector[(engine, threads)] = modules
     return modules
 
@@ -185,7 +225,8 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: s
     """Largest absolute difference between the ``engine`` and the eager modules on ``images``.
 
     Runs every compiled extractor, then the memory and the head over the frames one by one
-    (the memory carried), comparing features, memory state, box offsets and logits.
+    (the memory carried), comparing features, memory state, box offsets and logits, and the
+    fused memory + head step's outputs.
 
     Args:
         detector: The detector (eval mode).
@@ -204,14 +245,17 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: s
         for t in range(len(images)):
             x = images[t : t + 1]
             feats = detector.extract(index, x)[0]
+            fused = () if modules.memory_head is None else modules.memory_head(compiled(x), *engine_state)
             eager_out, eager_state = detector.memory(feats, eager_state)
             engine_out, engine_state = modules.memory_step(compiled(x), engine_state)
+            eager_head = detector.head(eager_out)
             pairs = [
                 (feats, compiled(x)),
                 (eager_out, engine_out),
                 (eager_state.c, engine_state.c),
                 (eager_state.h, engine_state.h),
-                *zip(detector.head(eager_out), modules.head(engine_out), strict=True),
+                *zip(eager_head, modules.head(engine_out), strict=True),
+                *(zip((eager_state.c, eager_state.h, *eager_head), fused, strict=True) if fused else ()),
             ]
             worst = max(worst, *(float((a - b).abs().max()) for a, b in pairs))
     if worst > PARITY_ATOL:

@@ -25,7 +25,9 @@ thread and only writes the memory. Per frame t, in this order:
    (deterministic mode, ``heavy_delay_frames = d``: the job launched on frame u is fused at
    the start of frame u + d, waiting for it if it is not done), the memory takes a write
    step with its features from the carried state: ``s = m(f_0(I_u), s)[1]``; its head is
-   not run (no detections of stale frames);
+   not run (no detections of stale frames). With ``skip_light_updates`` nothing else writes
+   the memory, so ``s`` is still the state of frame u's launch and the job has made this
+   step in the background already; the fuse then only adopts its result;
 2. *launch*: if the heavy extractor is wanted (frame 0, or the policy asked for it after
    frame t - 1, or an earlier request is still waiting) and no job is in flight, a job
    computing ``f_0(I_t)`` starts in the background thread; a request made while a job is in
@@ -44,7 +46,10 @@ Both modes run the extractors, the memory and the head on ONNX Runtime by defaul
 torchscript`` for frozen TorchScript graphs, ``engine="eager"`` / ``--engine eager`` for the eager
 modules): the same outputs to about 1e-5, faster per frame, and in async mode the background heavy
 job no longer holds the GIL between operators (``InferenceSession.run`` and TorchScript calls
-release it), which is what made light frames slow while a heavy job ran. Per-frame latency in both
+release it), which is what made light frames slow while a heavy job ran. Between the engine calls
+(the extractor, then the memory step and head as one graph) a frame stays in numpy
+(:class:`OnlineMemory`): preprocessing, the observation and the NMS cost a light frame less than
+its modules. Per-frame latency in both
 modes is the main thread's time from the resized frame to its detections and the next decision
 (fuse + launch + step + NMS + policy); decoding and writing outputs are excluded and reported
 separately as wall-clock frames/s.
@@ -65,26 +70,35 @@ from torch import Tensor
 from gistgym.agents.policy import Policy
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.detector import InterleavedDetector
-from gistgym.backbones.engines import DEFAULT_ENGINE
+from gistgym.backbones.engines import DEFAULT_ENGINE, MemoryHeadStep
 from gistgym.backbones.ssdlite import Detections, postprocess_frame
 from gistgym.envs.interleave_core import runtime_cues
 from gistgym.errors import ConfigError, InvalidActionError
-from gistgym.runtime.frozen import FrozenModules, engine_modules
+from gistgym.runtime.frozen import FrozenModules, array_call, engine_modules
 
 DEFAULT_HISTORY_LEN = 20
 
 
-def eq1_observation(c_hat: Tensor, h_hat: Tensor, c_prev: Tensor, h_prev: Tensor) -> np.ndarray:
-    """The Eq. 1 state maps ``[ĉ, ĥ, ĉ - c_prev, ĥ - h_prev]`` (B, 4H, g, g) float32, as the environment builds them."""
-    return torch.cat([c_hat, h_hat, c_hat - c_prev, h_hat - h_prev], dim=1).numpy()
+def eq1_observation(
+    c_hat: np.ndarray | Tensor, h_hat: np.ndarray | Tensor, c_prev: np.ndarray | Tensor, h_prev: np.ndarray | Tensor
+) -> np.ndarray:
+    """The Eq. 1 state maps ``[ĉ, ĥ, ĉ - c_prev, ĥ - h_prev]`` (B, 4H, g, g) float32, as the environment builds them.
+
+    In numpy (arrays, or CPU tensors viewed as arrays): the same float32 subtractions as the
+    environment's torch ones, so the same bits, without four torch ops per frame.
+    """
+    c_hat, h_hat, c_prev, h_prev = (np.asarray(x, dtype=np.float32) for x in (c_hat, h_hat, c_prev, h_prev))
+    return np.concatenate([c_hat, h_hat, c_hat - c_prev, h_hat - h_prev], axis=1)
 
 
 @dataclass(frozen=True)
 class StepRecord:
     """One processed frame of the online detector."""
 
-    loc: Tensor
-    conf: Tensor
+    loc: np.ndarray
+    """(1, A, 4) box offsets."""
+    conf: np.ndarray
+    """(1, A, K + 1) class logits."""
     observation: dict[str, np.ndarray]
     """Batch-of-one Eq. 1 observation: ``state`` (1, 4H, g, g) float32, ``history`` (1, L) int8."""
     state_written: bool
@@ -92,6 +106,14 @@ class StepRecord:
 
 class OnlineMemory:
     """The detector's memory, head and observation bookkeeping for one stream.
+
+    Per frame the runtime makes two engine calls (the extractor, then the memory step and the
+    head as one graph, :attr:`FrozenModules.memory_head <gistgym.runtime.frozen.FrozenModules>`)
+    and keeps everything between them in numpy: images, features, the carried memory state
+    and the head's outputs are float32 arrays (on ONNX Runtime no tensor is made at all; on
+    TorchScript and eager the tensors share the arrays' memory). At batch one the per-frame
+    work outside the modules (conversions, preprocessing, postprocessing) was what made a
+    light frame cost four times its modules.
 
     Args:
         detector: The frozen interleaved detector.
@@ -135,12 +157,22 @@ class OnlineMemory:
             raise ConfigError("cues need a light action (action 1) besides the heavy one")
         self.engine = engine if frozen else "eager"
         self.frozen: FrozenModules = engine_modules(detector, self.engine, threads)
-        self._anchors = detector.head.anchors.numpy().astype(np.float32)
+        self._extractors = tuple(None if g is None else array_call(g) for g in self.frozen.extractors)
+        fused = self.frozen.memory_head
+        self._memory_head = array_call(MemoryHeadStep(detector.memory, detector.head) if fused is None else fused)
+        self._memory_step = array_call(self.frozen.memory)
+        self._anchors = np.ascontiguousarray(detector.head.anchors.numpy(), dtype=np.float32)
+        self._image_size = (detector.config.image_size, detector.config.image_size)
+        # the normalisation as per-channel float32 scalars: x / 255, - mean, / std, the detector's order
+        self._mean = [np.float32(v) for v in detector.mean.reshape(-1).tolist()]
+        self._std = [np.float32(v) for v in detector.std.reshape(-1).tolist()]
         self.reset()
 
     def reset(self) -> None:
         """Zero memory, empty shift buffers and history (a new stream)."""
-        self.lstm: LSTMState = self.detector.memory.initial_state(1, self.detector.grid, self.detector.grid)
+        zero = self.detector.memory.initial_state(1, self.detector.grid, self.detector.grid)
+        self._c = np.ascontiguousarray(zero.c.numpy(), dtype=np.float32)
+        self._h = np.ascontiguousarray(zero.h.numpy(), dtype=np.float32)
         self.shift: list[Any] = [None] * len(self.detector.extractors)
         self.history = np.zeros((1, self.history_len), dtype=np.int8)
         self.frames_seen = 0
@@ -148,88 +180,134 @@ class OnlineMemory:
         self.cue_prev: Tensor | None = None
         self.since_heavy = 0
 
-    def preprocess(self, image: np.ndarray) -> Tensor:
-        """(S, S, 3) uint8 RGB -> (1, 3, S, S) normalised."""
-        return self.detector.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
+    @property
+    def lstm(self) -> LSTMState:
+        """The carried memory state (tensors sharing the arrays the runtime keeps)."""
+        return LSTMState(torch.from_numpy(self._c), torch.from_numpy(self._h))
 
-    def extract(self, action: int, images: Tensor) -> Tensor:
-        """Projected features of action ``action``'s extractor (advancing its shift buffer if it has one)."""
+    @lstm.setter
+    def lstm(self, state: LSTMState) -> None:
+        self._c = np.ascontiguousarray(np.asarray(state.c), dtype=np.float32)
+        self._h = np.ascontiguousarray(np.asarray(state.h), dtype=np.float32)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """(S, S, 3) uint8 RGB -> (1, 3, S, S) normalised float32, a new array.
+
+        Bit for bit ``detector.preprocess`` (the same float32 operations in the same order, per
+        channel plane), at less than half its cost at batch one.
+        """
+        image = np.asarray(image)
+        out = np.empty((1, 3, *image.shape[:2]), dtype=np.float32)
+        for ch in range(3):
+            plane = out[0, ch]
+            np.copyto(plane, image[:, :, ch])  # uint8 -> float32 is exact
+            np.divide(plane, np.float32(255.0), out=plane)
+            np.subtract(plane, self._mean[ch], out=plane)
+            np.divide(plane, self._std[ch], out=plane)
+        return out
+
+    def extract(self, action: int, images: np.ndarray) -> np.ndarray:
+        """Features (1, C, g, g) of action ``action``'s extractor (advancing its shift buffer if it has one)."""
         index = self.action_extractors[action]
-        graph = self.frozen.extractors[index]
-        if graph is not None:
-            out: Tensor = graph(images)
-            return out
-        feats, shift = self.detector.extract(index, images, self.shift[index])
+        run = self._extractors[index]
+        if run is not None:
+            return run(images)[0]
+        with torch.inference_mode():
+            feats, shift = self.detector.extract(index, torch.from_numpy(images), self.shift[index])
         if self.detector.extractor(index).uses_shift:
             self.shift[index] = shift
-        return feats
+        return feats.numpy()
 
-    def heavy_features(self, images: Tensor) -> Tensor:
+    def heavy_features(self, images: np.ndarray) -> np.ndarray:
         """Features of the heavy extractor (action 0) without touching any carried state (async jobs)."""
-        graph = self.frozen.extractors[self.action_extractors[0]]
-        if graph is not None:
-            out: Tensor = graph(images)
-            return out
-        return self.detector.extract(self.action_extractors[0], images)[0]
-
-    def _memory(self, feats: Tensor) -> tuple[Tensor, LSTMState]:
-        return self.frozen.memory_step(feats, self.lstm)
+        index = self.action_extractors[0]
+        run = self._extractors[index]
+        if run is not None:
+            return run(images)[0]
+        with torch.inference_mode():
+            return self.detector.extract(index, torch.from_numpy(images))[0].numpy()
 
     def step(
-        self, action: int, feats: Tensor, *, history_action: int | None = None, cue_feats: Tensor | None = None
+        self,
+        action: int,
+        feats: np.ndarray,
+        *,
+        history_action: int | None = None,
+        cue_feats: np.ndarray | None = None,
     ) -> StepRecord:
         """Memory step with features ``feats`` of action ``action``, head, observation, history.
 
         Args:
             action: The policy action that produced ``feats`` (0 = heavy writes the memory).
-            feats: (1, C, g, g) features.
+            feats: (1, C, g, g) float32 features.
             history_action: What the history records for this frame (default ``action``); its
                 being 0 also makes the frame the cues' last heavy frame.
             cue_feats: With ``cues``: action 1's features of this frame (default ``feats``
                 when ``action`` is 1).
         """
-        c_prev, h_prev = self.lstm
-        out, new = self._memory(feats)
-        loc, conf = self.frozen.head(out)
+        c_prev, h_prev = self._c, self._h
+        c, h, loc, conf = self._memory_head(feats, c_prev, h_prev)
         # (the environment's "frame 0 is always written" holds because frame 0 is heavy in sync mode;
         # in async mode a light frame 0 must not write: the heavy job of frame 0 initialises the memory)
         written = action == 0 or not self.skip_light_updates
         if written:
-            self.lstm = new
+            self._c, self._h = c, h
+        recorded = action if history_action is None else history_action
         self.history[:, 1:] = self.history[:, :-1]
-        self.history[:, 0] = (action if history_action is None else history_action) != 0
+        self.history[:, 0] = recorded != 0
         self.frames_seen += 1
-        obs = {"state": eq1_observation(new.c, new.h, c_prev, h_prev), "history": self.history.copy()}
+        obs = {"state": eq1_observation(c, h, c_prev, h_prev), "history": self.history.copy()}
         if self.cues:
-            heavy = (action if history_action is None else history_action) == 0
-            obs["cues"] = self._cues(feats if cue_feats is None and action == 1 else cue_feats, heavy, new.h - h_prev)
+            light = feats if cue_feats is None and action == 1 else cue_feats
+            obs["cues"] = self._cues(light, recorded == 0, h - h_prev)
         return StepRecord(loc, conf, obs, written)
 
-    def _cues(self, light: Tensor | None, heavy: bool, dh: Tensor) -> np.ndarray:
+    def _cues(self, light_feats: np.ndarray | None, heavy: bool, dh: np.ndarray) -> np.ndarray:
         """The (1, 4) cues of the frame just stepped (the environment's bookkeeping, one stream)."""
-        if light is None:
+        if light_feats is None:
             raise ConfigError("cues need action 1's features of every frame: pass cue_feats to OnlineMemory.step")
-        light = light.float()
+        light = torch.from_numpy(np.asarray(light_feats)).float()
         first = self.cue_prev is None
         self.since_heavy = 0 if heavy else self.since_heavy + 1
         ref = light if heavy or self.cue_ref is None else self.cue_ref
         prev = light if first or self.cue_prev is None else self.cue_prev
-        cues = runtime_cues(torch.tensor([self.since_heavy]), light, ref, prev, dh).numpy()
+        cues = runtime_cues(torch.tensor([self.since_heavy]), light, ref, prev, torch.from_numpy(dh)).numpy()
         self.cue_ref, self.cue_prev = ref, light
         return cues
 
-    def detect(self, loc: Tensor, conf: Tensor) -> Detections:
+    def detect(self, loc: np.ndarray, conf: np.ndarray) -> Detections:
         """The frame's decoded, NMS-filtered detections in pixels, as ``detector.detect`` gives them.
 
         Postprocessed in numpy (:func:`~gistgym.backbones.ssdlite.postprocess_frame`): at batch
         one torch's per-op overhead made it cost as much as a whole light step.
         """
-        size = self.detector.config.image_size
-        return postprocess_frame(loc[0].numpy(), conf[0].numpy(), self._anchors, image_size=(size, size))
+        return postprocess_frame(np.asarray(loc)[0], np.asarray(conf)[0], self._anchors, image_size=self._image_size)
 
-    def write(self, feats: Tensor) -> None:
+    def write(self, feats: np.ndarray) -> None:
         """A heavy write step without detections (async fusion of background features)."""
-        _, self.lstm = self._memory(feats)
+        self._c, self._h = self.written_state(feats, (self._c, self._h))
+
+    @property
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """The carried ``(c, h)`` arrays; a write replaces them (they are never changed in place)."""
+        return self._c, self._h
+
+    def written_state(self, feats: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(c, h)`` a write step with ``feats`` makes from ``state``, without touching the carried one."""
+        _, c, h = self._memory_step(feats, *state)
+        return c, h
+
+    def fuse(self, feats: np.ndarray, computed: tuple[Any, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+        """:meth:`write`, or adopt ``computed = (from_state, new_state)`` if ``from_state`` is still the carried state.
+
+        The async heavy job computes the write step from the state of its launch frame in the
+        background; it is the very step :meth:`write` would make only if nothing wrote the
+        memory since (the identity of the carried arrays tells).
+        """
+        if computed is not None and computed[0][0] is self._c and computed[0][1] is self._h:
+            self._c, self._h = computed[1]
+        else:
+            self.write(feats)
 
 
 @dataclass(frozen=True)
@@ -320,6 +398,10 @@ def run_sync(
         yield FrameResult(t, action_names[a], a == 0, None, rec.state_written, dets, latency, rec.observation)
 
 
+HeavyResult = tuple[np.ndarray, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None]
+"""An async heavy job's features and, if it made the write step too, ``(from_state, new_state)``."""
+
+
 def _worker_threads() -> int:
     return torch.get_num_threads()
 
@@ -368,14 +450,21 @@ def run_async(
     def init_worker() -> None:
         torch.set_num_threads(threads)
 
-    def heavy_job(images: Tensor) -> Tensor:
-        with torch.inference_mode():
-            if heavy_extract is not None:
-                return heavy_extract(images)
-            return memory.heavy_features(images)
+    # with skip_light_updates only the fusions write the memory, and one job is in flight at a time:
+    # the state a job is fused into is the one of its launch, so the job makes the write step too
+    # (in the background, off the light frames' latency); OnlineMemory.fuse checks that it still is
+    precompute = memory.skip_light_updates
+
+    def heavy_job(images: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> HeavyResult:
+        if heavy_extract is None:
+            feats = memory.heavy_features(images)
+        else:
+            with torch.inference_mode():
+                feats = np.ascontiguousarray(heavy_extract(torch.from_numpy(images)).numpy(), dtype=np.float32)
+        return feats, ((state, memory.written_state(feats, state)) if precompute else None)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gistgym-heavy", initializer=init_worker)
-    job: Future[Tensor] | None = None
+    job: Future[HeavyResult] | None = None
     job_frame = -1
     want_heavy = True  # frame 0 always asks for the heavy extractor
     light_action = 1
@@ -386,7 +475,7 @@ def run_async(
             if job is not None:
                 due = job.done() if heavy_delay_frames is None else t >= job_frame + heavy_delay_frames
                 if due:
-                    memory.write(job.result())
+                    memory.fuse(*job.result())
                     fused_from = job_frame
                     stats.fused += 1
                     stats.fuse_delays.append(t - job_frame)
@@ -394,7 +483,7 @@ def run_async(
             images = memory.preprocess(image)
             launched = False
             if want_heavy and job is None:
-                job = pool.submit(heavy_job, images.clone())
+                job = pool.submit(heavy_job, images, memory.state)  # arrays never written to
                 job_frame = t
                 launched = True
                 want_heavy = False
