@@ -221,12 +221,13 @@ def engine_table(model: InterleavedDetector, engines: tuple[str, ...], repeats: 
         descriptions[key] = (
             f"MobileNetV2 x{ext.config.width_mult}, in {round(cfg.image_size * ext.config.input_scale)}px"
         )
+        if ext.uses_shift:
+            descriptions[key] += ", temporal shift (eager on every engine)"
         calls[key] = {}
         for e in engines:
             fn = compiled[e].extractors[index]
             if fn is None:  # temporal shift: eager on every engine
                 fn = ext
-                descriptions[key] += ", shift (eager on every engine)"
             calls[key][e] = lambda fn=fn: fn(images)  # type: ignore[misc]
     feats = model.extract(0, images)[0]
     out = model.memory(feats, state)[0]
