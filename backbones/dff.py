@@ -36,7 +36,6 @@ added per location).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from gistgym.backbones.detector import (
     FeatureExtractor,
     InterleavedDetector,
 )
+from gistgym.backbones.engines import weights_sha256
 from gistgym.backbones.flops import count_flops, measure_latency
 from gistgym.backbones.mobilenet import ConvBNReLU
 from gistgym.backbones.ssdlite import AnchorConfig, Detections, SSDLiteHead, postprocess
@@ -406,12 +406,7 @@ def feature_net_digest(module: nn.Module) -> str:
     Identifies N_feat independently of the file it came from: a DFF model and a detector
     whose heavy extractors have the same digest compute the same keyframe features.
     """
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(k.encode() + b"\0" + str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    return weights_sha256(module)
 
 
 def save_dff(path: Path, model: DeepFeatureFlow, metadata: Mapping[str, Any]) -> str:

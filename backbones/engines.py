@@ -619,14 +619,27 @@ def use_build_engine(detector: Any, engine: str | None = None, *, threads: int =
         return detector
     size = detector.config.image_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    compiled = compile_extractors(detector, example, engine=engine, threads=threads)
+    _BUILD_EXTRACTORS[detector] = compiled
+    return detector
+
+
+def compile_extractors(detector: Any, example: Tensor, *, engine: str, threads: int = 1) -> tuple[Compiled | None, ...]:
+    """Each extractor of an interleaved detector on ``engine`` (:func:`compile_module`), in action order.
+
+    ``None`` for an extractor with a temporal-shift buffer: its state stays with the caller,
+    which runs it eagerly. ``example``: (B, 3, S, S) preprocessed images.
+
+    Raises:
+        EngineError, ExportMismatchError: As :func:`compile_module`.
+    """
     compiled: list[Compiled | None] = []
     for index, name in enumerate(detector.extractor_names):
         extractor = detector.extractor(index)
-        if extractor.uses_shift:
-            compiled.append(None)
-            continue
         compiled.append(
-            compile_module(
+            None
+            if extractor.uses_shift
+            else compile_module(
                 extractor,
                 (example,),
                 engine=engine,
@@ -636,8 +649,7 @@ def use_build_engine(detector: Any, engine: str | None = None, *, threads: int =
                 threads=threads,
             )
         )
-    _BUILD_EXTRACTORS[detector] = tuple(compiled)
-    return detector
+    return tuple(compiled)
 
 
 def build_extractor(detector: nn.Module, index: int) -> Compiled | None:

@@ -225,9 +225,10 @@ class GlimpseModels(nn.Module):
         x = frames.permute(0, 3, 1, 2).float().div_(255.0)
         return (x - self.mean) / self.std
 
-    def _pooled(self, net: FeatureExtractor, frames: np.ndarray, batch: int) -> np.ndarray:
+    def pooled(self, net: Callable[[Tensor], Tensor], frames: np.ndarray, batch: int = 128) -> np.ndarray:
+        """(T, H, W, 3) uint8 -> (T, F) float32 pooled features of ``net`` (an extractor, eager or compiled)."""
         out = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for s in range(0, len(frames), batch):
                 images = self.preprocess(torch.from_numpy(np.ascontiguousarray(frames[s : s + batch])))
                 out.append(pool_features(net(images)))
@@ -237,12 +238,12 @@ class GlimpseModels(nn.Module):
 
     def frame_features(self, frames: np.ndarray, batch: int = 128) -> np.ndarray:
         """(T, H, W, 3) uint8 -> (T, F) float32 pooled heavy features."""
-        return self._pooled(self.frame_net, frames, batch)
+        return self.pooled(self.frame_net, frames, batch)
 
     def memory_features(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The global memory of a whole video: (T_d, F) pooled light features and their (T_d,) frame indices."""
         positions = memory_positions(len(frames), self.config.memory_frames)
-        return self._pooled(self.memory_net, frames[positions], len(positions)), positions
+        return self.pooled(self.memory_net, frames[positions], len(positions)), positions
 
 
 @dataclass(frozen=True)

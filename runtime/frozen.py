@@ -52,6 +52,7 @@ from gistgym.backbones.engines import (
     OrtModule,
     check_engine,
     check_threads,
+    compile_extractors,
     compile_module,
     freeze_torchscript,
 )
@@ -166,26 +167,8 @@ def engine_modules(detector: InterleavedDetector, engine: str = DEFAULT_ENGINE, 
         raise ConfigError("the online runtime compiles the detector's modules; call detector.eval() first")
     size = detector.config.image_size
     images = _example_images(size)
-    extractors: list[Compiled | None] = []
-    features = None
-    for index, name in enumerate(detector.extractor_names):
-        extractor = detector.extractor(index)
-        if extractor.uses_shift:
-            extractors.append(None)
-            continue
-        extractors.append(
-            compile_module(
-                extractor,
-                (images,),
-                engine=engine,
-                kind=f"extractor-{name.replace('+', '_')}",
-                input_names=("images",),
-                output_names=("features",),
-                threads=threads,
-            )
-        )
-        if features is None:
-            features = extractor(images)
+    extractors = compile_extractors(detector, images, engine=engine, threads=threads)
+    features = next((detector.extractor(i)(images) for i, c in enumerate(extractors) if c is not None), None)
     if features is None:  # every extractor shifts: compile the memory on the first one's features
         features = detector.extract(0, images)[0]
     state = detector.memory.initial_state(1, detector.grid, detector.grid)
@@ -210,7 +193,7 @@ def engine_modules(detector: InterleavedDetector, engine: str = DEFAULT_ENGINE, 
         kind="memory-head", input_names=("x", "c", "h"), output_names=("c_new", "h_new", "loc", "conf"),
         threads=threads,
     )  # fmt: skip
-    modules = FrozenModules(tuple(extractors), memory, head, engine, memory_head)
+    modules = FrozenModules(extractors, memory, head, engine, memory_head)
     per_detector[(engine, threads)] = modules
     return modules
 

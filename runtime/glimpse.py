@@ -112,20 +112,6 @@ def glimpse_extractors(models: Any, engine: str, threads: int = 1) -> tuple[Comp
     )
 
 
-def pooled_features(models: Any, extractor: Compiled, frames: np.ndarray, batch: int = 128) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, F) float32 pooled features of ``extractor`` (as ``GlimpseModels`` pools them)."""
-    from gistgym.backbones.glimpse import pool_features
-
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(frames), batch):
-            images = models.preprocess(torch.from_numpy(np.ascontiguousarray(frames[s : s + batch])))
-            out.append(pool_features(extractor(images)))
-    if not out:
-        return np.zeros((0, models.config.feature_dim), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float32)
-
-
 def _class_names(policy_names: Sequence[str], meta: dict[str, Any], num_classes: int) -> tuple[str, ...]:
     if len(policy_names) == num_classes:
         return tuple(policy_names)
@@ -226,7 +212,7 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
     # 2. the global memory and the initial step
     t0 = time.perf_counter()
     positions = memory_positions(num_frames, cfg.memory_frames)
-    mem_feats = pooled_features(models, memory_net, frames[positions], len(positions))
+    mem_feats = models.pooled(memory_net, frames[positions], len(positions))
     memory = memory_with_positions(mem_feats, positions, num_frames, cfg.position_dim)[None]
     memory_s = time.perf_counter() - t0
     zeros_feat = np.zeros((1, cfg.feature_dim), dtype=np.float32)
@@ -249,7 +235,7 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         idx = int(location_to_index(location[0], num_frames))
         revisit = idx in features
         if not revisit:
-            features[idx] = pooled_features(models, frame_net, frames[idx : idx + 1])
+            features[idx] = models.pooled(frame_net, frames[idx : idx + 1])
         logits, location, utility, h, c = policy.step(features[idx], memory, h, c, one)
         latencies.append(time.perf_counter() - start)
         probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1)[0].numpy()
