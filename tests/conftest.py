@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -26,6 +27,24 @@ def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("engines")
     os.environ["GISTGYM_ENGINE_CACHE"] = str(folder)  # subprocesses (CLI tests) inherit it
     return folder
+
+
+@pytest.fixture
+def bench(tiny_bench: Path, tmp_path: Path) -> Path:
+    """A private copy of the session benchmark, for tests that break it."""
+    return Path(shutil.copytree(tiny_bench, tmp_path / "bench"))
+
+
+@pytest.fixture
+def copy_of(tiny_cache: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """``copy_of(name)``: a private copy of the session cache, for tests that damage it."""
+
+    def make(name: str) -> Path:
+        path = tmp_path / name
+        shutil.copy(tiny_cache, path)
+        return path
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,6 @@ from gistgym.videos import dataset
 from gistgym.videos.dataset import ANNOTATION_FILE, VIDEO_FILE, load_dataset
 
 FRAMES = 24  # conftest's tiny_bench: 24 frames of 64x64
-
-
-@pytest.fixture
-def bench(tiny_bench: Path, tmp_path: Path) -> Path:
-    """A private copy of the session benchmark, for tests that break it."""
-    return Path(shutil.copytree(tiny_bench, tmp_path / "bench"))
 
 
 def edit_json(path: Path, change: Any) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,6 @@ from gistgym.scripts.cli import main
 
 ENV = "gistgym/Interleave-v0"
 SECTION = "sections/interleave"
-
-
-@pytest.fixture
-def copy_of(tiny_cache: Path, tmp_path: Path) -> Callable[[str], Path]:
-    def make(name: str) -> Path:
-        path = tmp_path / name
-        shutil.copy(tiny_cache, path)
-        return path
-
-    return make
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,16 +22,6 @@ from gistgym.errors import (
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.hdf5 import write_seal
 from gistgym.scripts.cli import main
-
-
-@pytest.fixture
-def copy_of(tiny_cache: Path, tmp_path: Path) -> Callable[[str], Path]:
-    def make(name: str) -> Path:
-        path = tmp_path / name
-        shutil.copy(tiny_cache, path)
-        return path
-
-    return make
 
 
 def cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,6 @@ def assert_annotations_equal(a: FrameAnnotation, b: FrameAnnotation, *, atol: fl
 def assert_names(exc: InputFileError, path: Path) -> None:
     assert exc.path == path
     assert str(path) in str(exc)
-
-
-@pytest.fixture
-def bench(tiny_bench: Path, tmp_path: Path) -> Path:
-    """A private copy of the session benchmark, for tests that break it."""
-    return Path(shutil.copytree(tiny_bench, tmp_path / "bench"))
 
 
 def edit_json(path: Path, change: Any) -> None:
