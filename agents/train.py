@@ -26,6 +26,10 @@ of ``eval_split`` (:class:`~gistgym.agents.evaluation.InterleaveEvaluator`) and
 ``eval.json`` beside ``train/q_mean`` (Fig. 8). The final model is the last one: there is no
 selection on the evaluation split, so comparing runs on it stays fair.
 
+Several runs (seeds, a gamma sweep) go through :func:`~gistgym.agents.sweep.run_sweep`: here
+one after another, or with ``--ray`` as Ray tasks on a local instance or a cluster, with
+retries, ``--resume`` and ``OUT/sweep.json``.
+
 The run directory layout is in :mod:`gistgym.agents.runs`.
 """
 
@@ -63,6 +67,7 @@ from gistgym.agents.runs import (
     prepare_run_target,
     staged_run_dir,
 )
+from gistgym.agents.sweep import SweepJob, SweepOptions, run_sweep
 from gistgym.envs.rewards import EQ2, REWARDS
 from gistgym.errors import ConfigError
 from gistgym.staging import check_name
@@ -468,22 +473,39 @@ def run_configs(config: TrainConfig) -> list[TrainConfig]:
     ]
 
 
-def train(config: TrainConfig, *, command: Sequence[str] = (), log: Callable[[str], None] = print) -> list[Path]:
-    """``gistgym train``: one run per gamma (``gamma_sweep``) and seed (``seeds``); returns the run directories."""
-    check_config(config)
+def sweep_jobs(config: TrainConfig) -> list[SweepJob]:
+    """The runs of ``config`` (per gamma and seed, :func:`run_configs`) as sweep jobs into ``config.out``.
+
+    Raises:
+        ConfigError: Two runs would be named alike.
+    """
     configs = run_configs(config)
-    if len(configs) == 1:
-        return [train_one(configs[0], command=command)]
     names = [run_name(c) for c in configs]
     if len(set(names)) < len(names):
         raise ConfigError(f"two runs would be named alike: {names}; give --gammas distinct values")
-    for c in configs:  # refuse before the first hour of training, not after
-        prepare_run_target(c.out, run_name(c), c.overwrite)
-    runs = []
-    for c in configs:
-        runs.append(train_one(c, command=command))
-        log(f"wrote {runs[-1]}")
-    return runs
+    return [SweepJob(c, Path(c.out) / run_name(c), setting_name(c)) for c in configs]
+
+
+def train(
+    config: TrainConfig,
+    *,
+    command: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+    cluster: SweepOptions | None = None,
+) -> list[Path]:
+    """``gistgym train``: one run per gamma (``gamma_sweep``) and seed (``seeds``); returns the run directories.
+
+    One run without ``cluster`` trains here. Several runs, or any ``cluster`` (``--ray``,
+    ``--resume``), go through :func:`~gistgym.agents.sweep.run_sweep`, which checks every
+    target first and writes ``OUT/sweep.json``.
+    """
+    check_config(config)
+    jobs = sweep_jobs(config)
+    if len(jobs) == 1 and cluster is None:
+        return [train_one(jobs[0].config, command=command)]
+    options = cluster if cluster is not None else SweepOptions(progress=config.progress)
+    result = run_sweep(jobs, config.out, train_one, options=options, command=command, log=log)
+    return result.runs
 
 
 def main_command() -> list[str]:

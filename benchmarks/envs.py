@@ -101,6 +101,8 @@ def bare_calls(core: InterleaveCore, engine: str) -> tuple[Callable[[], object],
 
 def ddqn_benchmark(cache: Path, args: argparse.Namespace) -> None:
     """Double DQN training env steps/s with gistgym train's defaults, against the bare env at N = 16."""
+    from stable_baselines3.common.logger import Logger
+
     from gistgym.agents.train import TrainConfig, env_kwargs, make_model
     from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
 
@@ -109,6 +111,7 @@ def ddqn_benchmark(cache: Path, args: argparse.Namespace) -> None:
     venv = InterleaveSB3VecEnv(str(cache), num_envs=config.num_envs, **kwargs)
     venv.seed(0)
     model = make_model(config, venv)
+    model.set_logger(Logger(None, []))  # SB3's default logger would create a /tmp/SB3-* folder per run
     model.learn(config.learning_starts + 16 * config.num_envs)  # fill the buffer past learning_starts, warm up
     env = InterleaveVectorEnv(cache_path=str(cache), num_envs=config.num_envs, **kwargs)
     env.reset(seed=0)

@@ -68,6 +68,7 @@ from gistgym.backbones.detector import DetectorConfig, InterleavedDetector
 from gistgym.backbones.engines import use_build_engine
 from gistgym.backbones.flops import step_costs
 from gistgym.backbones.weights import DEFAULT_WEIGHTS, freeze, load_into, read_sidecar
+from gistgym.cluster import cluster_cpus, ray_session
 from gistgym.errors import (
     CacheDataError,
     CacheError,
@@ -320,24 +321,10 @@ def _local_results(
 def _ray_results(
     jobs: Sequence[VideoJob], source: ModelSources, workers: int, address: str
 ) -> Generator[VideoResult, None, None]:
-    try:
-        import ray
-    except ImportError as exc:
-        raise ConfigError("--ray needs Ray: pip install 'gistgym[ray]' (or ray>=2.9)") from exc
-    started = False
-    if not ray.is_initialized():
-        try:
-            if address in ("", "local"):
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError, ...
-            raise ConfigError(f"cannot start or reach Ray at {address or 'a local instance'!r}: {exc}") from exc
-        started = True
-    try:
+    with ray_session(address, workers) as ray:
         remote = ray.remote(num_cpus=1, max_retries=2)(compute_video)
         source_ref = ray.put(source)
-        window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        window = max(2, 2 * cluster_cpus(ray))
         queue = list(jobs)
         in_flight: list[Any] = []
         while queue or in_flight:
@@ -346,9 +333,6 @@ def _ray_results(
                 in_flight.append(remote.remote(source_ref, replace(job, data=job.record.path.read_bytes())))
             ready, in_flight = ray.wait(in_flight, num_returns=1)
             yield ray.get(ready[0])
-    finally:
-        if started:
-            ray.shutdown()
 
 
 # --- ground truth and identity -------------------------------------------------------------

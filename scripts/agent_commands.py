@@ -9,10 +9,12 @@ import argparse
 import os
 from typing import Any
 
+from gistgym.errors import ConfigError
 from gistgym.scripts.args import (
     NumberType,
     add_dataclass_arguments,
     dataclass_from_args,
+    field_docs,
     finite_float,
     int_at_least,
     nonnegative_float,
@@ -88,16 +90,77 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+CLUSTER_NUMBERS: dict[str, NumberType] = {"workers": nonnegative_int, "max_retries": nonnegative_int}
+"""The range of each numeric option of the sweep flags (:func:`add_cluster_arguments`)."""
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--workers``, ``--ship-cache``, ``--resume``, ``--max-retries`` (SweepOptions)."""
+    from gistgym.agents.sweep import SweepOptions
+
+    docs = field_docs(SweepOptions)
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help=docs["ray"])
+    for name, number in CLUSTER_NUMBERS.items():
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=number,
+            default=getattr(SweepOptions, name),
+            help=f"{docs[name]} (default: {getattr(SweepOptions, name)}; {number.expects})",
+        )
+    for flag in ("ship_cache", "resume"):
+        p.add_argument(f"--{flag.replace('_', '-')}", action="store_true", help=docs[flag])
+
+
+def cluster_options(ns: argparse.Namespace, progress: bool) -> Any:
+    """The :class:`~gistgym.agents.sweep.SweepOptions` of parsed :func:`add_cluster_arguments` flags."""
+    from gistgym.agents.sweep import SweepOptions
+
+    if (ns.ship_cache or ns.workers) and ns.ray is None:
+        flag = "--ship-cache" if ns.ship_cache else "--workers"
+        raise ConfigError(f"{flag} is for Ray: add --ray (a local instance) or --ray ADDRESS")
+    return SweepOptions(
+        ray=ns.ray,
+        workers=ns.workers,
+        ship_cache=ns.ship_cache,
+        resume=ns.resume,
+        max_retries=ns.max_retries,
+        progress=progress,
+    )
+
+
+def _report(runs: list[Any]) -> int:
+    for run in runs:
+        print(f"wrote {run}")
+    return 0
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
-    """Train one run, or a gamma sweep."""
+    """Train one run, or a gamma sweep (here, or as Ray tasks with --ray)."""
     _set_threads()
     _exit_on_sigterm()
     from gistgym.agents.train import TrainConfig, main_command, train
 
     config = dataclass_from_args(TrainConfig, ns)
-    runs = train(config, command=main_command())
-    for run in runs:
-        print(f"wrote {run}")
+    cluster = cluster_options(ns, config.progress)
+    uses_sweep = ns.ray is not None or ns.resume
+    return _report(train(config, command=main_command(), cluster=cluster if uses_sweep else None))
+
+
+def cmd_sweep(ns: argparse.Namespace) -> int:
+    """Train every run of a sweep file (here, or as Ray tasks with --ray)."""
+    _set_threads()
+    _exit_on_sigterm()
+    from gistgym.agents.sweep import run_sweep
+    from gistgym.agents.sweep_file import sweep_jobs_from_file
+    from gistgym.agents.train import main_command, train_one
+
+    cluster = cluster_options(ns, ns.progress)
+    jobs, out = sweep_jobs_from_file(ns.file, numbers=TRAIN_NUMBERS, overwrite=ns.overwrite, progress=ns.progress)
+    result = run_sweep(jobs, out, train_one, options=cluster, command=main_command())
+    print(
+        f"sweep: {result.count('done')} trained, {result.count('skipped')} skipped in {result.seconds:.0f} s; "
+        f"wrote {result.summary_path}"
+    )
     return 0
 
 
@@ -135,7 +198,17 @@ def register_agent_commands(sub: Any) -> None:
         help="train Double DQN / DQN / PPO (or AdaFrame on Glimpse-v0) on a cached environment, or a gamma sweep",
     )
     add_dataclass_arguments(p, TrainConfig, TRAIN_NUMBERS)
+    add_cluster_arguments(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "sweep",
+        help="train every run of a sweep file (settings x seeds x envs), here or as Ray tasks on a cluster",
+    )
+    p.add_argument("file", metavar="SWEEP.yaml", help="the sweep file (see gistgym.agents.sweep_file)")
+    add_cluster_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace complete runs of the same name")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("compare", help="baselines and trained runs on a held-out split: table, CSV, Pareto plot")
     add_dataclass_arguments(p, CompareConfig, COMPARE_NUMBERS)
     p.set_defaults(func=cmd_compare)

@@ -22,6 +22,14 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
+def sb3_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SB3 models trained without a logger of their own log here, not into a new /tmp/SB3-* folder each."""
+    folder = tmp_path_factory.mktemp("sb3")
+    os.environ["SB3_LOGDIR"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
 def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ONNX Runtime exports of the test session go to a temporary folder, not the user's ~/.cache."""
     folder = tmp_path_factory.mktemp("engines")
