@@ -11,9 +11,11 @@ address nobody listens on for many minutes, where a user wants one line now.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from gistgym.errors import ConfigError
@@ -74,6 +76,24 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         ) from exc
 
 
+AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+"""Where ``ray start --head`` keeps the cluster's authentication token (Ray >= 2.5x)."""
+
+
+def use_auth_token() -> None:
+    """Send the cluster's token when joining one: ``RAY_AUTH_MODE=token`` if a token is at hand and no mode is set.
+
+    ``ray start --head`` turns token authentication on and writes the token to
+    ``~/.ray/auth_token``, but a client sends it only with ``RAY_AUTH_MODE=token``; without it
+    ``ray.init(address=...)`` fails after 20 s. A client in token mode still joins a cluster
+    that does not check tokens.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or AUTH_TOKEN_FILE.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 @contextmanager
 def ray_session(address: str | None, workers: int = 0) -> Iterator[Any]:
     """Ray, initialised for the block: a local instance (``address`` ``"local"``/``""``) or a cluster.
@@ -88,11 +108,13 @@ def ray_session(address: str | None, workers: int = 0) -> Iterator[Any]:
     Raises:
         ConfigError: Ray is missing, the address is unreachable, or Ray fails to start.
     """
+    local = address in (None, "", LOCAL)
+    if not local:
+        use_auth_token()  # before ray is imported: it reads RAY_AUTH_MODE once
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
-    local = address in (None, "", LOCAL)
     if not local:
         check_reachable(str(address))
     try:
@@ -101,7 +123,10 @@ def ray_session(address: str | None, workers: int = 0) -> Iterator[Any]:
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError, ...
-        raise ConfigError(f"cannot start or reach Ray at {address or 'a local instance'!r}: {exc}") from exc
+        hint = ""
+        if "auth" in f"{exc} {exc.__cause__}".lower():
+            hint = "; the cluster checks a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token)"
+        raise ConfigError(f"cannot start or reach Ray at {address or 'a local instance'!r}: {exc}{hint}") from exc
     try:
         yield ray
     finally:

@@ -370,3 +370,20 @@ def test_ctrl_c_cancels_the_sweep_and_leaves_no_partial_folder(tiny_cache: Path,
     import tempfile
 
     assert not list((Path(tempfile.gettempdir()) / WORKER_DIR).glob(f"{socket.gethostname()}-{proc.pid}-*"))
+
+
+def test_joining_a_cluster_sends_the_token_ray_start_wrote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from gistgym import cluster
+
+    monkeypatch.setattr(cluster, "AUTH_TOKEN_FILE", tmp_path / "auth_token")
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")  # recorded, so the teardown restores what was there before
+        monkeypatch.delenv(name)
+    cluster.use_auth_token()
+    assert "RAY_AUTH_MODE" not in os.environ  # no token anywhere: Ray's default
+    (tmp_path / "auth_token").write_text("x" * 32)
+    cluster.use_auth_token()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster.use_auth_token()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice stands
