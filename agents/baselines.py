@@ -54,7 +54,34 @@ class ConstantPolicy:
 
 
 @dataclass
-class FixedTauPolicy:
+class SinceExpensive:
+    """Counts, per row, the frames since the expensive action 0 last ran (from ``info["action"]``).
+
+    Needs no frame indices, so a policy built on it behaves the same in the environment and in
+    the online runtime. :meth:`advance` is called once per decision with the infos of the step.
+    """
+
+    since: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False, kw_only=True)
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Zero counters for ``num_envs`` rows."""
+        self.since = np.zeros(num_envs, dtype=np.int64)
+
+    def episode_started(self, rows: np.ndarray) -> None:
+        """Zero those rows' counters (their first frame runs action 0)."""
+        self.since[rows] = 0
+
+    def advance(self, infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Count the frame each row just executed; the frames since the last action 0, per row."""
+        if len(self.since) != len(infos):
+            self.reset(len(infos))
+        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
+        self.since = np.where(executed == 0, 0, self.since + 1)
+        return self.since
+
+
+@dataclass
+class FixedTauPolicy(SinceExpensive):
     """Heavy (action 0) after the light extractor (action ``light``) ran ``tau`` times in a row.
 
     The schedule ``tau=N`` of :mod:`gistgym.backbones.evaluation`: heavy on frames t with
@@ -66,28 +93,15 @@ class FixedTauPolicy:
     tau: int
     light: int = 1
     name: str = ""
-    _since_heavy: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False)
 
     def __post_init__(self) -> None:
         if self.tau < 0:
             raise ConfigError(f"a fixed schedule needs tau >= 0, got {self.tau}")
         self.name = self.name or f"tau={self.tau}"
 
-    def reset(self, num_envs: int, seed: int | None = None) -> None:
-        """Zero counters for ``num_envs`` rows."""
-        self._since_heavy = np.zeros(num_envs, dtype=np.int64)
-
-    def episode_started(self, rows: np.ndarray) -> None:
-        """Zero those rows' counters (their first frame runs the heavy extractor)."""
-        self._since_heavy[rows] = 0
-
     def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Count the light frames since the last heavy one (from ``info["action"]``) and decide."""
-        if len(self._since_heavy) != len(infos):
-            self.reset(len(infos))
-        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
-        self._since_heavy = np.where(executed == 0, 0, self._since_heavy + 1)
-        return np.where(self._since_heavy >= self.tau, 0, self.light).astype(np.int64)
+        return np.where(self.advance(infos) >= self.tau, 0, self.light).astype(np.int64)
 
 
 @dataclass
@@ -150,8 +164,42 @@ class OraclePolicy:
         return np.argmax(speed[None, :] - losses, axis=1).astype(np.int64)
 
 
+def next_frames(infos: Sequence[Mapping[str, Any]], per_video: Mapping[str, Any]) -> list[Any]:
+    """Per row, the entry of ``per_video[video id]`` for the frame about to be decided (``frame_index + 1``)."""
+    out = []
+    for info in infos:
+        per_frame = per_video[str(info["video_id"])]
+        out.append(per_frame[min(int(info["frame_index"]) + 1, len(per_frame) - 1)])
+    return out
+
+
 @dataclass
-class SegmentPeriodPolicy:
+class FramePeriodPolicy(SinceExpensive):
+    """Action 0 once every ``periods[video][t]`` frames, and on every frame where ``triggers[video][t]``.
+
+    Counts the frames since the last action 0 (:class:`SinceExpensive`) and takes action 0 when
+    the frame about to be decided, ``t = info["frame_index"] + 1`` of ``info["video_id"]``, is
+    at least its period away from it, or is a trigger. Any other frame gets action ``cheap``.
+    A per-frame ground truth (the segment, a cut, an object's speed) makes it a privileged
+    schedule: a reference of what knowing the state is worth (benchmarks/causal_bound.py).
+    """
+
+    periods: Mapping[str, Sequence[int] | np.ndarray] = field(repr=False)
+    triggers: Mapping[str, Sequence[bool] | np.ndarray] | None = field(default=None, repr=False)
+    name: str = "frame-period"
+    cheap: int = 1
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Action 0 where the next frame is a full period after the last action 0, or a trigger."""
+        since = self.advance(infos)
+        heavy = since + 1 >= np.asarray(next_frames(infos, self.periods), dtype=np.int64)
+        if self.triggers is not None:
+            heavy |= np.asarray(next_frames(infos, self.triggers), dtype=bool)
+        return np.where(heavy, 0, self.cheap).astype(np.int64)
+
+
+@dataclass
+class SegmentPeriodPolicy(SinceExpensive):
     """The expensive action 0 once every ``periods[segment]`` frames, by the next frame's segment.
 
     Counts the frames since the last action 0 from ``info["action"]`` (like
@@ -172,7 +220,6 @@ class SegmentPeriodPolicy:
     cheap: int = 1
     default_period: int = 1
     name: str = ""
-    _since: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False)
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.periods.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
@@ -180,26 +227,11 @@ class SegmentPeriodPolicy:
             raise ConfigError(f"segment periods must be integers >= 1 frames, got {dict(self.periods)}")
         self.name = self.name or "segment:" + ",".join(f"{k}={v}" for k, v in sorted(self.periods.items()))
 
-    def reset(self, num_envs: int, seed: int | None = None) -> None:
-        """Zero counters for ``num_envs`` rows."""
-        self._since = np.zeros(num_envs, dtype=np.int64)
-
-    def episode_started(self, rows: np.ndarray) -> None:
-        """Zero those rows' counters (their first frame runs action 0)."""
-        self._since[rows] = 0
-
     def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Action 0 where the next frame is a full period of its segment after the last action 0."""
-        if len(self._since) != len(infos):
-            self.reset(len(infos))
-        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
-        self._since = np.where(executed == 0, 0, self._since + 1)
-        period = np.empty(len(infos), dtype=np.int64)
-        for row, info in enumerate(infos):
-            per_frame = self.segments[str(info["video_id"])]
-            t = min(int(info["frame_index"]) + 1, len(per_frame) - 1)
-            period[row] = self.periods.get(per_frame[t], self.default_period)
-        return np.where(self._since + 1 >= period, 0, self.cheap).astype(np.int64)
+        since = self.advance(infos)
+        period = np.array([self.periods.get(s, self.default_period) for s in next_frames(infos, self.segments)])
+        return np.where(since + 1 >= period, 0, self.cheap).astype(np.int64)
 
 
 def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:

@@ -63,7 +63,6 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,13 @@ import torch
 from tqdm.auto import tqdm
 
 from gistgym.agents.backends import INTERLEAVE_ENV_ID, get_backend
-from gistgym.agents.baselines import FixedTauPolicy, OraclePolicy, SegmentPeriodPolicy, parse_baseline
+from gistgym.agents.baselines import (
+    FixedTauPolicy,
+    FramePeriodPolicy,
+    OraclePolicy,
+    SegmentPeriodPolicy,
+    parse_baseline,
+)
 from gistgym.agents.compare import (
     DEFAULT_TAUS,
     DOMINANCE_RANGE,
@@ -124,49 +129,6 @@ GRIDS: dict[str, dict[str, Any]] = {
 
 ``delay``: the new-object trigger fires that many frames after the object's first frame (it
 fades in over the first frames); the shot trigger always fires on the shot's first frame."""
-
-
-@dataclass
-class FramePeriodPolicy:
-    """Heavy (action 0) once every ``periods[video][t]`` frames, and on every frame where ``triggers[video][t]``.
-
-    :class:`~gistgym.agents.baselines.SegmentPeriodPolicy` with a period per frame instead of
-    per segment: it counts the frames since the last heavy one from ``info["action"]`` and
-    takes the heavy extractor when the frame about to be decided, ``t = info["frame_index"]
-    + 1`` of ``info["video_id"]``, is at least its period away from it, or is a trigger
-    (a shot's first frame, a new object). With ``periods`` from segments and no triggers it
-    is exactly ``SegmentPeriodPolicy``.
-    """
-
-    periods: Mapping[str, np.ndarray] = field(repr=False)
-    triggers: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
-    name: str = "frame-period"
-    cheap: int = 1
-    _since: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64), repr=False)
-
-    def reset(self, num_envs: int, seed: int | None = None) -> None:
-        """Zero counters for ``num_envs`` rows."""
-        self._since = np.zeros(num_envs, dtype=np.int64)
-
-    def episode_started(self, rows: np.ndarray) -> None:
-        """Zero those rows' counters (their first frame runs the heavy extractor)."""
-        self._since[rows] = 0
-
-    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Heavy where the next frame is a full period after the last heavy one, or a trigger."""
-        if len(self._since) != len(infos):
-            self.reset(len(infos))
-        executed = np.array([int(i["action"]) for i in infos], dtype=np.int64)
-        self._since = np.where(executed == 0, 0, self._since + 1)
-        heavy = np.zeros(len(infos), dtype=bool)
-        for row, info in enumerate(infos):
-            v = str(info["video_id"])
-            per_frame = self.periods[v]
-            t = min(int(info["frame_index"]) + 1, len(per_frame) - 1)
-            heavy[row] = self._since[row] + 1 >= per_frame[t] or (
-                self.triggers is not None and bool(self.triggers[v][t])
-            )
-        return np.where(heavy, 0, self.cheap).astype(np.int64)
 
 
 # --- the state of every frame ------------------------------------------------------------

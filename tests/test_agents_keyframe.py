@@ -260,3 +260,26 @@ def test_segment_period_policy_follows_each_frames_segment(evaluator: KeyframeEv
         assert r.actions.tolist() == expected
     with pytest.raises(ConfigError, match="integers >= 1"):
         SegmentPeriodPolicy({"calm": 0}, segments)
+
+
+def test_frame_period_policy_takes_per_frame_periods_and_triggers(evaluator: KeyframeEvaluator) -> None:
+    from gistgym.agents.baselines import FramePeriodPolicy, SegmentPeriodPolicy
+
+    segments = {v: [a.segment for a in gt] for v, gt in evaluator.ground_truth.items()}
+    names = sorted({s for per in segments.values() for s in per})
+    periods = {name: 2 + i for i, name in enumerate(names)}
+    per_frame = {v: np.array([periods[s] for s in segs]) for v, segs in segments.items()}
+    by_segment = evaluator.evaluate(SegmentPeriodPolicy(periods, segments))
+    by_frame = evaluator.evaluate(FramePeriodPolicy(per_frame))
+    assert [r.actions.tolist() for r in by_frame.videos] == [r.actions.tolist() for r in by_segment.videos]
+    # a trigger forces the expensive action on its frame and restarts the count there
+    triggers = {v: np.arange(len(segs)) % 7 == 5 for v, segs in segments.items()}
+    result = evaluator.evaluate(FramePeriodPolicy(per_frame, triggers))
+    for r in result.videos:
+        expected, since = [0], 0
+        for t in range(1, len(r.actions)):
+            key = since + 1 >= min(per_frame[r.video_id][t], D) or bool(triggers[r.video_id][t])
+            expected.append(0 if key else 1)
+            since = 0 if key else since + 1
+        assert r.actions.tolist() == expected
+        assert all(r.actions[t] == 0 for t in range(len(r.actions)) if triggers[r.video_id][t])
