@@ -177,6 +177,7 @@ class CacheSpec:
     """How tasks find the cache: the driver's path, its fingerprint, and (shipped) the file's sha256."""
 
     path: str
+    """The driver's cache path, resolved on the driver."""
     fingerprint: str
     sha256: str = ""
     """Set when the bytes travel through the object store."""
@@ -260,11 +261,11 @@ def unpack_run(data: bytes, into: Path) -> None:
         tar.extractall(into, filter="data")
 
 
-def recorded(run: Path, config: Any) -> None:
-    """Make a worker's run record the driver's cache path and configuration, as a local run would."""
+def recorded(run: Path, config: Any, cache_path: str) -> None:
+    """Make a worker's run record the driver's cache path (resolved there) and configuration, as a local run would."""
     path = run / CONFIG_FILE
     data = json.loads(path.read_text())
-    data["cache_path"] = str(Path(config.cache).resolve())
+    data["cache_path"] = cache_path
     if isinstance(data.get("train"), dict):
         data["train"].update({k: getattr(config, k) for k in ("cache", "out", "progress", "overwrite")})
     atomic_write_json(path, data)
@@ -306,7 +307,7 @@ def _run_task(
         local = replace(job.config, cache=str(cache), out=str(out), progress=False, overwrite=True)
         _kill_once_watch(out, job.name)
         run = train(local, command=command)
-        recorded(run, job.config)
+        recorded(run, job.config, spec.path)
         archive = pack_run(run)
         shutil.rmtree(run, ignore_errors=True)
     except GistgymError as exc:  # bad input fails the same way on every attempt: report it, no retry
@@ -537,11 +538,10 @@ def _on_ray(
     with ray_session(options.ray, options.workers) as ray:
         try:
             data: Any = None
+            digest = ""
             if options.ship_cache:
                 digest, data = _ship(ray, cache)
-                spec = CacheSpec(str(cache), fingerprint, digest)
-            else:
-                spec = CacheSpec(str(cache.resolve()), fingerprint)
+            spec = CacheSpec(str(cache.resolve()), fingerprint, digest)  # resolved here: workers have other cwds
             _preflight(ray, spec, data, sweep_id)
             task = ray.remote(num_cpus=1, max_retries=options.max_retries, retry_exceptions=True)(_run_task)
 

@@ -110,13 +110,12 @@ def ray_session(address: str | None, workers: int = 0) -> Iterator[Any]:
     """
     local = address in (None, "", LOCAL)
     if not local:
+        check_reachable(str(address))  # first: an unreachable address changes nothing
         use_auth_token()  # before ray is imported: it reads RAY_AUTH_MODE once
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
-    if not local:
-        check_reachable(str(address))
     try:
         if local:
             ray.init(num_cpus=workers or None, include_dashboard=False, log_to_driver=False, configure_logging=False)

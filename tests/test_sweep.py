@@ -157,8 +157,10 @@ def test_cli_refuses_a_bad_sweep_file_in_one_line_and_starts_nothing(
 
 
 def test_an_unreachable_cluster_is_one_line_within_seconds(
-    tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "")  # recorded: whatever happens here, the teardown restores it
+    monkeypatch.delenv("RAY_AUTH_MODE")
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(ConfigError, match="no Ray cluster answers"):
         check_reachable(address)
@@ -172,6 +174,7 @@ def test_an_unreachable_cluster_is_one_line_within_seconds(
     assert not list((tmp_path / "runs").glob("ddqn*"))  # nothing trained
     assert main(["train", "--cache", str(tiny_cache), "--ray", "127.0.0.1:http"]) == 2
     assert "the port must be a number" in capsys.readouterr().err
+    assert "RAY_AUTH_MODE" not in os.environ  # an address that was never reached changes nothing
 
 
 # --- here -------------------------------------------------------------------------------------
