@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 import gistgym
+from gistgym.backbones.weights import sha256_file
 from gistgym.envs.interleave_core import CUE_HIGH, CUE_NAMES
 from gistgym.errors import ConfigError, OnnxOpsetError, PolicyFileError, PolicyMismatchError
 from gistgym.staging import check_output, has_format, new_staging_file
@@ -69,14 +70,6 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """``FILE.json`` beside an exported policy ``FILE``."""
     p = Path(path)
     return p.with_name(p.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_env_id(env_id: str) -> tuple[str, int]:
@@ -804,7 +797,7 @@ def check_file_sha256(path: Path, meta: Mapping[str, Any]) -> None:
     Raises:
         PolicyFileError: The file was changed or replaced after export.
     """
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != meta["file_sha256"]:
         raise PolicyFileError(
             path,

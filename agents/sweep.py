@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 import gistgym
 from gistgym.agents.runs import CONFIG_FILE, cache_identity, is_run_dir, prepare_run_target, staged_run_dir
+from gistgym.backbones.weights import sha256_file
 from gistgym.cluster import alive_nodes, cluster_cpus, ray_session
 from gistgym.errors import ConfigError, GistgymError, RunError, one_line
 from gistgym.feature_cache import FeatureCache
@@ -145,15 +146,6 @@ class SweepResult:
 # --- the cache the workers train on --------------------------------------------------------
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_fingerprint(path: str | os.PathLike[str]) -> str:
     """What must agree between the driver's cache and a worker's: identity record and recorded checksums.
 
@@ -213,7 +205,7 @@ def _materialise_cache(spec: CacheSpec, data: Any, root: Path) -> Path:
             if not path.is_file():
                 staged = root / f".{path.name}.tmp-{os.getpid()}"
                 np.asarray(data).tofile(staged)
-                if file_sha256(staged) != spec.sha256:
+                if sha256_file(staged) != spec.sha256:
                     staged.unlink()
                     raise ConfigError(f"--cache {spec.path}: the copy shipped to node {_node_name()} is damaged")
                 os.replace(staged, path)
