@@ -123,7 +123,7 @@ def _named_baselines(config: Any) -> list[str]:
 def is_baseline(spec: str) -> bool:
     """Whether a ``--policies`` entry names a baseline (else it is a run directory)."""
     return spec in ("heavy", "light", "oracle", "every-frame", "hindsight") or spec.startswith(
-        ("tau=", "random@", "key=", "flow-threshold@", "hindsight@", "hindsight:")
+        ("tau=", "random@", "key=", "flow-threshold@", "hindsight@", "hindsight:", "cue-rule")
     )
 
 

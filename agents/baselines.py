@@ -9,6 +9,11 @@ All implement :class:`~gistgym.agents.policy.Policy` over the environment's obse
 * :class:`RandomPolicy`: ``random@F``, the heavy extractor with probability F on every frame,
   seeded: the control for a learned policy that runs the heavy model on a fraction F of
   the frames, but without choosing *which* frames;
+* :class:`CueRulePolicy`: ``cue-rule:active=A,idle=I,change=X,cut=C``, a hand-made adaptive
+  schedule on the environment's runtime cues (``cues=True``): a short period while the light
+  features drift from the last heavy frame's (objects move), a long one while they do not,
+  and the heavy extractor right after a shot cut. The baseline a learned scheduler on the
+  same cues has to beat;
 * :class:`OraclePolicy`: ``oracle``, the myopic oracle: it looks at every extractor's loss
   on the next frame (which the cached features give away) and takes the action with the
   best Eq. 2 reward, ``argmax_a speed_reward[a] - L^a``. It is greedy, not optimal over the
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from gistgym.envs.interleave_core import CUE_NAMES
 from gistgym.errors import ConfigError
 
 NEXT_LOSSES = "next_losses"
@@ -234,8 +240,99 @@ class SegmentPeriodPolicy(SinceExpensive):
         return np.where(since + 1 >= period, 0, self.cheap).astype(np.int64)
 
 
+CUE_RULE = "cue-rule"
+"""Prefix of :class:`CueRulePolicy` names: ``cue-rule:active=A,idle=I,change=X,cut=C``."""
+
+
+@dataclass
+class CueRulePolicy(SinceExpensive):
+    """The heavy extractor by a rule on the runtime cues: a motion-dependent period plus shot cuts.
+
+    After each frame the environment's ``cues`` (``cues=True``,
+    :func:`~gistgym.envs.interleave_core.runtime_cues`) give ``light_change``, the relative
+    change of the light features since the last heavy frame, and ``light_step``, their change
+    since the previous frame. The next frame gets the heavy extractor (action 0) when
+
+    * ``light_step > cut`` (the frame just processed started a new shot), or
+    * the frames since the last heavy one reach the period: ``active`` while
+      ``light_change > change`` (the scene moved since the heavy frame), else ``idle``.
+
+    Any other frame gets action ``cheap``. Like :class:`FixedTauPolicy` a period P means one
+    heavy frame in P; the rule needs nothing but what an interleaved detector computes at run
+    time, so it runs unchanged in ``gistgym detect``.
+
+    Raises:
+        ConfigError: A period below 1 or a threshold that is negative or not finite.
+    """
+
+    active: int
+    idle: int
+    change: float
+    cut: float
+    cheap: int = 1
+    name: str = ""
+    env_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"cues": True}, repr=False)
+    """What the evaluator's environment needs: the cues."""
+
+    def __post_init__(self) -> None:
+        for key in ("active", "idle"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ConfigError(f"{CUE_RULE}: {key} must be a period of >= 1 frames, got {value!r}")
+        for key in ("change", "cut"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
+                raise ConfigError(f"{CUE_RULE}: {key} must be a finite threshold >= 0, got {value!r}")
+        self.name = self.name or (
+            f"{CUE_RULE}:active={self.active},idle={self.idle},change={self.change:g},cut={self.cut:g}"
+        )
+
+    def act(self, obs: Mapping[str, np.ndarray], infos: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Action 0 after a cut or a full period (short while the scene moved), else ``cheap``."""
+        since = self.advance(infos)
+        if "cues" not in obs:
+            raise ConfigError(f"{self.name} reads the runtime cues: evaluate it on an environment made with cues=True")
+        cues = np.asarray(obs["cues"], dtype=np.float64).reshape(len(infos), -1)
+        change = cues[:, CUE_NAMES.index("light_change")]
+        step = cues[:, CUE_NAMES.index("light_step")]
+        period = np.where(change > self.change, self.active, self.idle)
+        heavy = (since + 1 >= period) | (step > self.cut)
+        return np.where(heavy, 0, self.cheap).astype(np.int64)
+
+
+def parse_cue_rule(spec: str) -> CueRulePolicy:
+    """``cue-rule:active=A,idle=I,change=X,cut=C`` (all four, any order) as a :class:`CueRulePolicy`.
+
+    Raises:
+        ConfigError: Another form, a missing, repeated or unknown key, or a bad number.
+    """
+    form = f"{CUE_RULE}:active=A,idle=I,change=X,cut=C"
+    body = spec[len(CUE_RULE) + 1 :] if spec.startswith(CUE_RULE + ":") else None
+    if not body:
+        raise ConfigError(f"baseline {spec!r}: expected {form}")
+    values: dict[str, str] = {}
+    for item in body.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("active", "idle", "change", "cut") or key in values:
+            raise ConfigError(
+                f"baseline {spec!r}: {item!r} is not one of active=, idle=, change=, cut= (once each); expected {form}"
+            )
+        values[key] = value
+    missing = [k for k in ("active", "idle", "change", "cut") if k not in values]
+    if missing:
+        raise ConfigError(f"baseline {spec!r} lacks {', '.join(missing)}; expected {form}")
+    try:
+        active, idle = int(values["active"]), int(values["idle"])
+        change, cut = float(values["change"]), float(values["cut"])
+    except ValueError as exc:
+        raise ConfigError(f"baseline {spec!r}: {exc}; expected {form} with integer periods") from exc
+    return CueRulePolicy(active, idle, change, cut)
+
+
 def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
-    """A baseline from its comparison name: ``heavy``, ``light``, ``tau=N``, ``random@F``, ``oracle``, ``hindsight@W``.
+    """A baseline by its comparison name: ``heavy``, ``light``, ``tau=N``, ``random@F``, ``oracle``, ``hindsight@W``.
+
+    ``cue-rule:active=A,idle=I,change=X,cut=C`` is :class:`CueRulePolicy` (:func:`parse_cue_rule`).
 
     ``hindsight@W`` and ``hindsight@W:lambda=X`` are the beam-search hindsight oracle
     (:class:`~gistgym.agents.hindsight.InterleaveHindsightPolicy`).
@@ -253,6 +350,8 @@ def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
         return ConstantPolicy(1, "light")
     if spec == "oracle":
         return OraclePolicy(tuple(speed_reward))
+    if spec.startswith(CUE_RULE):
+        return parse_cue_rule(spec)
     for prefix, make in (("tau=", lambda x: FixedTauPolicy(int(x))), ("random@", lambda x: RandomPolicy(float(x)))):
         if spec.startswith(prefix):
             try:
@@ -260,5 +359,6 @@ def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
             except ValueError as exc:
                 raise ConfigError(f"baseline {spec!r}: {spec[len(prefix) :]!r} is not a number") from exc
     raise ConfigError(
-        f"unknown baseline {spec!r}; expected heavy, light, tau=N, random@F, oracle or hindsight@W[:lambda=X]"
+        f"unknown baseline {spec!r}; expected heavy, light, tau=N, random@F, oracle, hindsight@W[:lambda=X] "
+        f"or {CUE_RULE}:active=A,idle=I,change=X,cut=C"
     )

@@ -95,7 +95,8 @@ class CompareConfig:
     runs: str = ""
     """Folder of run directories (gistgym train --out); every complete run of --env in it is compared."""
     policies: tuple[str, ...] = ()
-    """More policies: run directories or baseline names (e.g. tau=N, random@F, key=L, flow-threshold@X)."""
+    """More policies: run directories or baseline names (e.g. tau=N, random@F, key=L, flow-threshold@X,
+    cue-rule:active=A,idle=I,change=X,cut=C)."""
     taus: tuple[int, ...] = DEFAULT_TAUS
     """Interleave: fixed-tau baselines."""
     durations: tuple[int, ...] = DEFAULT_DURATIONS
@@ -947,10 +948,10 @@ def compare(config: CompareConfig) -> Comparison:
             raise ConfigError(f"run {d} was trained on {run.config.get('env_id')}, not --env {config.env}")
         trained.append((SB3Policy(run.model, run.name), _run_settings(backend, run.config, config.gamma)))
         run_configs[run.name] = run.config
-    groups: dict[str, tuple[dict[str, Any], list[Any]]] = {
-        repr(sorted(base_settings.items())): (base_settings, backend.baselines(config, speed))
-    }
-    for policy, settings in trained:
+    groups: dict[str, tuple[dict[str, Any], list[Any]]] = {repr(sorted(base_settings.items())): (base_settings, [])}
+    # a baseline that needs more of the environment (a cue rule reads cues=True) says so in env_kwargs
+    baselines = [(b, {**base_settings, **getattr(b, "env_kwargs", {})}) for b in backend.baselines(config, speed)]
+    for policy, settings in [*baselines, *trained]:
         groups.setdefault(repr(sorted(settings.items())), (settings, []))[1].append(policy)
     results: dict[str, Any] = {}
 
@@ -966,7 +967,8 @@ def compare(config: CompareConfig) -> Comparison:
             ev.close()
 
     for settings, policies in groups.values():
-        evaluate(settings, policies)
+        if policies:
+            evaluate(settings, policies)
     adaptive = [p.name for p, _ in trained]
     comparison = Comparison(results, adaptive, backend)
     setting_runs = group_settings(run_configs)

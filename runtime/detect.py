@@ -36,8 +36,9 @@ class DetectArgs:
     video: str
     """The video file (any container/codec PyAV decodes)."""
     policy: str = "fixed:9"
-    """heavy, light, fixed:TAU or an exported policy file (with its .json sidecar); a Keyframe-v0 policy, every-frame,
-    key=L or flow-threshold@X runs Deep Feature Flow instead, an exported AdaFrame agent the glimpse runtime."""
+    """heavy, light, fixed:TAU, cue-rule:active=A,idle=I,change=X,cut=C or an exported policy file (with its .json
+    sidecar); a Keyframe-v0 policy, every-frame, key=L or flow-threshold@X runs Deep Feature Flow instead, an
+    exported AdaFrame agent the glimpse runtime."""
     out: str = "runs/detect"
     """Output folder (written atomically; replaces only a previous detect output, and only with --overwrite)."""
     overwrite: bool = False
@@ -150,9 +151,8 @@ def online_memory(
     indices = action_extractor_indices(choice, detector, choice.spec)
     exported = choice.exported
     history_len = exported.history_len if exported is not None else 20
-    cues = exported is not None and exported.cues
     return OnlineMemory(
-        detector, indices, history_len=history_len, cues=cues, frozen=frozen, engine=engine, threads=threads
+        detector, indices, history_len=history_len, cues=choice.cues, frozen=frozen, engine=engine, threads=threads
     )
 
 

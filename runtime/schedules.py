@@ -1,4 +1,4 @@
-"""What chooses the next extractor in the online runtime: ``--policy FILE|fixed:TAU|heavy|light``.
+"""What chooses the next extractor in the online runtime: ``--policy FILE|fixed:TAU|cue-rule:...|heavy|light``.
 
 Every choice is a :class:`~gistgym.agents.policy.Policy` over the runtime's observation
 (the environment's Eq. 1 observation, built from the live memory state) with
@@ -10,6 +10,8 @@ Every choice is a :class:`~gistgym.agents.policy.Policy` over the runtime's obse
   ``tau=TAU`` of :mod:`gistgym.backbones.evaluation` (``fixed_tau_actions``). It counts the
   light frames since the last heavy one from ``info["action"]``, so it needs no access to
   frame indices and behaves the same in the environment;
+* ``cue-rule:active=A,idle=I,change=X,cut=C``: the rule on the runtime cues of
+  :class:`~gistgym.agents.baselines.CueRulePolicy` (the runtime then computes the cues);
 * a file: an exported policy (:func:`gistgym.agents.export.load_exported_policy`), checked
   against the detector the runtime runs (weights sha256, memory layout, extractor names).
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gistgym.agents.baselines import ConstantPolicy, FixedTauPolicy
+from gistgym.agents.baselines import CUE_RULE, ConstantPolicy, FixedTauPolicy, parse_cue_rule
 from gistgym.agents.policy import Policy
 from gistgym.errors import ConfigError
 
@@ -38,6 +40,13 @@ class ScheduleChoice:
     exported: Any = None
     """The :class:`~gistgym.agents.export.ExportedPolicy` when ``spec`` is a file."""
 
+    @property
+    def cues(self) -> bool:
+        """Whether the policy reads the runtime cues (the online memory must compute them)."""
+        if self.exported is not None:
+            return bool(self.exported.cues)
+        return bool(getattr(self.policy, "env_kwargs", {}).get("cues", False))
+
 
 def parse_policy(
     spec: str,
@@ -50,7 +59,8 @@ def parse_policy(
     """Turn a ``--policy`` value into a policy over the detector's extractors.
 
     Args:
-        spec: ``heavy``, ``light``, ``fixed:TAU`` or the path of an exported policy.
+        spec: ``heavy``, ``light``, ``fixed:TAU``, ``cue-rule:active=A,idle=I,change=X,cut=C``
+            or the path of an exported policy.
         extractor_names: The detector's extractors (0 = heavy, 1 = the light one the fixed
             schedules use).
         weights_sha256: The detector's weights checksum, required of an exported policy.
@@ -74,9 +84,17 @@ def parse_policy(
         if tau < 0:
             raise ConfigError(f"--policy {spec!r}: TAU must be >= 0, e.g. fixed:9")
         return ScheduleChoice(FixedTauPolicy(tau), names, spec)
+    if spec.startswith(CUE_RULE + ":"):
+        try:
+            return ScheduleChoice(parse_cue_rule(spec), names, spec)
+        except ConfigError as exc:
+            raise ConfigError(f"--policy {exc}") from exc
     path = Path(spec)
     if not path.exists() and path.suffix not in (".pt", ".onnx", ".ts"):
-        raise ConfigError(f"--policy {spec!r} is not heavy, light, fixed:TAU or an exported policy file")
+        raise ConfigError(
+            f"--policy {spec!r} is not heavy, light, fixed:TAU, {CUE_RULE}:active=A,idle=I,change=X,cut=C "
+            "or an exported policy file"
+        )
     from gistgym.agents.export import check_policy_matches, load_exported_policy
 
     exported = load_exported_policy(path, weights_sha256=weights_sha256)

@@ -127,7 +127,10 @@ _RUNTIME_OPTIONS: dict[str, tuple[str, ...]] = {
 """The options of ``gistgym detect`` that only one runtime (or two) reads."""
 
 _RUNTIME_NAMES = {
-    "interleave": "the interleaved detector (heavy, light, fixed:TAU or an exported Interleave-v0 policy)",
+    "interleave": (
+        "the interleaved detector (heavy, light, fixed:TAU, cue-rule:active=A,idle=I,change=X,cut=C "
+        "or an exported Interleave-v0 policy)"
+    ),
     "keyframe": "Deep Feature Flow (an exported Keyframe-v0 policy, every-frame, key=L or flow-threshold@X)",
     "glimpse": "the glimpse runtime (an exported AdaFrame agent)",
 }

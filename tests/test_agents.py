@@ -13,6 +13,7 @@ import pytest
 from gistgym.agents.baselines import (
     NEXT_LOSSES,
     ConstantPolicy,
+    CueRulePolicy,
     FixedTauPolicy,
     OraclePolicy,
     RandomPolicy,
@@ -46,6 +47,46 @@ def test_fixed_tau_runs_heavy_every_tau_plus_one_frames() -> None:
     assert p.name == "tau=3"
     with pytest.raises(ConfigError, match="tau >= 0"):
         FixedTauPolicy(-1)
+
+
+def test_cue_rule_by_hand() -> None:
+    """Periods by light_change (index 1), heavy right after a cut (light_step, index 2)."""
+    rule = parse_baseline("cue-rule:active=2,idle=4,change=0.5,cut=1", (0.0, 1.0))
+    assert isinstance(rule, CueRulePolicy) and (rule.active, rule.idle, rule.change, rule.cut) == (2, 4, 0.5, 1.0)
+    assert rule.name == "cue-rule:active=2,idle=4,change=0.5,cut=1" and rule.env_kwargs == {"cues": True}
+    rule.reset(1)
+
+    def step(action: int, change: float, light_step: float = 0.0) -> int:
+        obs = {"cues": np.array([[0.0, change, light_step, 0.0]], dtype=np.float32)}
+        return int(rule.act(obs, infos([action]))[0])
+
+    # still scene: heavy once every 4 frames
+    assert [step(0, 0.0), step(1, 0.1), step(1, 0.2), step(1, 0.3)] == [1, 1, 1, 0]
+    assert [step(0, 0.0), step(1, 0.6)] == [1, 0]  # moving: one frame in 2
+    assert step(0, 0.0) == 1
+    assert step(1, 0.0, light_step=1.5) == 0  # a cut on the frame just processed
+    assert step(0, 0.0, light_step=1.0) == 1  # the threshold is strict
+    with pytest.raises(ConfigError, match="cues=True"):
+        rule.act({"state": np.zeros((1, 1))}, infos([1]))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("cue-rule", "expected cue-rule:active=A"),
+        ("cue-rule:", "expected cue-rule:active=A"),
+        ("cue-rule:active=2,idle=4,change=0.5", "lacks cut"),
+        ("cue-rule:active=2,idle=4,change=0.5,cut=1,speed=3", "'speed=3'"),
+        ("cue-rule:active=2,active=3,idle=4,change=0.5,cut=1", "once each"),
+        ("cue-rule:active=2.5,idle=4,change=0.5,cut=1", "integer periods"),
+        ("cue-rule:active=0,idle=4,change=0.5,cut=1", "active must be a period of >= 1"),
+        ("cue-rule:active=2,idle=4,change=-1,cut=1", "change must be a finite threshold"),
+        ("cue-rule:active=2,idle=4,change=0.5,cut=nan", "cut must be a finite threshold"),
+    ],
+)
+def test_bad_cue_rules_name_the_problem(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_baseline(spec, (0.0, 1.0))
 
 
 def test_random_policy_fraction_and_seed() -> None:
@@ -226,6 +267,17 @@ def test_compare_reports_every_policy_and_writes_outputs(trained_runs: Path, tin
     # a baseline's numbers do not depend on which runs it is compared with
     alone = compare(replace(config, runs="", out=str(tmp_path / "alone")))
     assert alone.results["tau=3"].summary() == result.results["tau=3"].summary()
+
+
+def test_compare_evaluates_a_cue_rule_on_an_environment_with_cues(tiny_cache: Path, tmp_path: Path) -> None:
+    spec = "cue-rule:active=2,idle=5,change=0.2,cut=0.6"
+    config = CompareConfig(cache=str(tiny_cache), taus=(3,), policies=(spec,), out=str(tmp_path), progress=False)
+    result = compare(config)
+    with InterleaveEvaluator(tiny_cache, "val", {"cues": True}) as evaluator:
+        direct = evaluator.evaluate(parse_baseline(spec, (0.0, 1.0)))
+    assert result.results[spec].summary() == direct.summary()
+    assert 0.2 < direct.heavy_fraction < 0.5  # between its two periods
+    assert f"| {spec} |" in (tmp_path / "table.md").read_text()
 
 
 def test_cli_compare_json_and_bad_input(

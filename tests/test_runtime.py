@@ -199,6 +199,37 @@ def test_exported_cue_policy_gives_the_environments_schedule(
     assert "cues" in cli_results[0].observation
 
 
+def test_cue_rule_gives_the_environments_schedule_online_and_from_the_cli(
+    model: Any, record: Any, tiny_cache: Path, tmp_path: Path, weights: Path
+) -> None:
+    """The cue rule reads only runtime cues: ``detect --policy cue-rule:...`` schedules as the environment does."""
+    from gistgym.agents.baselines import CueRulePolicy
+
+    # The tiny videos barely move (light_change ~2e-4, at the float16 cache's resolution), so the thresholds
+    # sit where no rounding can flip them: light_change is exactly 0 on a heavy frame (idle period 6) and
+    # above 0 on a light one (active period 2); the branches themselves are tested by hand in test_agents.
+    spec = "cue-rule:active=2,idle=6,change=0,cut=100"
+    rule = CueRulePolicy(2, 6, 0.0, 100.0)
+    assert rule.name == spec
+    observations, actions = _env_rollout(tiny_cache, record.video_id, record.num_frames, rule, cues=True)
+    assert actions == [t % 2 for t in range(record.num_frames)]
+    results = _runtime_rollout(model, record, rule, cues=True)
+    _assert_same_observations(results, observations, actions)
+    summary, cli_results = _detect(record.path, tmp_path / "out", weights, spec)
+    assert [0 if r.heavy else 1 for r in cli_results] == actions
+    assert summary["policy"] == spec and "cues" in cli_results[0].observation
+
+
+def test_a_bad_cue_rule_is_one_line(
+    weights: Path, record: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["detect", str(record.path), "--weights", str(weights), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--policy", "cue-rule:active=2,idle=6,change=0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lacks cut" in err
+    assert not (tmp_path / "o").exists()
+
+
 def _export_balanced_dqn(
     tiny_cache: Path, out: Path, *, cues: bool = False, export_format: str = "onnx", extractor: Any = None
 ) -> Path:
