@@ -1,6 +1,7 @@
 """Gymnasium environments that step over cached video-model outputs.
 
-Importing this package registers the ids (``import gistgym.envs`` before ``gymnasium.make``).
+Importing this package registers the ids; ``import gistgym`` imports it (as ``import minigrid``
+does), so ``import gistgym`` before ``gymnasium.make`` is all a user needs.
 The registered kwargs are the constructors' defaults, so ``env.spec.kwargs`` lists every
 MDP knob of a made environment (a test keeps them equal to the signatures).
 """

@@ -24,6 +24,7 @@ from gymnasium import spaces
 
 from gistgym.backbones.glimpse import GlimpseClassifier, location_to_index
 from gistgym.envs.interleave_core import _check_int, check_env_kwargs
+from gistgym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeCanvas
 from gistgym.envs.rewards import glimpse_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, InvalidActionError
 from gistgym.feature_cache import FeatureCache
@@ -421,6 +422,8 @@ def single_obs(out: Mapping[str, Any], row: int) -> dict[str, np.ndarray]:
 
 
 _SLOT = np.zeros(1, dtype=np.int64)
+RENDER_COLUMNS = 96
+"""Bins of the video's timeline in a rendered episode."""
 _NO_ACTION = np.zeros(1, dtype=np.float64)
 
 
@@ -510,12 +513,13 @@ class GlimpseEnv(gym.Env[dict[str, Any], np.ndarray]):
     | cache_path   | required    | feature cache with the ``glimpse`` section               |
     | split        | ``"train"`` | split the videos are drawn from                          |
     | num_glimpses | 10          | K, glimpses per episode (>= 1)                           |
+    | render_mode  | None        | ``"rgb_array"``: :meth:`render` draws the glimpses so far |
 
     Example (``gistgym cache build --videos data/glimpse --out data/glimpse.h5 --sections
     glimpse`` makes the cache)::
 
         import gymnasium as gym
-        import gistgym.envs  # registers the ids
+        import gistgym  # registers the ids
 
         env = gym.make("gistgym/Glimpse-v0", cache_path="data/glimpse.h5", num_glimpses=8)
         envs = gym.make_vec("gistgym/Glimpse-v0", num_envs=256, vectorization_mode="vector_entry_point",
@@ -531,7 +535,7 @@ class GlimpseEnv(gym.Env[dict[str, Any], np.ndarray]):
     * v0: initial version.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class-attribute API)
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}  # noqa: RUF012
 
     def __init__(
         self,
@@ -542,11 +546,12 @@ class GlimpseEnv(gym.Env[dict[str, Any], np.ndarray]):
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
-        check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode)
-        self.render_mode = None
+        self.render_mode = check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode, renders=True)
         self.core = GlimpseCore(1, cache_path, split=split, num_glimpses=num_glimpses)
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
+        # rendered: the video's timeline in RENDER_COLUMNS bins, each glimpse's margin and reward at its place
+        self._canvas = EpisodeCanvas(RENDER_COLUMNS, signed=(True, True)) if self.render_mode else None
 
     @property
     def num_glimpses(self) -> int:
@@ -566,6 +571,8 @@ class GlimpseEnv(gym.Env[dict[str, Any], np.ndarray]):
         video_id, _ = self.core.clip_from_options(options, self.np_random)
         self.core.load(0, video_id)
         out = self.core.advance(_SLOT, _NO_ACTION)
+        if self._canvas is not None:
+            self._canvas.clear()
         return single_obs(out, 0), single_info(out, 0)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -577,7 +584,21 @@ class GlimpseEnv(gym.Env[dict[str, Any], np.ndarray]):
         """
         location = self.core.check_action(action)
         out = self.core.advance(_SLOT, location)
-        return single_obs(out, 0), float(out["reward"][0]), bool(out["terminated"][0]), False, single_info(out, 0)
+        info = single_info(out, 0)
+        if self._canvas is not None:
+            column = min(int(info["location"] * RENDER_COLUMNS), RENDER_COLUMNS - 1)
+            self._canvas.record(column, 0, (info["margin"], float(out["reward"][0])))
+        return single_obs(out, 0), float(out["reward"][0]), bool(out["terminated"][0]), False, info
+
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: the glimpses so far, (H, W, 3) uint8, else ``None``.
+
+        The video's timeline in :data:`RENDER_COLUMNS` equal bins: orange where a glimpse
+        looked, below it the margin of the prediction after that glimpse and the glimpse's
+        reward (green up, red down; each band scaled to its largest magnitude so far), and a
+        white tick under the last glimpse (:class:`~gistgym.envs.render.EpisodeCanvas`).
+        """
+        return None if self._canvas is None else self._canvas.image()
 
     def close(self) -> None:
         """Release the cache file handle."""

@@ -20,6 +20,7 @@ from gistgym.envs.interleave_core import (
     Transition,
     check_env_kwargs,
 )
+from gistgym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeCanvas
 from gistgym.errors import InvalidActionError
 
 ENV_ARGUMENTS = (
@@ -202,11 +203,12 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
     | reward             | ``"eq2"``              | ``"eq2"`` (Eq. 2 from the losses) or a per-frame signal   |
     |                    |                        | ``"f1"``, ``"errors"``, ``"matched"`` (see Rewards)       |
     | cues               | False                  | add the runtime cues to the observation (see above)       |
+    | render_mode        | None                   | ``"rgb_array"``: :meth:`render` draws the clip so far     |
 
     Example (``gistgym cache build --videos data/bench --out runs/bench.h5`` makes the cache)::
 
         import gymnasium as gym
-        import gistgym.envs  # registers the ids
+        import gistgym  # registers the ids
         from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
 
         env = gym.make("gistgym/Interleave-v0", cache_path="runs/bench.h5", split="train",
@@ -239,7 +241,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
       (False) that observes exactly what v0 always observed.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class-attribute API)
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}  # noqa: RUF012
 
     def __init__(
         self,
@@ -256,8 +258,7 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
-        check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode)
-        self.render_mode = None
+        self.render_mode = check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode, renders=True)
         self.core = InterleaveCore(
             1,
             cache_path,
@@ -272,6 +273,8 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
         )
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
+        # rendered: per frame the extractor that ran, its loss, and the reward
+        self._canvas = EpisodeCanvas(self.core.clip_len, signed=(False, True)) if self.render_mode else None
 
     # --- resolved arguments (what the environment actually runs with) ------------------------
     @property
@@ -315,6 +318,9 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
         video_id, start = self.core.clip_from_options(options, self.np_random)
         self.core.load(0, video_id, start)
         tr = self.core.advance(_SLOT, _SLOT)
+        if self._canvas is not None:
+            self._canvas.clear()
+            self._draw(tr, reward=float("nan"))
         return {k: v[0] for k, v in tr.observation().items()}, single_info(tr, 0)
 
     def step(self, action: np.int64 | int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -331,7 +337,24 @@ class InterleaveEnv(gym.Env[dict[str, Any], np.int64]):
             )
         tr = self.core.advance(_SLOT, np.array([action], dtype=np.int64))
         obs = {k: v[0] for k, v in tr.observation().items()}
+        if self._canvas is not None:
+            self._draw(tr, reward=float(tr.rewards[0]))
         return obs, float(tr.rewards[0]), False, bool(tr.truncated[0]), single_info(tr, 0)
+
+    def _draw(self, tr: Transition, reward: float) -> None:
+        assert self._canvas is not None
+        a = int(tr.actions[0])
+        self._canvas.record(self.core.clip(0)[2], a, (float(tr.losses[0, a]), reward))
+
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: the clip so far, (H, W, 3) uint8, else ``None``.
+
+        One column per frame of the clip: the extractor that ran (orange: heavy, blue: the
+        first light one, then green), below it that extractor's detection loss and the reward
+        (green up, red down; each band scaled to its largest value so far), and a white tick
+        under the frame just processed (:class:`~gistgym.envs.render.EpisodeCanvas`).
+        """
+        return None if self._canvas is None else self._canvas.image()
 
     def close(self) -> None:
         """Release the cache file handle."""

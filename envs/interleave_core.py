@@ -42,6 +42,7 @@ from torch import Tensor
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.engines import BatchedMemoryHead
 from gistgym.backbones.ssdlite import DetectionTargets, build_targets, frame_detection_loss, postprocess
+from gistgym.envs.render import check_render_mode
 from gistgym.envs.rewards import EQ2, REWARDS, interleave_reward, signal_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, UnknownEnvArgumentError
 from gistgym.feature_cache import FeatureCache
@@ -83,16 +84,35 @@ def check_no_unknown_kwargs(owner: str, unknown: Mapping[str, Any], valid: Seque
         )
 
 
-def check_env_kwargs(owner: str, unknown: Mapping[str, Any], valid: Sequence[str], render_mode: str | None) -> None:
-    """Refuse keyword arguments an environment does not have, and any ``render_mode``.
+def check_env_kwargs(
+    owner: str, unknown: Mapping[str, Any], valid: Sequence[str], render_mode: str | None, *, renders: bool = False
+) -> str | None:
+    """Refuse keyword arguments an environment does not have, and a ``render_mode`` it does not render.
+
+    Args:
+        owner: The environment's class name, for the messages.
+        unknown: The keyword arguments the constructor did not name.
+        valid: The constructor's argument names.
+        render_mode: The ``render_mode`` asked for.
+        renders: The environment renders :data:`~gistgym.envs.render.RENDER_MODES` (the single
+            environments); else only ``None`` is accepted (the batched ones).
+
+    Returns:
+        ``render_mode``.
 
     Raises:
         UnknownEnvArgumentError: ``unknown`` is not empty (the message lists ``valid``).
-        EnvArgumentError: ``render_mode`` is not None (no environment renders).
+        EnvArgumentError: A ``render_mode`` the environment does not render.
     """
     check_no_unknown_kwargs(owner, unknown, valid)
+    if renders:
+        return check_render_mode(owner, render_mode)
     if render_mode is not None:
-        raise EnvArgumentError(f"render_mode={render_mode!r} is not supported (this environment has no rendering)")
+        raise EnvArgumentError(
+            f"{owner}: render_mode={render_mode!r} is not supported (the batched environments do not render; "
+            "the single ones render 'rgb_array')"
+        )
+    return None
 
 
 # --- prepared videos and their memo ---------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium import spaces
 
 from gistgym.envs.interleave_core import ClipSource, _check_int, check_env_kwargs, check_reward
+from gistgym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeCanvas
 from gistgym.envs.rewards import EQ2, keyframe_reward, signal_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, InvalidActionError
 from gistgym.feature_cache import FeatureCache
@@ -432,12 +433,13 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
     | history_len  | 20            | length of the keyframe history                                 |
     | reward       | ``"eq2"``     | ``"eq2"`` (from the losses) or a per-frame signal ``"f1"``,    |
     |              |               | ``"errors"``, ``"matched"`` (see Rewards)                      |
+    | render_mode  | None          | ``"rgb_array"``: :meth:`render` draws the clip so far          |
 
     Example (``gistgym cache build --videos data/bench --out runs/keyframe/bench.h5`` makes
     the cache)::
 
         import gymnasium as gym
-        import gistgym.envs  # registers the ids
+        import gistgym  # registers the ids
 
         env = gym.make("gistgym/Keyframe-v0", cache_path="runs/keyframe/bench.h5", speed_reward=(0.0, 0.5))
         f1_env = gym.make("gistgym/Keyframe-v0", cache_path="runs/keyframe/bench.h5", reward="f1")
@@ -455,7 +457,7 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
       (``"eq2"``) that pays exactly what v0 always paid.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class-attribute API)
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}  # noqa: RUF012
 
     def __init__(
         self,
@@ -470,8 +472,7 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
-        check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode)
-        self.render_mode = None
+        self.render_mode = check_env_kwargs(type(self).__name__, unknown, ENV_ARGUMENTS, render_mode, renders=True)
         self.core = KeyframeCore(
             1,
             cache_path,
@@ -484,6 +485,8 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
         )
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
+        # rendered: per frame keyframe or propagation, the distance to the keyframe, and the reward
+        self._canvas = EpisodeCanvas(self.core.clip_len, signed=(False, True)) if self.render_mode else None
 
     @property
     def speed_reward(self) -> tuple[float, float]:
@@ -513,6 +516,9 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
         video_id, start = self.core.clip_from_options(options, self.np_random)
         self.core.load(0, video_id, start)
         out = self.core.advance(_SLOT, _SLOT)
+        if self._canvas is not None:
+            self._canvas.clear()
+            self._draw(out, float("nan"))
         return single_obs(out, 0), single_info(out, 0)
 
     def step(self, action: np.int64 | int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -527,7 +533,23 @@ class KeyframeEnv(gym.Env[dict[str, Any], np.int64]):
                 f"action {action!r} is outside the action space Discrete(2); pass 0 (keyframe) or 1 (propagate)"
             )
         out = self.core.advance(_SLOT, np.array([action], dtype=np.int64))
+        if self._canvas is not None:
+            self._draw(out, float(out["reward"][0]))
         return single_obs(out, 0), float(out["reward"][0]), False, bool(out["truncated"][0]), single_info(out, 0)
+
+    def _draw(self, out: Mapping[str, Any], reward: float) -> None:
+        assert self._canvas is not None
+        self._canvas.record(self.core.clip(0)[2], int(out["action"][0]), (float(out["distance"][0]), reward))
+
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: the clip so far, (H, W, 3) uint8, else ``None``.
+
+        One column per frame of the clip: keyframe (orange) or propagated (blue), below it
+        the distance to the keyframe the frame's features come from and the reward (green up,
+        red down; each band scaled to its largest value so far), and a white tick under the
+        frame just processed (:class:`~gistgym.envs.render.EpisodeCanvas`).
+        """
+        return None if self._canvas is None else self._canvas.image()
 
     def close(self) -> None:
         """Release the cache file handle."""

@@ -11,4 +11,9 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+source"
 
-__all__ = ["__version__"]
+# Register the environment ids, as `import minigrid` does: `import gistgym` then
+# `gymnasium.make("gistgym/Interleave-v0", ...)` works. The registration names entry points as
+# strings, so this imports gymnasium's registry only (no torch).
+from gistgym import envs as envs
+
+__all__ = ["__version__", "envs"]
