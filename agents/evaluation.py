@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from gistgym.agents.baselines import NEXT_LOSSES
 from gistgym.agents.policy import Policy
 from gistgym.backbones.ssdlite import Detections, postprocess
+from gistgym.envs.common import check_no_unknown_kwargs, check_reward
 from gistgym.envs.interleave import single_info
 from gistgym.envs.interleave_core import (
     DEFAULT_CUES,
@@ -43,8 +44,6 @@ from gistgym.envs.interleave_core import (
     DEFAULT_REWARD,
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
-    check_no_unknown_kwargs,
-    check_reward,
 )
 from gistgym.envs.interleave_vector import check_actions
 from gistgym.errors import ConfigError

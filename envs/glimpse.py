@@ -23,7 +23,7 @@ import torch
 from gymnasium import spaces
 
 from gistgym.backbones.glimpse import GlimpseClassifier, location_to_index
-from gistgym.envs.interleave_core import _check_int, check_env_kwargs
+from gistgym.envs.common import check_env_kwargs, check_int
 from gistgym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeCanvas
 from gistgym.envs.rewards import glimpse_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, InvalidActionError
@@ -180,8 +180,8 @@ class GlimpseCore:
     """
 
     def __init__(self, num_slots: int, cache_path: str | os.PathLike[str], *, split: str, num_glimpses: int) -> None:
-        self.num_slots = _check_int("num_envs", num_slots, 1)
-        self.num_glimpses = _check_int("num_glimpses", num_glimpses, 1)
+        self.num_slots = check_int("num_envs", num_slots, 1)
+        self.num_glimpses = check_int("num_glimpses", num_glimpses, 1)
         if not isinstance(cache_path, str | os.PathLike):
             raise EnvArgumentError(f"cache_path must be the path of a feature cache file, got {cache_path!r}")
         if not isinstance(split, str):

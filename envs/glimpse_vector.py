@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from gistgym.envs.common import check_env_kwargs
 from gistgym.envs.glimpse import DEFAULT_NUM_GLIMPSES, ENV_ARGUMENTS, INFO_KEYS, GlimpseCore, single_info
-from gistgym.envs.interleave_core import check_env_kwargs
 from gistgym.envs.vector_common import SlotSB3VecEnv, SlotVectorEnv
 
 VECTOR_ARGUMENTS = ("num_envs", *ENV_ARGUMENTS)

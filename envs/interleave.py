@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from gistgym.envs.common import check_env_kwargs
 from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
     DEFAULT_CUES,
@@ -18,7 +19,6 @@ from gistgym.envs.interleave_core import (
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     Transition,
-    check_env_kwargs,
 )
 from gistgym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeCanvas
 from gistgym.errors import InvalidActionError

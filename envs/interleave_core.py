@@ -29,7 +29,7 @@ import math
 import numbers
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,9 @@ from torch import Tensor
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.engines import BatchedMemoryHead
 from gistgym.backbones.ssdlite import DetectionTargets, build_targets, frame_detection_loss, postprocess
-from gistgym.envs.render import check_render_mode
-from gistgym.envs.rewards import EQ2, REWARDS, interleave_reward, signal_reward
-from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, UnknownEnvArgumentError
+from gistgym.envs.common import ClipSource, check_int, check_reward
+from gistgym.envs.rewards import EQ2, interleave_reward, signal_reward
+from gistgym.errors import CacheError, EnvArgumentError, EnvStateError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.schema import SECTION_INTERLEAVE
 from gistgym.feature_cache.sections import interleave_modules
@@ -69,50 +69,6 @@ CUE_EPS = 1e-6
 
 MEMO_BYTES = 512 * 2**20
 """Default byte budget of :data:`EPISODE_MEMO`."""
-
-
-def check_no_unknown_kwargs(owner: str, unknown: Mapping[str, Any], valid: Sequence[str]) -> None:
-    """Refuse keyword arguments an environment does not have.
-
-    Raises:
-        UnknownEnvArgumentError: ``unknown`` is not empty (the message lists ``valid``).
-    """
-    if unknown:
-        names = ", ".join(sorted(unknown))
-        raise UnknownEnvArgumentError(
-            f"{owner} got unknown keyword argument(s) {names}; valid arguments: {', '.join(valid)}"
-        )
-
-
-def check_env_kwargs(
-    owner: str, unknown: Mapping[str, Any], valid: Sequence[str], render_mode: str | None, *, renders: bool = False
-) -> str | None:
-    """Refuse keyword arguments an environment does not have, and a ``render_mode`` it does not render.
-
-    Args:
-        owner: The environment's class name, for the messages.
-        unknown: The keyword arguments the constructor did not name.
-        valid: The constructor's argument names.
-        render_mode: The ``render_mode`` asked for.
-        renders: The environment renders :data:`~gistgym.envs.render.RENDER_MODES` (the single
-            environments); else only ``None`` is accepted (the batched ones).
-
-    Returns:
-        ``render_mode``.
-
-    Raises:
-        UnknownEnvArgumentError: ``unknown`` is not empty (the message lists ``valid``).
-        EnvArgumentError: A ``render_mode`` the environment does not render.
-    """
-    check_no_unknown_kwargs(owner, unknown, valid)
-    if renders:
-        return check_render_mode(owner, render_mode)
-    if render_mode is not None:
-        raise EnvArgumentError(
-            f"{owner}: render_mode={render_mode!r} is not supported (the batched environments do not render; "
-            "the single ones render 'rgb_array')"
-        )
-    return None
 
 
 # --- prepared videos and their memo ---------------------------------------------------------
@@ -198,12 +154,6 @@ EPISODE_MEMO = EpisodeMemo(MEMO_BYTES)
 
 
 # --- argument validation --------------------------------------------------------------------
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise EnvArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_extractors(value: object, available: tuple[str, ...], path: Path) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise EnvArgumentError(
@@ -226,17 +176,6 @@ def _check_extractors(value: object, available: tuple[str, ...], path: Path) -> 
             f"always does), got {names!r}; e.g. extractors={(available[0], *[n for n in names if n != available[0]])!r}"
         )
     return names
-
-
-def check_reward(value: object) -> str:
-    """The ``reward`` argument of the Interleave and Keyframe environments, validated.
-
-    Raises:
-        EnvArgumentError: ``value`` is not one of :data:`gistgym.envs.rewards.REWARDS`.
-    """
-    if not isinstance(value, str) or value not in REWARDS:
-        raise EnvArgumentError(f"reward must be one of {', '.join(map(repr, REWARDS))}, got reward={value!r}")
-    return value
 
 
 def _check_speed_reward(value: object, extractors: tuple[str, ...]) -> tuple[float, ...]:
@@ -334,96 +273,6 @@ class Transition:
 
 
 # --- clips ----------------------------------------------------------------------------------
-class ClipSource:
-    """Clip choice and ``reset(options=...)`` validation, shared by every core.
-
-    A core sets ``cache``, ``split``, ``clip_len``, ``eligible`` (the videos of the split
-    with at least ``clip_len`` frames) and ``_lengths`` (frames per video of the split).
-    """
-
-    cache: FeatureCache
-    split: str
-    clip_len: int
-    eligible: tuple[str, ...]
-    _lengths: Mapping[str, int]
-    none_start_draws = False
-    """Whether ``options["start"] = None`` draws the start (as an absent ``start``) or is refused."""
-
-    def _set_split(self, split: object, path: Path) -> None:
-        """Set ``split``, ``eligible`` and ``_lengths`` from ``self.cache`` (``clip_len`` already set).
-
-        Raises:
-            EnvArgumentError: ``split`` is not a string, or no video of it is ``clip_len`` long.
-        """
-        if not isinstance(split, str):
-            raise EnvArgumentError(f"split must be a split name such as 'train', got {split!r}")
-        self.split = split
-        ids = self.cache.video_ids(split)
-        lengths = {v: self.cache.entry(v).num_frames for v in ids}
-        self.eligible = tuple(v for v in ids if lengths[v] >= self.clip_len)
-        self._lengths = lengths
-        if not self.eligible:
-            longest = max(lengths.values(), default=0)
-            raise EnvArgumentError(
-                f"clip_len={self.clip_len} is longer than every video of split {split!r} in {path} "
-                f"({len(ids)} videos, the longest has {longest} frames); pass clip_len <= {longest}"
-            )
-
-    def choose_clip(self, rng: np.random.Generator) -> tuple[str, int]:
-        """A uniformly random eligible video of the split, then a uniformly random clip start."""
-        video_id = self.eligible[int(rng.integers(len(self.eligible)))]
-        start = int(rng.integers(self._lengths[video_id] - self.clip_len + 1))
-        return video_id, start
-
-    def check_clip(self, video_id: object, start: object) -> tuple[str, int]:
-        """Validate a clip requested through ``reset(options=...)``.
-
-        Raises:
-            EnvArgumentError: Not a video of the split, or the clip does not fit in it.
-        """
-        if not isinstance(video_id, str) or video_id not in self._lengths:
-            some = ", ".join(self.eligible[:3])
-            raise EnvArgumentError(
-                f"reset option video_id={video_id!r} is not a video of split {self.split!r} in {self.cache.path} "
-                f"(e.g. {some})"
-            )
-        if video_id not in self.eligible:
-            raise EnvArgumentError(
-                f"video {video_id!r} has {self._lengths[video_id]} frames, fewer than clip_len={self.clip_len}"
-            )
-        last = self._lengths[video_id] - self.clip_len
-        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or not 0 <= int(start) <= last:
-            raise EnvArgumentError(
-                f"reset option start={start!r} must be an integer in [0, {last}] for video {video_id!r} "
-                f"({self._lengths[video_id]} frames, clip_len={self.clip_len})"
-            )
-        return video_id, int(start)
-
-    def clip_from_options(self, options: Mapping[str, Any] | None, rng: np.random.Generator) -> tuple[str, int]:
-        """The clip a ``reset`` starts: random, or fixed by ``options`` ``video_id`` (and ``start``).
-
-        With only ``video_id`` the start is drawn with ``rng``.
-
-        Raises:
-            EnvArgumentError: Unknown option keys, ``start`` without ``video_id``, or a bad clip.
-        """
-        if not options:
-            return self.choose_clip(rng)
-        if not isinstance(options, Mapping):
-            raise EnvArgumentError(f"reset options must be a dict, got {options!r}")
-        unknown = sorted(set(options) - {"video_id", "start"})
-        if unknown:
-            raise EnvArgumentError(f"unknown reset option(s) {unknown}; valid options: video_id, start")
-        if "video_id" not in options:
-            raise EnvArgumentError("reset option start needs video_id as well")
-        video_id = options["video_id"]
-        start = options.get("start")
-        if "start" in options and (start is not None or not self.none_start_draws):
-            return self.check_clip(video_id, start)
-        self.check_clip(video_id, 0)
-        return video_id, int(rng.integers(self._lengths[video_id] - self.clip_len + 1))
-
-
 class InterleaveCore(ClipSource):
     """``num_slots`` Interleave episodes advanced together with one torch call per step.
 
@@ -469,7 +318,7 @@ class InterleaveCore(ClipSource):
         cues: bool = DEFAULT_CUES,
         engine: str = "auto",
     ) -> None:
-        self.num_slots = _check_int("num_envs", num_slots, 1)
+        self.num_slots = check_int("num_envs", num_slots, 1)
         self.reward = check_reward(reward)
         if not isinstance(cues, bool):
             raise EnvArgumentError(f"cues must be True or False, got {cues!r}")
@@ -483,8 +332,8 @@ class InterleaveCore(ClipSource):
         self.available_extractors = modules.extractor_names
         self.extractors = _check_extractors(extractors, modules.extractor_names, path)
         self.speed_reward = _check_speed_reward(speed_reward, self.extractors)
-        self.clip_len = _check_int("clip_len", clip_len, 2)
-        self.history_len = _check_int("history_len", history_len, 1)
+        self.clip_len = check_int("clip_len", clip_len, 2)
+        self.history_len = check_int("history_len", history_len, 1)
         if skip_light_updates is not None and not isinstance(skip_light_updates, bool):
             raise EnvArgumentError(f"skip_light_updates must be True, False or None, got {skip_light_updates!r}")
         self.trained_skip_light_updates = modules.config.skip_light_updates

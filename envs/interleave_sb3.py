@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gistgym.envs.common import check_env_kwargs
 from gistgym.envs.interleave import single_info
 from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
@@ -26,7 +27,6 @@ from gistgym.envs.interleave_core import (
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     Transition,
-    check_env_kwargs,
 )
 from gistgym.envs.interleave_vector import VECTOR_ARGUMENTS
 from gistgym.envs.vector_common import SlotSB3VecEnv

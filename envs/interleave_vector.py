@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from gistgym.envs.common import check_env_kwargs
 from gistgym.envs.interleave import ENV_ARGUMENTS
 from gistgym.envs.interleave_core import (
     DEFAULT_CLIP_LEN,
@@ -18,7 +19,6 @@ from gistgym.envs.interleave_core import (
     DEFAULT_SPEED_REWARD,
     InterleaveCore,
     Transition,
-    check_env_kwargs,
 )
 from gistgym.envs.vector_common import SlotVectorEnv
 from gistgym.envs.vector_common import check_actions as check_actions

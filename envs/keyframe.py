@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from gistgym.envs.interleave_core import ClipSource, _check_int, check_env_kwargs, check_reward
+from gistgym.envs.common import ClipSource, check_env_kwargs, check_int, check_reward
 from gistgym.envs.render import RENDER_FPS, RENDER_MODES, EpisodeCanvas
 from gistgym.envs.rewards import EQ2, keyframe_reward, signal_reward
 from gistgym.errors import CacheError, EnvArgumentError, EnvStateError, InvalidActionError
@@ -116,7 +116,7 @@ class KeyframeCore(ClipSource):
         history_len: int,
         reward: str = DEFAULT_REWARD,
     ) -> None:
-        self.num_slots = _check_int("num_envs", num_slots, 1)
+        self.num_slots = check_int("num_envs", num_slots, 1)
         self.reward = check_reward(reward)
         if not isinstance(cache_path, str | os.PathLike):
             raise EnvArgumentError(f"cache_path must be the path of a feature cache file, got {cache_path!r}")
@@ -124,7 +124,7 @@ class KeyframeCore(ClipSource):
         path = self.cache.path
         attrs = self.cache.section(SECTION_KEYFRAME).attrs
         cached = int(attrs[ATTR_MAX_DISTANCE])
-        self.max_distance = _check_int("max_distance", max_distance, 1)
+        self.max_distance = check_int("max_distance", max_distance, 1)
         if self.max_distance > cached:
             raise EnvArgumentError(
                 f"max_distance={self.max_distance} is larger than the keyframe distances cached in {path} "
@@ -142,8 +142,8 @@ class KeyframeCore(ClipSource):
             ) from exc
         self.speed_reward = _check_speed_reward(speed_reward)
         self.speed_reward_array = np.array(self.speed_reward, dtype=np.float64)
-        self.clip_len = _check_int("clip_len", clip_len, 2)
-        self.history_len = _check_int("history_len", history_len, 1)
+        self.clip_len = check_int("clip_len", clip_len, 2)
+        self.history_len = check_int("history_len", history_len, 1)
         self._set_split(split, path)
         self._tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._signal_tables: dict[str, np.ndarray] = {}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gistgym.envs.interleave_core import check_env_kwargs
+from gistgym.envs.common import check_env_kwargs
 from gistgym.envs.keyframe import (
     DEFAULT_CLIP_LEN,
     DEFAULT_HISTORY_LEN,
