@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +12,10 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 import gistgym.envs  # noqa: F401  (registers the ids)
 from gistgym.envs.keyframe import INFO_KEYS, KeyframeEnv
-from gistgym.envs.keyframe_vector import KeyframeSB3VecEnv, KeyframeVectorEnv
+from gistgym.envs.keyframe_vector import KeyframeVectorEnv
 from gistgym.errors import (
     CacheError,
     CacheSectionError,
@@ -57,41 +52,6 @@ def rollout(env: gym.Env, seed: int, steps: int) -> Iterator[tuple[Any, ...]]:
 
 def tables(cache_path: str, video_id: str) -> dict[str, np.ndarray]:
     return dict(FeatureCache(cache_path).load_episode(video_id, sections=("keyframe",)).sections["keyframe"])
-
-
-def test_registered_with_the_constructor_defaults() -> None:
-    spec = gym.spec(ENV_ID)
-    assert spec.entry_point == "gistgym.envs.keyframe:KeyframeEnv"
-    assert spec.vector_entry_point == "gistgym.envs.keyframe_vector:KeyframeVectorEnv"
-    params = inspect.signature(KeyframeEnv.__init__).parameters
-    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    defaults.pop("render_mode")
-    assert spec.kwargs == defaults
-
-
-def test_gymnasium_and_sb3_env_checkers_pass(kwargs: dict[str, Any]) -> None:
-    env = gym.make(ENV_ID, **kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(env.unwrapped, skip_render_check=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        sb3_check_env(env.unwrapped, warn=True)
-    env.close()
-
-
-def test_same_seed_rollouts_are_identical(kwargs: dict[str, Any]) -> None:
-    a, b = gym.make(ENV_ID, **kwargs), gym.make(ENV_ID, **kwargs)
-    n = 0
-    for x, y in zip(rollout(a, 5, 3 * CLIP), rollout(b, 5, 3 * CLIP), strict=True):
-        (ox, rx, tx, ux, ix, ax), (oy, ry, ty, uy, iy, ay) = x, y
-        assert ox.keys() == oy.keys() and all(np.array_equal(ox[k], oy[k]) for k in ox)
-        assert (rx, tx, ux, ax) == (ry, ty, uy, ay) and ix == iy
-        n += 1
-    assert n > 3 * CLIP
-    c = gym.make(ENV_ID, **kwargs)
-    firsts = {(c.reset(seed=s)[1]["video_id"], c.unwrapped.core.clip(0)[1]) for s in range(8)}
-    assert len(firsts) > 1
 
 
 def test_reward_and_observation_equal_the_cached_tables_every_step(kwargs: dict[str, Any]) -> None:
@@ -153,63 +113,6 @@ def test_propagating_forever_keys_every_max_distance_frames(kwargs: dict[str, An
     for _ in range(CLIP - 1):
         _, r, _, _, info = env2.step(0)
         assert info["distance"] == 1 and r == min(info["loss_key"], info["loss_prop"]) - info["loss_key"] + 0.25
-
-
-def test_vector_env_equals_a_sync_vector_env_of_single_envs(kwargs: dict[str, Any]) -> None:
-    n = 4
-    native = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
-    assert isinstance(native.unwrapped, KeyframeVectorEnv)
-    sync = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_ID, **kwargs) for _ in range(n)])
-    ox, ix = native.reset(seed=3)
-    oy, iy = sync.reset(seed=3)
-    rng = np.random.default_rng(0)
-    for step in range(3 * CLIP):
-        for k in ox:
-            assert np.array_equal(ox[k], oy[k]), (step, k)
-        for k in INFO_KEYS:
-            assert np.array_equal(ix[k], iy[k]), (step, k)
-        a = rng.integers(0, 2, n)
-        ox, rx, tx, ux, ix = native.step(a)
-        oy, ry, ty, uy, iy = sync.step(a)
-        assert np.array_equal(rx, ry) and np.array_equal(tx, ty) and np.array_equal(ux, uy)
-    native.close()
-    sync.close()
-
-
-def test_sb3_vec_env_equals_dummy_vec_env_of_single_envs(kwargs: dict[str, Any]) -> None:
-    n = 3
-    ours = KeyframeSB3VecEnv(num_envs=n, **kwargs)
-    dummy = DummyVecEnv([lambda: gym.make(ENV_ID, **kwargs) for _ in range(n)])
-    ours.seed(7)
-    dummy.seed(7)
-    ox, oy = ours.reset(), dummy.reset()
-    rng = np.random.default_rng(1)
-    dones_seen = 0
-    for _ in range(3 * CLIP):
-        for k in ox:
-            assert np.array_equal(ox[k], oy[k]), k
-        a = rng.integers(0, 2, n)
-        ox, rx, dx, infx = ours.step(a)
-        oy, ry, dy, infy = dummy.step(a)
-        assert np.array_equal(rx, ry) and np.array_equal(dx, dy)
-        for i in np.flatnonzero(dx):
-            dones_seen += 1
-            assert infx[i]["TimeLimit.truncated"] and infy[i]["TimeLimit.truncated"]
-            for k in ox:
-                assert np.array_equal(infx[i]["terminal_observation"][k], infy[i]["terminal_observation"][k])
-        for a_, b_ in zip(infx, infy, strict=True):
-            assert all(a_[k] == b_[k] for k in INFO_KEYS)
-    assert dones_seen >= n
-
-
-def test_sb3_trains_on_the_vec_env(kwargs: dict[str, Any]) -> None:
-    from stable_baselines3 import PPO
-
-    venv = KeyframeSB3VecEnv(num_envs=4, **kwargs)
-    model = PPO("MultiInputPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
-    model.learn(64)
-    actions, _ = model.predict(venv.reset(), deterministic=True)
-    assert actions.shape == (4,)
 
 
 def test_errors(kwargs: dict[str, Any], keyframe_cache: Path, tmp_path: Path) -> None:

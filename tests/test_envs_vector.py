@@ -9,7 +9,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 import gistgym.envs  # noqa: F401 (registers the ids)
 from gistgym.envs.interleave import InterleaveEnv
@@ -145,36 +144,6 @@ def test_vector_unknown_kwarg(kwargs: dict[str, Any]) -> None:
 
 
 # --- SB3 -------------------------------------------------------------------------------------
-def test_sb3_adapter_equals_dummy_vec_env_of_single_envs(kwargs: dict[str, Any]) -> None:
-    ours = InterleaveSB3VecEnv(**kwargs, num_envs=N)
-    assert isinstance(ours, VecEnv)
-    theirs = DummyVecEnv([lambda: InterleaveEnv(**kwargs) for _ in range(N)])
-    ours.seed(9)
-    theirs.seed(9)
-    assert_close_obs(ours.reset(), theirs.reset())
-    for i in range(N):
-        assert ours.reset_infos[i]["video_id"] == theirs.reset_infos[i]["video_id"]
-    dones_seen = 0
-    for a in actions_for(2 * CLIP + 1, seed=2):
-        obs_o, rew_o, done_o, infos_o = ours.step(a)
-        obs_t, rew_t, done_t, infos_t = theirs.step(a)
-        assert_close_obs(obs_o, obs_t)
-        assert rew_o.dtype == np.float32
-        np.testing.assert_allclose(rew_o, rew_t, **TOL)
-        assert np.array_equal(done_o, done_t)
-        for io, it in zip(infos_o, infos_t, strict=True):
-            assert io.keys() == it.keys()
-            assert io["TimeLimit.truncated"] == it["TimeLimit.truncated"]
-            for key in ("video_id", "frame_index", "action"):
-                assert io[key] == it[key], key
-            if "terminal_observation" in it:
-                assert_close_obs(io["terminal_observation"], it["terminal_observation"])
-        dones_seen += int(done_o.sum())
-        for i in range(N):
-            assert ours.reset_infos[i]["video_id"] == theirs.reset_infos[i]["video_id"]
-    assert dones_seen == 2 * N
-
-
 def test_sb3_adapter_same_step_reset_semantics(kwargs: dict[str, Any]) -> None:
     venv = InterleaveSB3VecEnv(**kwargs, num_envs=N)
     venv.seed(0)
@@ -192,16 +161,3 @@ def test_sb3_adapter_same_step_reset_semantics(kwargs: dict[str, Any]) -> None:
         hid = obs["state"].shape[1] // 4
         np.testing.assert_array_equal(obs["state"][i, 2 * hid :], obs["state"][i, : 2 * hid])
         assert not np.array_equal(obs["state"][i], info["terminal_observation"]["state"])
-
-
-def test_sb3_adapter_trains_with_sb3(kwargs: dict[str, Any]) -> None:
-    from stable_baselines3 import PPO
-
-    venv = VecMonitor(InterleaveSB3VecEnv(**kwargs, num_envs=2))
-    model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
-    model.learn(total_timesteps=32)
-    assert model.num_timesteps == 32
-    assert venv.get_attr("render_mode") == [None, None]
-    assert venv.env_is_wrapped(gym.Wrapper) == [False, False]
-    action, _ = model.predict(venv.reset(), deterministic=True)
-    assert action.shape == (2,)
