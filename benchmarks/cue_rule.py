@@ -83,10 +83,23 @@ def on_envelope(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [r["name"] for r in rows if (r["fraction"], r["map50"]) in envelope]
 
 
-def report_on(
-    cache: str, headroom: str, split: str, rules: Sequence[CueRulePolicy], *, progress: bool
-) -> dict[str, Any]:
-    """The selected rules and the fixed-tau reference on ``split`` of ``cache``, scored against the frontier."""
+def parse_targets(cache: str, headroom: str, other: Sequence[str]) -> list[tuple[str, str]] | str:
+    """``[(cache, headroom), ...]``: the main one and each ``--other CACHE=HEADROOM``; the error line otherwise."""
+    targets = [(cache, headroom)]
+    for item in other:
+        c, eq, h = item.partition("=")
+        if not eq or not c or not h:
+            return f"--other {item!r} is not CACHE=HEADROOM"
+        targets.append((c, h))
+    return targets
+
+
+def report_on(cache: str, headroom: str, split: str, rules: Sequence[Any], *, progress: bool) -> dict[str, Any]:
+    """The policies (``rules``: any with a cue-reading ``act``) and fixed tau on ``split`` of ``cache``, scored.
+
+    Each policy's ``(heavy fraction, mAP)`` point and the envelope of all of them against the
+    fixed-tau curve and the frontier of ``headroom`` (:func:`~causal_bound.score_curves`).
+    """
     backend = get_backend(INTERLEAVE_ENV_ID)
     settings = {**backend.compare_settings(CompareConfig(cache=cache, split=split)), "cues": True}
     evaluator = backend.make_evaluator(cache, split, settings, max_videos=None)
@@ -154,13 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    targets = [(args.cache, args.headroom)]
-    for item in args.other:
-        cache, eq, headroom = item.partition("=")
-        if not eq or not cache or not headroom:
-            print(f"benchmarks/cue_rule.py: error: --other {item!r} is not CACHE=HEADROOM", file=sys.stderr)
-            return 2
-        targets.append((cache, headroom))
+    targets = parse_targets(args.cache, args.headroom, args.other)
+    if isinstance(targets, str):
+        print(f"benchmarks/cue_rule.py: error: {targets}", file=sys.stderr)
+        return 2
     backend = get_backend(INTERLEAVE_ENV_ID)
     rules = grid_rules(GRIDS[args.grid])
     try:

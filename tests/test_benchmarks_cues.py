@@ -34,6 +34,7 @@ def _load(name: str) -> ModuleType:
 
 cue_quality = _load("cue_quality")
 cue_rule = _load("cue_rule")
+cue_search = _load("cue_search")
 
 
 def _dets(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Detections:
@@ -112,3 +113,36 @@ def test_cue_rule_selects_on_one_split_and_reports_on_another(
     assert cue_rule.main([*argv, "--other", f"{shipped_cache}={tmp_path / 'none.json'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none.json" in err
+
+
+def test_cue_search_features_and_policy_by_hand() -> None:
+    cues = np.array([[0.25, 0.5, 2.0, 0.1], [0.0, 0.0, 0.0, 0.3]])  # since_heavy, light_change, light_step, memory
+    np.testing.assert_allclose(
+        cue_search.features(cues), [[0.25, 0.5, 2.0, 0.1, 0.125, 1.0], [0.0, 0.0, 0.0, 0.3, 0.0, 1.0]]
+    )
+    # heavy where 8 * since_heavy + light_step > 1.9: after about 15 frames, or at once after a jump of the features
+    policy = cue_search.LinearCuePolicy([8.0, 0.0, 1.0, 0.0, 0.0, -1.9], "p")
+    assert policy.act({"cues": cues}, [{}, {}]).tolist() == [0, 1]
+    assert policy.act({"cues": np.array([[0.2, 0.0, 0.0, 0.0]])}, [{}]).tolist() == [1]
+    assert policy.env_kwargs == {"cues": True}
+
+
+def test_cue_search_learns_on_train_and_reports_on_val(
+    shipped_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frontier = tmp_path / "frontier.json"
+    frontier.write_text(json.dumps({"points": [[0.05, 0.99], [0.5, 1.0]]}))
+    argv = ["--cache", str(shipped_cache), "--headroom", str(frontier), "--gammas", "0.5", "3", "--clips", "3",
+            "--clip-len", "8", "--population", "4", "--iterations", "2", "--json", "--no-progress"]  # fmt: skip
+    assert cue_search.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["trained"]) == ["cem-g0.5-s0", "cem-g3-s0"]
+    for entry in report["trained"].values():
+        assert list(entry["theta"]) == list(cue_search.FEATURES) and len(entry["best"]) == 2
+    (val,) = report["reports"]
+    assert [r["name"] for r in val["rules"]] == ["cem-g0.5-s0", "cem-g3-s0"]
+    assert [r["name"] for r in val["fixed"]][:2] == ["heavy", "light"]
+    # the same search again: the same policies (seeded candidates, fixed clips)
+    assert cue_search.main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["trained"] == report["trained"]
