@@ -618,6 +618,45 @@ def build_cache(
     """
     start = time.perf_counter()
     out = Path(out)
+    _check_arguments(out, sections, compression, workers)
+    plan = _plan_build(Path(videos), splits, sections, weights, model_weights, compression)
+    parts = out.with_name(out.name + ".parts")
+    if out.exists() and not overwrite:
+        reason = _existing_differs(out, plan.expected())
+        if reason is not None:
+            raise CacheError(out, f"exists and is not this build ({reason}); pass --overwrite or delete it")
+        shutil.rmtree(parts, ignore_errors=True)
+        return BuildReport(
+            out, len(plan.records), plan.total_frames, 0, 0, time.perf_counter() - start, out.stat().st_size,
+            up_to_date=True,
+        )  # fmt: skip
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts.mkdir(exist_ok=True)
+    with _locked(parts, out), _note_kept_shards(parts):
+        previous_owner = _take_over_parts(parts, fresh, log)
+        pending, shard_checksums = _reusable_shards(parts, plan)
+        reused = len(plan.records) - len(pending)
+        if reused and previous_owner is not None:
+            log(_resume_line(reused, parts, previous_owner))
+        compute_seconds = _compute_shards(
+            out, parts, plan, pending, shard_checksums, workers=workers, ray=ray, progress=progress
+        )
+        _combine(out, parts, plan, shard_checksums, measure_latency)
+    return BuildReport(
+        out,
+        len(plan.records),
+        plan.total_frames,
+        len(pending),
+        reused,
+        time.perf_counter() - start,
+        out.stat().st_size,
+        compute_seconds=compute_seconds,
+    )
+
+
+def _check_arguments(out: Path, sections: Sequence[str], compression: str, workers: int) -> None:
+    """Refuse a bad section name, compression, worker count or a folder as ``out`` before any work."""
     for name in sections:
         get_section(name)
     if compression not in COMPRESSIONS:
@@ -626,7 +665,50 @@ def build_cache(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as {out}/cache.h5")
-    ds, plan = _plan(Path(videos), splits)
+
+
+@dataclass(frozen=True)
+class _BuildPlan:
+    """What a build makes, resolved and checked before anything is written (:func:`_plan_build`)."""
+
+    videos: Path
+    records: list[VideoRecord]
+    index: list[dict[str, Any]]
+    """The file's video index: id, split, label, frames, source checksum."""
+    section_names: tuple[str, ...]
+    source: DetectorSource
+    sources: ModelSources
+    models: FrozenModels
+    identity: dict[str, Any]
+    """The attributes every shard and the file carry (schema, versions, weights, sections, storage)."""
+    dataset_attr: dict[str, Any]
+    split_names: list[str]
+    total_frames: int
+
+    def expected(self) -> dict[str, Any]:
+        """What an existing file must record to be this build (:func:`_existing_differs`)."""
+        return {
+            "weights_sha256": self.source.sha256,
+            "model_weights": {s.role: s.sha256 for s in self.sources.extra},
+            "sections": list(self.section_names),
+            "storage": self.identity[schema.ATTR_STORAGE],
+            "dataset": self.dataset_attr,
+            "splits": self.split_names,
+            "videos": self.index,
+            "gistgym_version": gistgym.__version__,
+        }
+
+
+def _plan_build(
+    videos: Path,
+    splits: Sequence[str],
+    sections: Sequence[str],
+    weights: str | Path | None,
+    model_weights: Mapping[str, str | Path] | None,
+    compression: str,
+) -> _BuildPlan:
+    """Read the dataset and the weights and check they fit each other (the build's first phase)."""
+    ds, plan = _plan(videos, splits)
     section_names = _resolve_sections(sections, dataset_kind(ds.generator))
     records = [ds.video(vid) for _, vid in plan]
     source = DetectorSource.from_path(weights)
@@ -662,146 +744,145 @@ def build_cache(
         }
         for (split, _), r in zip(plan, records, strict=True)
     ]
-    storage = storage_description(compression)
     identity = {
         schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,
         schema.ATTR_GISTGYM_VERSION: gistgym.__version__,
         schema.ATTR_WEIGHTS_SHA256: source.sha256,
         schema.ATTR_MODEL_WEIGHTS: {s.role: s.sha256 for s in sources.extra},
         schema.ATTR_SECTIONS: list(section_names),
-        schema.ATTR_STORAGE: storage,
+        schema.ATTR_STORAGE: storage_description(compression),
     }
-    dataset_attr = {"name": Path(videos).resolve().name, "generator": ds.generator, "classes": list(ds.classes)}
-    split_names = list(dict.fromkeys(split for split, _ in plan))
-    total_frames = sum(r.num_frames for r in records)
-    parts = out.with_name(out.name + ".parts")
-
-    if out.exists() and not overwrite:
-        expected = {
-            "weights_sha256": source.sha256,
-            "model_weights": {s.role: s.sha256 for s in sources.extra},
-            "sections": list(section_names),
-            "storage": storage,
-            "dataset": dataset_attr,
-            "splits": split_names,
-            "videos": index,
-            "gistgym_version": gistgym.__version__,
-        }
-        reason = _existing_differs(out, expected)
-        if reason is not None:
-            raise CacheError(out, f"exists and is not this build ({reason}); pass --overwrite or delete it")
-        shutil.rmtree(parts, ignore_errors=True)
-        return BuildReport(
-            out, len(records), total_frames, 0, 0, time.perf_counter() - start, out.stat().st_size, up_to_date=True
-        )
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    parts.mkdir(exist_ok=True)
-    with _locked(parts, out), _note_kept_shards(parts):
-        previous_owner = _take_over_parts(parts, fresh, log)
-        pending: list[VideoJob] = []
-        compute_seconds = 0.0
-        shard_checksums: dict[str, dict[str, str]] = {}
-        for record, entry in zip(records, index, strict=True):
-            shard = parts / f"{record.video_id}.h5"
-            found = read_shard_identity(shard, record.video_id) if shard.exists() else None
-            wanted = {
-                **identity,
-                schema.ATTR_VIDEO_ID: record.video_id,
-                schema.ATTR_SOURCE_SHA256: entry["source_sha256"],
-            }
-            if found is not None and all(found.get(k) == _normalise(wanted[k]) for k in schema.SHARD_IDENTITY):
-                shard_checksums[record.video_id] = json.loads(found[schema.ATTR_CHECKSUMS])
-                continue
-            shard.unlink(missing_ok=True)
-            pending.append(VideoJob(record, section_names))
-        reused = len(records) - len(pending)
-        if reused and previous_owner is not None:
-            log(_resume_line(reused, parts, previous_owner))
-        by_id = {r.video_id: (r, e) for r, e in zip(records, index, strict=True)}
-
-        results = (
-            _ray_results(pending, sources, workers, ray)
-            if ray is not None
-            else _local_results(pending, sources, models, workers)
-        )
-        # leave=False: the bar is erased when done or on an error (the CLI then prints one line)
-        with tqdm(
-            total=len(records),
-            initial=reused,
-            unit="video",
-            desc=f"cache build {out.name}",
-            disable=not progress,
-            leave=False,
-        ) as bar:
-            try:
-                for result in results:
-                    if result.error is not None:
-                        _raise_portable(result.error)
-                    assert result.arrays is not None
-                    compute_seconds += result.seconds
-                    record, entry = by_id[result.video_id]
-                    shard_checksums[record.video_id] = _write_shard(parts, out, record, entry, identity, result.arrays)
-                    bar.update(1)
-            finally:
-                results.close()  # stop worker processes / shut down our Ray instance now, also on errors
-
-        with _one_torch_thread():
-            costs = _costs_attr(models, sources, measure_latency)
-            embedded = {name: get_section(name).embed(models) for name in section_names}
-        checksums = {
-            "videos": {e["video_id"]: shard_checksums[e["video_id"]] for e in index},
-            "sections": {
-                name: {f"{m}/{k}": array_sha256(a) for m, tensors in emb.tensors.items() for k, a in tensors.items()}
-                for name, emb in embedded.items()
-            },
-        }
-        cfg = model.config
-        file_attrs = {
-            schema.ATTR_FORMAT: schema.FORMAT,
-            **identity,
-            schema.ATTR_DATASET: dataset_attr,
-            schema.ATTR_SPLITS: split_names,
-            schema.ATTR_VIDEOS: index,
-            schema.ATTR_MODULES: _modules_attr(models, sources),
-            schema.ATTR_PREPROCESSING: {
-                "image_size": cfg.image_size,
-                "mean": list(cfg.mean),
-                "std": list(cfg.std),
-                "input": "uint8 RGB frames / 255, then (x - mean) / std; an extractor with input_scale s "
-                "area-downsamples by 1/s first",
-            },
-            schema.ATTR_COSTS: costs,
-            schema.ATTR_CHECKSUMS: checksums,
-        }
-        for stale in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
-            stale.unlink()
-        tmp = new_temp_file(out.parent, f"{out.name}.tmp-")
-        try:
-            combine_shards(
-                tmp,
-                shards=[(e["video_id"], parts / f"{e['video_id']}.h5") for e in index],
-                sections=embedded,
-                file_attrs=file_attrs,
-                after_copy=lambda i: stall("combine") if i == 0 else None,
-            )
-            os.replace(tmp, out)
-            fsync_path(out.parent)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        stall("renamed")
-        shutil.rmtree(parts)
-    return BuildReport(
-        out,
-        len(records),
-        total_frames,
-        len(pending),
-        reused,
-        time.perf_counter() - start,
-        out.stat().st_size,
-        compute_seconds=compute_seconds,
+    return _BuildPlan(
+        videos=videos,
+        records=records,
+        index=index,
+        section_names=tuple(section_names),
+        source=source,
+        sources=sources,
+        models=models,
+        identity=identity,
+        dataset_attr={"name": videos.resolve().name, "generator": ds.generator, "classes": list(ds.classes)},
+        split_names=list(dict.fromkeys(split for split, _ in plan)),
+        total_frames=sum(r.num_frames for r in records),
     )
+
+
+def _reusable_shards(parts: Path, plan: _BuildPlan) -> tuple[list[VideoJob], dict[str, dict[str, str]]]:
+    """The videos still to compute, and the checksums of the shards an earlier build finished for this one."""
+    pending: list[VideoJob] = []
+    shard_checksums: dict[str, dict[str, str]] = {}
+    for record, entry in zip(plan.records, plan.index, strict=True):
+        shard = parts / f"{record.video_id}.h5"
+        found = read_shard_identity(shard, record.video_id) if shard.exists() else None
+        wanted = {
+            **plan.identity,
+            schema.ATTR_VIDEO_ID: record.video_id,
+            schema.ATTR_SOURCE_SHA256: entry["source_sha256"],
+        }
+        if found is not None and all(found.get(k) == _normalise(wanted[k]) for k in schema.SHARD_IDENTITY):
+            shard_checksums[record.video_id] = json.loads(found[schema.ATTR_CHECKSUMS])
+            continue
+        shard.unlink(missing_ok=True)
+        pending.append(VideoJob(record, plan.section_names))
+    return pending, shard_checksums
+
+
+def _compute_shards(
+    out: Path,
+    parts: Path,
+    plan: _BuildPlan,
+    pending: Sequence[VideoJob],
+    shard_checksums: dict[str, dict[str, str]],
+    *,
+    workers: int,
+    ray: str | None,
+    progress: bool,
+) -> float:
+    """Compute the pending videos (here, in worker processes or on Ray) and write each one's shard.
+
+    Adds every new shard's checksums to ``shard_checksums``; returns the summed compute seconds.
+    """
+    by_id = {r.video_id: (r, e) for r, e in zip(plan.records, plan.index, strict=True)}
+    results = (
+        _ray_results(list(pending), plan.sources, workers, ray)
+        if ray is not None
+        else _local_results(list(pending), plan.sources, plan.models, workers)
+    )
+    compute_seconds = 0.0
+    # leave=False: the bar is erased when done or on an error (the CLI then prints one line)
+    with tqdm(
+        total=len(plan.records),
+        initial=len(plan.records) - len(pending),
+        unit="video",
+        desc=f"cache build {out.name}",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        try:
+            for result in results:
+                if result.error is not None:
+                    _raise_portable(result.error)
+                assert result.arrays is not None
+                compute_seconds += result.seconds
+                record, entry = by_id[result.video_id]
+                shard_checksums[record.video_id] = _write_shard(parts, out, record, entry, plan.identity, result.arrays)
+                bar.update(1)
+        finally:
+            results.close()  # stop worker processes / shut down our Ray instance now, also on errors
+    return compute_seconds
+
+
+def _combine(
+    out: Path, parts: Path, plan: _BuildPlan, shard_checksums: Mapping[str, dict[str, str]], measure_latency: bool
+) -> None:
+    """Copy the shards and the embedded modules into a temporary file, renamed to ``out`` when complete."""
+    models, sources = plan.models, plan.sources
+    with _one_torch_thread():
+        costs = _costs_attr(models, sources, measure_latency)
+        embedded = {name: get_section(name).embed(models) for name in plan.section_names}
+    checksums = {
+        "videos": {e["video_id"]: shard_checksums[e["video_id"]] for e in plan.index},
+        "sections": {
+            name: {f"{m}/{k}": array_sha256(a) for m, tensors in emb.tensors.items() for k, a in tensors.items()}
+            for name, emb in embedded.items()
+        },
+    }
+    cfg = models.detector.config
+    file_attrs = {
+        schema.ATTR_FORMAT: schema.FORMAT,
+        **plan.identity,
+        schema.ATTR_DATASET: plan.dataset_attr,
+        schema.ATTR_SPLITS: plan.split_names,
+        schema.ATTR_VIDEOS: plan.index,
+        schema.ATTR_MODULES: _modules_attr(models, sources),
+        schema.ATTR_PREPROCESSING: {
+            "image_size": cfg.image_size,
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "input": "uint8 RGB frames / 255, then (x - mean) / std; an extractor with input_scale s "
+            "area-downsamples by 1/s first",
+        },
+        schema.ATTR_COSTS: costs,
+        schema.ATTR_CHECKSUMS: checksums,
+    }
+    for stale in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
+        stale.unlink()
+    tmp = new_temp_file(out.parent, f"{out.name}.tmp-")
+    try:
+        combine_shards(
+            tmp,
+            shards=[(e["video_id"], parts / f"{e['video_id']}.h5") for e in plan.index],
+            sections=embedded,
+            file_attrs=file_attrs,
+            after_copy=lambda i: stall("combine") if i == 0 else None,
+        )
+        os.replace(tmp, out)
+        fsync_path(out.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    stall("renamed")
+    shutil.rmtree(parts)
 
 
 def _write_shard(
