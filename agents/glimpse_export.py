@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from gistgym.agents.adaframe import AdaFrameConfig, AdaFrameNet
-from gistgym.agents.export import (
+from gistgym.agents.export_common import (
     FORMATS,
     ExportResult,
     check_file_sha256,

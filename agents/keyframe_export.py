@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gistgym.agents.export import (
+from gistgym.agents.export_common import (
     FORMATS,
     ExportResult,
     LogitsPolicyModule,

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from gistgym.agents.export import (
-    ONNX_OPSET,
-    ExportedPolicy,
-    context_from_cache,
-    export_policy,
-    load_exported_policy,
-    sidecar_path,
-)
+from gistgym.agents.export import ExportedPolicy, context_from_cache, export_policy, load_exported_policy
+from gistgym.agents.export_common import ONNX_OPSET, sidecar_path
 from gistgym.agents.policy import Policy
 from gistgym.errors import OnnxOpsetError, PolicyFileError, PolicyMismatchError
 

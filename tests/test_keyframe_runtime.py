@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gistgym.agents.export import export_run, load_exported_policy, sidecar_path
+from gistgym.agents.export import export_run, load_exported_policy
+from gistgym.agents.export_common import sidecar_path
 from gistgym.agents.keyframe_eval import KeyframeEvaluator
 from gistgym.agents.keyframe_export import INPUT_NAMES, load_keyframe_policy
 from gistgym.errors import ConfigError, PolicyMismatchError
