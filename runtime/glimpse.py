@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,16 +152,29 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
             arguments, policy or glimpse weights (nothing is written).
         OutputDirError: ``--out`` cannot be written or is not a previous detect output.
     """
-    from gistgym.agents.adaframe import stopping_steps
-    from gistgym.agents.glimpse_export import load_glimpse_policy, read_glimpse_sidecar
-    from gistgym.backbones.glimpse import (
-        glimpse_costs,
-        load_glimpse,
-        location_to_index,
-        memory_positions,
-        memory_with_positions,
-    )
-    from gistgym.runtime.detect import modules_label, resolve_engine
+    engine, policy, models, meta = _load_runtime(args)
+    cfg = models.config
+    frame_net, memory_net = glimpse_extractors(models, engine, args.threads)
+    k = args.num_glimpses or policy.num_glimpses
+    classes = _class_names(policy.class_names, meta, cfg.num_classes)
+    source = VideoSource(args.video, cfg.image_size, max_frames=args.max_frames or None)
+    frames, thumbs, decode_s = _decode(source)
+    run = glimpse_video(policy, models, frame_net, memory_net, frames, k=k, mu=args.mu, patience=args.patience)
+    summary = _summary(args, source, policy, models, meta, engine, classes, run, decode_s, k)
+    _write_outputs(args, source, thumbs, classes, run, summary)
+    summary["out"] = str(Path(args.out))
+    return summary
+
+
+def _load_runtime(args: GlimpseDetectArgs) -> tuple[str, Any, Any, dict[str, Any]]:
+    """Check the arguments, load the glimpse models and the exported agent, and check they fit each other.
+
+    Returns:
+        ``(engine, policy, models, weights metadata)``.
+    """
+    from gistgym.agents.glimpse_export import check_glimpse_policy_matches, load_glimpse_policy, read_glimpse_sidecar
+    from gistgym.backbones.glimpse import load_glimpse
+    from gistgym.runtime.detect import resolve_engine
 
     if args.patience < 1:
         raise ConfigError(f"--patience must be >= 1, got {args.patience}")
@@ -183,8 +196,6 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
             "weights its cache was built from with --glimpse-weights",
             field="cache.glimpse_weights_sha256",
         )
-    from gistgym.agents.glimpse_export import check_glimpse_policy_matches
-
     check_glimpse_policy_matches(
         policy.path,
         policy.sidecar,
@@ -193,23 +204,62 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         memory_dim=cfg.memory_dim,
         num_classes=cfg.num_classes,
     )
-    frame_net, memory_net = glimpse_extractors(models, engine, args.threads)
-    k = args.num_glimpses or policy.num_glimpses
-    classes = _class_names(policy.class_names, meta, cfg.num_classes)
-    source = VideoSource(args.video, cfg.image_size, max_frames=args.max_frames or None)
+    return engine, policy, models, meta
 
-    # 1. decode (resized frames for the models, thumbnails for the contact sheet)
+
+def _decode(source: VideoSource) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Every frame resized for the models, a thumbnail of each for the contact sheet, and the seconds it took."""
     t0 = time.perf_counter()
     resized: list[np.ndarray] = []
     thumbs: list[np.ndarray] = []
     for original, small in source.frames():
         resized.append(small)
         thumbs.append(_thumbnail(original))
-    frames = np.stack(resized)
-    decode_s = time.perf_counter() - t0
-    num_frames = len(frames)
+    return np.stack(resized), thumbs, time.perf_counter() - t0
 
-    # 2. the global memory and the initial step
+
+@dataclass
+class GlimpseRun:
+    """What :func:`glimpse_video` did on one video."""
+
+    rows: list[dict[str, Any]]
+    """One per glimpse taken: frame, location, utility, lookahead counter, revisit, latency, probabilities."""
+    probabilities: np.ndarray
+    """(K,) class probabilities after the last glimpse."""
+    frames_used: int
+    positions: np.ndarray
+    """The global memory's frame positions."""
+    latencies: list[float]
+    """Seconds per glimpse (heavy features of a new frame + the agent's step)."""
+    memory_s: float
+    initial_s: float
+    initial_utility: float
+    num_frames: int
+    """Frames of the video."""
+
+
+def glimpse_video(
+    policy: Any,
+    models: Any,
+    frame_net: Any,
+    memory_net: Any,
+    frames: np.ndarray,
+    *,
+    k: int,
+    mu: float,
+    patience: int,
+) -> GlimpseRun:
+    """AdaFrame on one decoded video: the global memory, the initial step, then glimpses with adaptive lookahead.
+
+    After each glimpse a counter grows while the agent's utility is below ``mu`` and resets
+    otherwise; the agent stops when it reaches ``patience`` or after ``k`` glimpses (the rule of
+    :func:`~gistgym.agents.adaframe.stopping_steps`, which a test holds this loop to). A frame
+    looked at twice reuses its features.
+    """
+    from gistgym.backbones.glimpse import location_to_index, memory_positions, memory_with_positions
+
+    cfg = models.config
+    num_frames = len(frames)
     t0 = time.perf_counter()
     positions = memory_positions(num_frames, cfg.memory_frames)
     mem_feats = models.pooled(memory_net, frames[positions], len(positions))
@@ -222,7 +272,6 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
     initial_s = time.perf_counter() - t0
     initial_utility = float(utility[0])
 
-    # 3./4. glimpses with adaptive lookahead
     features: dict[int, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     latencies: list[float] = []
@@ -240,8 +289,7 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         latencies.append(time.perf_counter() - start)
         probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1)[0].numpy()
         u = float(utility[0])
-        counter = counter + 1 if u < args.mu else 0
-        top = int(np.argmax(probs))
+        counter = counter + 1 if u < mu else 0
         rows.append(
             {
                 "glimpse": n,
@@ -251,28 +299,41 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
                 "counter": counter,
                 "revisit": revisit,
                 "latency_ms": latencies[-1] * 1e3,
-                "top_class": classes[top],
-                "top_probability": float(probs[top]),
                 "probabilities": [float(p) for p in probs],
             }
         )
-        if counter >= args.patience:
+        if counter >= patience:
             break
-    # the same rule as the offline evaluation (a cross-check of the loop above)
-    utilities = np.array([[r["utility"] for r in rows]], dtype=np.float32)
-    expected_stop = int(stopping_steps(utilities, args.mu, args.patience)[0])
-    if expected_stop != len(rows):
-        raise RuntimeError(f"stop rule mismatch: {len(rows)} glimpses taken, stopping_steps says {expected_stop}")
+    return GlimpseRun(
+        rows, probs, len(features), positions, latencies, memory_s, initial_s, initial_utility, num_frames
+    )
+
+
+def _summary(
+    args: GlimpseDetectArgs,
+    source: VideoSource,
+    policy: Any,
+    models: Any,
+    meta: dict[str, Any],
+    engine: str,
+    classes: Sequence[str],
+    run: GlimpseRun,
+    decode_s: float,
+    k: int,
+) -> dict[str, Any]:
+    """``summary.json`` (see :func:`detect_glimpse`)."""
+    from gistgym.backbones.glimpse import glimpse_costs
+    from gistgym.runtime.detect import modules_label
 
     costs = glimpse_costs(models, measure=False)
-    used = len(features)
+    probs, rows, used = run.probabilities, run.rows, run.frames_used
     pred = int(np.argmax(probs))
-    summary: dict[str, Any] = {
+    return {
         "format": SUMMARY_FORMAT,
         "kind": "glimpse",
         "gistgym_version": gistgym.__version__,
         "video": source.describe(),
-        "frames": num_frames,
+        "frames": run.num_frames,
         "policy": str(args.policy),
         "policy_format": policy.export_format,
         "env_id": str(policy.sidecar["env"]["id"]),
@@ -288,12 +349,12 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
             {"glimpse": r["glimpse"], "frame": r["frame"], "location": r["location"], "utility": r["utility"]}
             for r in rows
         ],
-        "initial_utility": initial_utility,
-        "memory": {"frames": int(cfg.memory_frames), "positions": [int(p) for p in positions]},
-        **percentiles_ms(latencies),
-        "memory_ms": memory_s * 1e3,
-        "initial_step_ms": initial_s * 1e3,
-        "total_ms": (memory_s + initial_s + float(np.sum(latencies))) * 1e3,
+        "initial_utility": run.initial_utility,
+        "memory": {"frames": int(models.config.memory_frames), "positions": [int(p) for p in run.positions]},
+        **percentiles_ms(run.latencies),
+        "memory_ms": run.memory_s * 1e3,
+        "initial_step_ms": run.initial_s * 1e3,
+        "total_ms": (run.memory_s + run.initial_s + float(np.sum(run.latencies))) * 1e3,
         "decode_ms": decode_s * 1e3,
         "gflops_per_video": costs.video_flops(used, with_memory=True) / 1e9,
         "gflops": {"memory": costs.memory_flops / 1e9, "frames": used * costs.frame_flops / 1e9},
@@ -301,28 +362,43 @@ def detect_glimpse(args: GlimpseDetectArgs) -> dict[str, Any]:
         "engine": engine,
         "threads": args.threads,
         "glimpse_weights": str(args.glimpse_weights or "shipped"),
-        "glimpse_weights_sha256": sha,
+        "glimpse_weights_sha256": str(meta.get("sha256")),
         "outputs": [GLIMPSES_FILE, SHEET_FILE, SUMMARY_FILE],
     }
+
+
+def _write_outputs(
+    args: GlimpseDetectArgs,
+    source: VideoSource,
+    thumbs: Sequence[np.ndarray],
+    classes: Sequence[str],
+    run: GlimpseRun,
+    summary: Mapping[str, Any],
+) -> None:
+    """``glimpses.jsonl``, the contact sheet and ``summary.json``, in a folder renamed into place when done."""
+    rows, probs = run.rows, run.probabilities
+    pred = int(np.argmax(probs))
     out = AtomicOutputDir(args.out, overwrite=args.overwrite)
     try:
         with open(out.path(GLIMPSES_FILE), "w") as f:
             for r in rows:
-                f.write(json.dumps(r) + "\n")
+                top = int(np.argmax(r["probabilities"]))
+                named = {"top_class": classes[top], "top_probability": r["probabilities"][top]}
+                line = {**{k: v for k, v in r.items() if k != "probabilities"}, **named}
+                f.write(json.dumps({**line, "probabilities": r["probabilities"]}) + "\n")
         contact_sheet(
             [thumbs[r["frame"]] for r in rows],
             [(r["glimpse"], r["frame"]) for r in rows],
-            num_frames,
-            [int(p) for p in positions],
-            f"{source.path.name}: {classes[pred]} ({probs[pred]:.2f}) after {len(rows)} glimpses, {used} frames",
+            len(thumbs),
+            [int(p) for p in run.positions],
+            f"{source.path.name}: {classes[pred]} ({probs[pred]:.2f}) after {len(rows)} glimpses, "
+            f"{run.frames_used} frames",
         ).save(out.path(SHEET_FILE))
         atomic_write_json(out.path(SUMMARY_FILE), summary)
     except BaseException:
         out.abort()
         raise
     out.commit()
-    summary["out"] = str(Path(args.out))
-    return summary
 
 
 def _json_float(x: float) -> float | str:

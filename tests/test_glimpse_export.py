@@ -351,6 +351,9 @@ def test_detect_reproduces_adaptive_lookahead(
         n = int(ref.glimpses[0])
         stops.add(n)
         assert summary["glimpses"] == n, (mu, patience)
+        # the runtime's loop stops where the offline rule stops on the utilities it saw
+        seen = np.array([[g["utility"] for g in summary["glimpse_order"]]], dtype=np.float32)
+        assert int(stopping_steps(seen, mu, patience)[0]) == n
         assert [g["frame"] for g in summary["glimpse_order"]] == ref.indices[0, :n].tolist()
         np.testing.assert_allclose([g["location"] for g in summary["glimpse_order"]], ref.locations[0, :n], atol=1e-6)
         np.testing.assert_allclose(summary["probabilities"], ref.probabilities[0], atol=1e-5)
