@@ -40,6 +40,8 @@ class EnvBackend:
         matched_random: Also compare ``random@F`` at each run's expensive fraction.
         score: Summary key of the accuracy an evaluation reports (``map50``; ``map`` for Glimpse).
         fraction_max: ``(env kwargs) -> `` the largest value ``fraction`` can take (its plot axis).
+        linear_features: ``(env kwargs) -> FeatureSet`` of ``--algo cem``'s linear scheduler
+            (:mod:`gistgym.agents.cem`); None: the family has none.
     """
 
     env_id: str
@@ -57,6 +59,17 @@ class EnvBackend:
     matched_random: bool
     score: str = "map50"
     fraction_max: Callable[[Mapping[str, Any]], float] = lambda kwargs: 1.0
+    linear_features: Callable[[Mapping[str, Any]], Any] | None = None
+
+    def policy_features(self, env_kwargs: Mapping[str, Any]) -> Any:
+        """The :class:`~gistgym.agents.cem.FeatureSet` of a linear scheduler on this environment.
+
+        Raises:
+            ConfigError: The family has none, or ``env_kwargs`` lack what it reads.
+        """
+        if self.linear_features is None:
+            raise ConfigError(f"--algo cem: {self.env_id} has no linear scheduler features")
+        return self.linear_features(env_kwargs)
 
     def eval_kwargs(self, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The evaluator's share of a run's environment arguments."""
@@ -125,6 +138,18 @@ def is_baseline(spec: str) -> bool:
     return spec in ("heavy", "light", "oracle", "every-frame", "hindsight") or spec.startswith(
         ("tau=", "random@", "key=", "flow-threshold@", "hindsight@", "hindsight:", "cue-rule")
     )
+
+
+def _interleave_features(env_kwargs: Mapping[str, Any]) -> Any:
+    from gistgym.agents.baselines import interleave_policy_features
+
+    return interleave_policy_features(env_kwargs)
+
+
+def _keyframe_features(env_kwargs: Mapping[str, Any]) -> Any:
+    from gistgym.agents.keyframe_baselines import keyframe_policy_features
+
+    return keyframe_policy_features(env_kwargs)
 
 
 def _interleave_run_kwargs(config: Any) -> dict[str, Any]:
@@ -217,6 +242,7 @@ BACKENDS: dict[str, EnvBackend] = {
         compare_settings=_interleave_compare_settings,
         baselines=_interleave_baselines,
         matched_random=True,
+        linear_features=_interleave_features,
     ),
     KEYFRAME_ENV_ID: EnvBackend(
         env_id=KEYFRAME_ENV_ID,
@@ -232,6 +258,7 @@ BACKENDS: dict[str, EnvBackend] = {
         compare_settings=_keyframe_compare_settings,
         baselines=_keyframe_baselines,
         matched_random=True,
+        linear_features=_keyframe_features,
     ),
     # Glimpse comparisons have their own metrics and baselines (gistgym.agents.glimpse_compare);
     # this entry serves SB3 training (PPO) on the batched environment.

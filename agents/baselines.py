@@ -362,3 +362,40 @@ def parse_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
         f"unknown baseline {spec!r}; expected heavy, light, tau=N, random@F, oracle, hindsight@W[:lambda=X] "
         f"or {CUE_RULE}:active=A,idle=I,change=X,cut=C"
     )
+
+
+# --- the linear scheduler's features (gistgym train --algo cem) --------------------------------
+_SINCE, _CHANGE, _STEP, _MEMORY = (CUE_NAMES.index(k) for k in ("since_heavy", "light_change", "light_step",
+                                                              "memory_change"))  # fmt: skip
+
+
+def _cue_features(obs: Mapping[str, Any]) -> Any:
+    import torch
+
+    c = obs["cues"]
+    since, change = c[:, _SINCE], c[:, _CHANGE]
+    return torch.stack([since, change, c[:, _STEP], c[:, _MEMORY], since * change, torch.ones_like(since)], dim=1)
+
+
+def interleave_policy_features(env_kwargs: Mapping[str, Any]) -> Any:
+    """Interleave-v0's :class:`~gistgym.agents.cem.FeatureSet`: the runtime cues, their product, a bias.
+
+    ``since`` (frames since the heavy step / 64), ``light_change``, ``light_step``,
+    ``memory_change``, ``since x light_change`` and 1: the state the cue rule reads, plus the
+    interaction that lets the period shorten as the scene drifts. The search starts at a
+    period of 8 frames (``8 since - 1 >= 0``).
+
+    Raises:
+        ConfigError: The run's environment has no cues (``cues=True`` / ``--cues``).
+    """
+    from gistgym.agents.cem import FeatureSet
+
+    if not env_kwargs.get("cues"):
+        raise ConfigError("--algo cem on gistgym/Interleave-v0 scores the runtime cues: pass --cues")
+    return FeatureSet(
+        name="interleave-cues",
+        names=("since", "light_change", "light_step", "memory_change", "since*light_change", "bias"),
+        inputs=("cues",),
+        fn=_cue_features,
+        init=(8.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+    )

@@ -165,3 +165,30 @@ def parse_keyframe_baseline(spec: str, speed_reward: Sequence[float]) -> Any:
         f"unknown keyframe baseline {spec!r}; expected every-frame, key=L, flow-threshold@X, random@F, oracle or "
         "hindsight[@F | :lambda=X]"
     )
+
+
+# --- the linear scheduler's features (gistgym train --algo cem) --------------------------------
+def _flow_features(obs: Mapping[str, Any]) -> Any:
+    import torch
+
+    c, since = obs["cues"], obs["since_key"][:, 0]
+    flow = c[:, MEAN_FLOW_CUE]
+    return torch.cat([c, since[:, None], (since * flow)[:, None], torch.ones_like(since)[:, None]], dim=1)
+
+
+def keyframe_policy_features(env_kwargs: Mapping[str, Any]) -> Any:
+    """Keyframe-v0's :class:`~gistgym.agents.cem.FeatureSet`: the flow cues, the distance, their product, a bias.
+
+    The four flow cues of F(keyframe, frame), ``since_key`` (``d / max_distance``),
+    ``since_key x mean_flow_px`` and 1. The search starts at a keyframe once the distance
+    reaches 40 % of ``max_distance``.
+    """
+    from gistgym.agents.cem import FeatureSet
+
+    return FeatureSet(
+        name="keyframe-flow",
+        names=(*CUE_NAMES, "since_key", "since_key*mean_flow_px", "bias"),
+        inputs=("cues", "since_key"),
+        fn=_flow_features,
+        init=(0.0,) * len(CUE_NAMES) + (5.0, 0.0, -2.0),
+    )

@@ -190,11 +190,13 @@ def load_run(run_dir: str | os.PathLike[str], *, cache: str | os.PathLike[str] |
     algo = config.get("algo")
     if algo not in ALGORITHMS:
         raise RunError(path / CONFIG_FILE, f"unknown algo {algo!r}; expected one of {sorted(ALGORITHMS)}", field="algo")
-    model_path = path / MODEL_FILE
+    model_path = path / getattr(ALGORITHMS[algo], "model_file", MODEL_FILE)
     if not model_path.is_file():
         raise RunError(model_path, "missing: the run did not finish")
     try:
         model = ALGORITHMS[algo].load(model_path, device="cpu")
+    except RunError:
+        raise
     except Exception as exc:  # SB3 raises many types for a damaged zip
         raise RunError(model_path, f"cannot load the model ({type(exc).__name__}: {exc})") from exc
     return Run(path, config, model)

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 import gistgym
 from gistgym.agents.backends import GLIMPSE_ENV_ID, INTERLEAVE_ENV_ID, EnvBackend, get_backend
+from gistgym.agents.cem import LinearPolicyModel, cem_config, train_cem_run
 from gistgym.agents.ddqn import DoubleDQN
 from gistgym.agents.policy import SB3Policy
 from gistgym.agents.policy_nets import count_macs, count_parameters
@@ -73,8 +74,10 @@ from gistgym.errors import ConfigError
 from gistgym.staging import check_name
 from gistgym.videos.dataset import atomic_write_json, nan_to_null
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO}
-"""``--algo`` name -> SB3 class."""
+ALGORITHMS: dict[str, Any] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO, "cem": LinearPolicyModel}
+"""``--algo`` name -> model class (SB3's, or the linear scheduler of the cross-entropy method)."""
+CEM = "cem"
+"""``--algo`` of the linear scheduler found by the cross-entropy method (:mod:`gistgym.agents.cem`)."""
 ADAFRAME = "adaframe"
 """``--algo`` of the AdaFrame agent (Glimpse-v0; :mod:`gistgym.agents.glimpse_runs`)."""
 
@@ -90,7 +93,8 @@ class TrainConfig:
     env: str = INTERLEAVE_ENV_ID
     """Environment id (gistgym/Interleave-v0, gistgym/Keyframe-v0 or gistgym/Glimpse-v0)."""
     algo: str = "ddqn"
-    """ddqn (Double DQN, the paper's), dqn (SB3's vanilla DQN), ppo, or adaframe (Glimpse-v0 only)."""
+    """ddqn (Double DQN, the paper's), dqn (SB3's vanilla DQN), ppo, cem (a linear scheduler on the cues found by
+    the cross-entropy method; Interleave with --cues, Keyframe), or adaframe (Glimpse-v0 only)."""
     extractor: str = ""
     """Policy network (default: the env's first): Interleave paper (Fig. 4) or mlp; Keyframe mlp."""
     name: str = ""
@@ -125,6 +129,16 @@ class TrainConfig:
     """Glimpse, AdaFrame: optimiser steps of batch_size videos x num_glimpses glimpses (replaces --total-timesteps)."""
     adaframe_lr: float = 1e-3
     """Glimpse, AdaFrame: Adam learning rate (replaces --learning-rate)."""
+    cem_population: int = 20
+    """CEM: candidates per generation (the current mean among them)."""
+    cem_clips: int = 48
+    """CEM: train clips every candidate is scored on (the same clips throughout; replaces --num-envs)."""
+    cem_iterations: int = 10
+    """CEM: generations (replaces --total-timesteps)."""
+    cem_elite: float = 0.25
+    """CEM: share of the candidates the Gaussian is refit to."""
+    cem_init_std: float = 4.0
+    """CEM: initial standard deviation of every weight."""
     clip_len: int = 40
     """Frames per training episode."""
     history_len: int = 20
@@ -218,6 +232,9 @@ def check_config(config: TrainConfig) -> None:
             f"--algo {config.algo} needs discrete actions; {GLIMPSE_ENV_ID}'s action is a location in [0, 1]: "
             "use --algo adaframe or --algo ppo"
         )
+    elif config.algo == CEM:
+        cem_config(config)  # raises for bad --cem-* values
+        backend.policy_features(env_kwargs(config))  # raises where the family has no features or lacks cues
     else:
         backend.policy_kwargs(extractor_name(config, backend), config.algo)  # raises for a misfit extractor
     for field_name in (
@@ -392,6 +409,8 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
         from gistgym.agents.glimpse_runs import train_adaframe_run
 
         return train_adaframe_run(config, target, command=command)
+    if config.algo == CEM:
+        return train_cem_run(config, target, setting=setting_name(config), plot=plot_training, command=command)
     backend = get_backend(config.env)
     kwargs = env_kwargs(config)
     identity = cache_identity(config.cache)

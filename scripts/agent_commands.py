@@ -36,6 +36,11 @@ TRAIN_NUMBERS: dict[str, NumberType] = {
     "utility_weight": nonnegative_float,
     "adaframe_steps": positive_int,
     "adaframe_lr": positive_float,
+    "cem_population": int_at_least(2),
+    "cem_clips": positive_int,
+    "cem_iterations": positive_int,
+    "cem_elite": positive_fraction,
+    "cem_init_std": positive_float,
     "clip_len": int_at_least(2),  # an episode has clip_len - 1 steps
     "history_len": positive_int,
     "num_envs": positive_int,

@@ -199,6 +199,32 @@ def test_exported_cue_policy_gives_the_environments_schedule(
     assert "cues" in cli_results[0].observation
 
 
+def test_exported_linear_cem_scheduler_gives_the_environments_schedule(
+    model: Any, record: Any, tiny_cache: Path, tmp_path: Path, weights: Path
+) -> None:
+    """``--algo cem``'s linear scheduler, exported to ONNX, schedules online as in the environment and the CLI."""
+    from gistgym.agents.backends import get_backend
+    from gistgym.agents.cem import LinearPolicyModel
+    from gistgym.agents.export import context_from_cache, export_policy, load_exported_policy
+    from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
+
+    kwargs = {"clip_len": 12, "cues": True}
+    features = get_backend("gistgym/Interleave-v0").policy_features(kwargs)
+    space = InterleaveSB3VecEnv(tiny_cache, num_envs=1, split="val", clip_len=12, cues=True).observation_space
+    # heavy once 3 frames passed since the last heavy one (3/64 * 40 - 1.6 >= 0 ... 2/64 * 40 < 1.6), or on a jump
+    linear = LinearPolicyModel(features, np.array([[40.0, 0.0, 50.0, 0.0, 0.0, -1.6]]), space,
+                               env_id="gistgym/Interleave-v0", env_kwargs=kwargs)  # fmt: skip
+    ctx = context_from_cache(tiny_cache, kwargs, algorithm="CEM")
+    policy_file = export_policy(linear, tmp_path / "cem.onnx", "onnx", ctx).path
+    policy = load_exported_policy(policy_file, cache=tiny_cache)
+    observations, actions = _env_rollout(tiny_cache, record.video_id, record.num_frames, policy, cues=True)
+    assert 0 < sum(actions[1:]) < len(actions) - 1
+    results = _runtime_rollout(model, record, policy, cues=True)
+    _assert_same_observations(results, observations, actions)
+    _, cli_results = _detect(record.path, tmp_path / "out", weights, str(policy_file))
+    assert [0 if r.heavy else 1 for r in cli_results] == actions
+
+
 def test_cue_rule_gives_the_environments_schedule_online_and_from_the_cli(
     model: Any, record: Any, tiny_cache: Path, tmp_path: Path, weights: Path
 ) -> None:
