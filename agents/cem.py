@@ -251,32 +251,26 @@ class CEMConfig:
 
 
 def candidate_returns(venv: Any, features: FeatureSet, thetas: np.ndarray, clips: Sequence[tuple[str, int]],
-                      seed: int) -> tuple[np.ndarray, int]:  # fmt: skip
+                      ) -> tuple[np.ndarray, int]:  # fmt: skip
     """Mean per-step return of each candidate (P, A - 1, k) on ``clips``, one episode per slot, and the env steps.
 
-    ``venv`` is a family's native SB3 vector env with ``P * len(clips)`` slots; slot
-    ``p * len(clips) + i`` plays clip ``i`` with candidate ``p``.
+    ``venv`` is a family's native SB3 vector env with ``P * len(clips)`` slots
+    (:meth:`~gistgym.envs.vector_common.SlotSB3VecEnv.play_clips`); slot ``p * len(clips) + i``
+    plays clip ``i`` with candidate ``p``.
     """
     P, n = len(thetas), len(clips)
     if venv.num_envs != P * n:
         raise ValueError(f"the vector env has {venv.num_envs} slots, the search needs {P} x {n}")
-    venv.set_options([{"video_id": v, "start": int(s)} for _ in range(P) for v, s in clips])
-    venv.seed(seed)
-    obs = venv.reset()
     rows = torch.from_numpy(np.repeat(np.asarray(thetas, dtype=np.float32), n, axis=0))  # (P n, A - 1, k)
-    total = np.zeros(P * n)
-    steps = np.zeros(P * n)
-    alive = np.ones(P * n, dtype=bool)
-    while alive.any():
+
+    def act(obs: Mapping[str, np.ndarray]) -> np.ndarray:
         with torch.no_grad():
             phi = features.fn(_as_tensors(obs, features.inputs))  # (P n, k)
             scores = torch.einsum("bk,bak->ba", phi, rows)
             scores = torch.cat([scores, torch.zeros_like(scores[:, :1])], dim=1)
-        actions = scores.argmax(dim=1).numpy().astype(np.int64)
-        obs, rewards, dones, _ = venv.step(actions)
-        total += np.where(alive, rewards, 0.0)
-        steps += alive
-        alive &= ~np.asarray(dones, dtype=bool)
+        return scores.argmax(dim=1).numpy().astype(np.int64)
+
+    total, steps = venv.play_clips([clip for _ in range(P) for clip in clips], act)
     return (total / np.maximum(steps, 1)).reshape(P, n).mean(axis=1), int(steps.sum())
 
 
@@ -323,7 +317,7 @@ def cross_entropy_search(
     for _ in bar:
         thetas = mu + std * rng.standard_normal((cfg.population, *shape))
         thetas[0] = mu  # the current mean stays in the running
-        returns, taken = candidate_returns(venv, features, thetas, clips, cfg.seed)
+        returns, taken = candidate_returns(venv, features, thetas, clips)
         steps += taken
         order = np.argsort(-returns, kind="stable")[: cfg.num_elite]
         mu, std = thetas[order].mean(axis=0), thetas[order].std(axis=0) + cfg.min_std

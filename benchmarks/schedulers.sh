@@ -10,9 +10,11 @@
 #   EVAL_CACHE   optional: a second benchmark (another seed; only its val split is needed)
 #   EVAL_FRONTIER  the headroom file measured on EVAL_CACHE
 #
-# Training takes about 2 minutes per Keyframe-v0 run and 5 per Interleave-v0 run on one core
-# (27 + 18 runs); run it with OMP_NUM_THREADS=1. KEYFRAME_GAMMAS and INTERLEAVE_GAMMAS replace
-# the speed-reward grids (docs/schedulers.md's `detection` table uses smaller ones).
+# Training takes about 2 minutes per Keyframe-v0 run, 5 per Interleave-v0 Double DQN run and
+# 4 per Interleave-v0 CEM run on one core (27 + 18 + 18 runs); run it with OMP_NUM_THREADS=1.
+# KEYFRAME_GAMMAS, INTERLEAVE_GAMMAS and CEM_GAMMAS replace the speed-reward grids
+# (docs/schedulers.md's `detection` table uses smaller ones); RECIPES picks the recipes
+# (default: keyframe interleave cem).
 set -eu
 if [ $# -ne 3 ] && [ $# -ne 5 ]; then
     sed -n '5,12p' "$0" >&2
@@ -24,22 +26,43 @@ OUT=$3
 GISTGYM=${GISTGYM:-gistgym}
 KEYFRAME_GAMMAS=${KEYFRAME_GAMMAS:--0.08 -0.05 0.03 0.2 0.8 1.6 3 6 12}
 INTERLEAVE_GAMMAS=${INTERLEAVE_GAMMAS:-0.3 0.5 0.8 1.3 2 3}
+CEM_GAMMAS=${CEM_GAMMAS:-0.35 0.5 0.8 1.3 2.5 4}
+RECIPES=${RECIPES:-keyframe interleave cem}
+has() { case " $RECIPES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # Keyframe-v0: Double DQN, the MLP on the flow cues, the `matched` signal reward; gamma is the
 # speed reward of propagating (negative ones buy keyframes beyond what the signal pays for).
-$GISTGYM train --cache "$CACHE" --env gistgym/Keyframe-v0 --reward matched --seeds 3 \
-    --gamma-sweep --gammas $KEYFRAME_GAMMAS --total-timesteps 100000 \
-    --out "$OUT/keyframe"
+if has keyframe; then
+    $GISTGYM train --cache "$CACHE" --env gistgym/Keyframe-v0 --reward matched --seeds 3 \
+        --gamma-sweep --gammas $KEYFRAME_GAMMAS --total-timesteps 100000 \
+        --out "$OUT/keyframe"
+fi
 # Interleave-v0: Double DQN, the MLP on pooled Eq. 1 state + history + runtime cues, `matched`.
-$GISTGYM train --cache "$CACHE" --reward matched --cues --extractor mlp --seeds 3 \
-    --gamma-sweep --gammas $INTERLEAVE_GAMMAS --total-timesteps 60000 \
-    --out "$OUT/interleave"
+if has interleave; then
+    $GISTGYM train --cache "$CACHE" --reward matched --cues --extractor mlp --seeds 3 \
+        --gamma-sweep --gammas $INTERLEAVE_GAMMAS --total-timesteps 60000 \
+        --out "$OUT/interleave"
+fi
+# Interleave-v0: the linear scheduler on the runtime cues, cross-entropy method, `matched`.
+if has cem; then
+    $GISTGYM train --cache "$CACHE" --algo cem --reward matched --cues --seeds 3 \
+        --gamma-sweep --gammas $CEM_GAMMAS --cem-population 16 --cem-clips 48 --cem-iterations 8 \
+        --eval-every 0 --out "$OUT/interleave-cem"
+fi
 
 compare() {  # compare CACHE FRONTIER NAME
-    $GISTGYM compare --cache "$1" --env gistgym/Keyframe-v0 --runs "$OUT/keyframe" --frontier "$2" \
-        --out "$OUT/compare-$3-keyframe"
-    $GISTGYM compare --cache "$1" --runs "$OUT/interleave" --frontier "$2" --out "$OUT/compare-$3-interleave"
+    if has keyframe; then
+        $GISTGYM compare --cache "$1" --env gistgym/Keyframe-v0 --runs "$OUT/keyframe" --frontier "$2" \
+            --out "$OUT/compare-$3-keyframe"
+    fi
+    if has interleave; then
+        $GISTGYM compare --cache "$1" --runs "$OUT/interleave" --frontier "$2" --out "$OUT/compare-$3-interleave"
+    fi
+    if has cem; then
+        $GISTGYM compare --cache "$1" --runs "$OUT/interleave-cem" --frontier "$2" \
+            --out "$OUT/compare-$3-interleave-cem"
+    fi
 }
 compare "$CACHE" "$FRONTIER" val
 if [ $# -eq 5 ]; then

@@ -264,6 +264,45 @@ class SlotSB3VecEnv(VecEnv, Generic[Out]):
         self._started = True
         return obs
 
+    def play_clips(
+        self, clips: Sequence[tuple[str, int]], act: Callable[[Obs], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One whole episode per slot, slot ``i`` on ``clips[i]``, without autoreset.
+
+        For policy search and evaluation of many candidates on the same clips: the slots
+        are loaded video by video (so the episode memo reads each video once however many
+        slots play it), ``act(obs) -> actions`` decides every step, and nothing is loaded
+        after the episodes end. Afterwards the env needs a :meth:`reset` before stepping.
+
+        Returns:
+            Per slot, the summed rewards (float64) and the number of steps taken.
+
+        Raises:
+            EnvArgumentError: Not one clip per slot, or a bad clip.
+            InvalidActionError: ``act`` returned invalid actions.
+        """
+        n = self.num_envs
+        if len(clips) != n:
+            raise EnvArgumentError(f"play_clips got {len(clips)} clips for {n} environments")
+        for i in sorted(range(n), key=lambda i: (str(clips[i][0]), int(clips[i][1]))):
+            self.core.load(i, *self.core.clip_from_options({"video_id": clips[i][0], "start": int(clips[i][1])},
+                                                           self._rngs[i]))  # fmt: skip
+        self._started = False
+        obs, _, _, _ = self._unpack(self.core.advance(self._slots, self._zeros))
+        total = np.zeros(n)
+        steps = np.zeros(n, dtype=np.int64)
+        alive = np.ones(n, dtype=bool)
+        while alive.any():
+            rows = np.flatnonzero(alive)
+            actions = self._check_actions(np.asarray(act(obs))[rows], rows.size)
+            obs_rows, rewards, ended, _ = self._unpack(self.core.advance(rows, actions))
+            for k, v in obs_rows.items():
+                obs[k][rows] = v
+            total[rows] += rewards
+            steps[rows] += 1
+            alive[rows[np.asarray(ended, dtype=bool)]] = False
+        return total, steps
+
     def step_async(self, actions: np.ndarray) -> None:
         """Store the actions for :meth:`step_wait`.
 

@@ -34,9 +34,10 @@ def _config(cache: Path, out: Path, **overrides: Any) -> TrainConfig:
 class _ThresholdVecEnv:
     """A vector env where the best policy is known: reward 1 for the expensive action iff x > 0.6, else for 1.
 
-    Each slot plays a clip of 6 steps whose x values are drawn from the clip's start; an
-    observation ``{"x": (N, 1)}``. The linear policy on ``[x, 1]`` reaches the optimum (return 1)
-    exactly when ``theta_x * 0.6 + theta_b`` crosses zero between the observed x values.
+    Each slot plays a clip of 6 steps whose x values are drawn from the clip's start, with
+    observations ``{"x": (N, 1)}`` (only :meth:`play_clips`, which the search uses). The
+    linear policy on ``[x, 1]`` reaches the optimum (return 1) exactly when
+    ``theta_x * 0.6 + theta_b`` crosses zero between the observed x values.
     """
 
     class _Core:
@@ -49,26 +50,14 @@ class _ThresholdVecEnv:
         self.num_envs = num_envs
         self.core = self._Core()
         self.action_space = spaces.Discrete(2)
-        self._options: list[dict[str, Any]] = [{}] * num_envs
 
-    def set_options(self, options: list[dict[str, Any]]) -> None:
-        self._options = options
-
-    def seed(self, seed: int) -> None:
-        self._seed = seed
-
-    def reset(self) -> dict[str, np.ndarray]:
-        self._x = np.stack([np.random.default_rng(o["start"]).random(6) for o in self._options])
-        self._t = 0
-        return {"x": self._x[:, :1].astype(np.float32)}
-
-    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
-        x = self._x[:, self._t]
-        rewards = np.where((x > 0.6) == (actions == 0), 1.0, 0.0)
-        self._t += 1
-        done = np.full(self.num_envs, self._t == 6)
-        t = min(self._t, 5)
-        return {"x": self._x[:, t : t + 1].astype(np.float32)}, rewards, done, [{}] * self.num_envs
+    def play_clips(self, clips: list[tuple[str, int]], act: Any) -> tuple[np.ndarray, np.ndarray]:
+        x = np.stack([np.random.default_rng(start).random(6) for _, start in clips])
+        total = np.zeros(len(clips))
+        for t in range(6):
+            actions = act({"x": x[:, t : t + 1].astype(np.float32)})
+            total += np.where((x[:, t] > 0.6) == (actions == 0), 1.0, 0.0)
+        return total, np.full(len(clips), 6)
 
 
 _X_FEATURES = FeatureSet(
@@ -79,7 +68,7 @@ _X_FEATURES = FeatureSet(
 def test_the_search_finds_the_known_threshold_policy() -> None:
     cfg = CEMConfig(population=16, clips=8, iterations=12, init_std=2.0, seed=3)
     venv = _ThresholdVecEnv(cfg.population * cfg.clips)
-    start, _ = candidate_returns(venv, _X_FEATURES, np.array([[[0.0, -1.0]]]).repeat(16, 0), [("v", 1)] * 8, 0)
+    start, _ = candidate_returns(venv, _X_FEATURES, np.array([[[0.0, -1.0]]]).repeat(16, 0), [("v", 1)] * 8)
     theta, history = cross_entropy_search(venv, _X_FEATURES, 2, cfg)
     assert start[0] < 0.7  # the initial mean (never expensive) is wrong on the x > 0.6 steps
     assert history.best[-1] == pytest.approx(1.0) and history.elite[-1] > history.elite[0]
@@ -101,12 +90,12 @@ def test_candidates_are_scored_on_their_own_slots(keyframe_cache: Path) -> None:
     clips = [("val_0000", 0), ("val_0001", 3)]
     thetas = np.array([[[8.0, 0, 0, 0, 0, -1.0]], [[30.0, 0, 0, 0, 0, -1.0]], [[0, 0, 0, 0, 0, 1.0]]])
     venv = backend.make_vec(str(keyframe_cache), len(thetas) * len(clips), **kwargs)
-    together, steps = candidate_returns(venv, features, thetas, clips, 0)
+    together, steps = candidate_returns(venv, features, thetas, clips)
     venv.close()
     assert steps == len(thetas) * len(clips) * 7
     for p, theta in enumerate(thetas):
         venv = backend.make_vec(str(keyframe_cache), len(clips), **kwargs)
-        alone, _ = candidate_returns(venv, features, theta[None], clips, 0)
+        alone, _ = candidate_returns(venv, features, theta[None], clips)
         venv.close()
         assert alone[0] == pytest.approx(together[p], abs=1e-6)
     assert len(set(np.round(together, 6))) == 3  # the three schedules differ
@@ -237,3 +226,23 @@ def test_a_damaged_model_file_is_a_run_error_naming_it(cem_run: Path, tmp_path: 
     with pytest.raises(RunError, match=message) as info:
         load_run(run)
     assert "model.json" in str(info.value)
+
+
+@pytest.mark.parametrize("env_id", [INTERLEAVE, KEYFRAME])
+def test_play_clips_sums_the_rewards_reset_and_step_give(keyframe_cache: Path, env_id: str) -> None:
+    backend = get_backend(env_id)
+    kwargs = {"split": "val", "clip_len": 6, "reward": "matched", "speed_reward": [0.0, 0.3]}
+    clips = [("val_0001", 2), ("val_0000", 0), ("val_0001", 2)]
+    policy = lambda obs: np.arange(3) % 2  # noqa: E731 (slot 1 always cheap, the others expensive)
+    venv = backend.make_vec(str(keyframe_cache), 3, **kwargs)
+    total, steps = venv.play_clips(clips, policy)
+    venv.set_options([{"video_id": v, "start": s} for v, s in clips])
+    venv.reset()
+    want = np.zeros(3)
+    for _ in range(5):
+        _, rewards, dones, _ = venv.step(policy(None))
+        want += rewards
+    venv.close()
+    assert dones.all() and steps.tolist() == [5, 5, 5]
+    np.testing.assert_allclose(total, want, rtol=1e-6)
+    assert total[0] == pytest.approx(total[2]) and total[0] != pytest.approx(total[1])
