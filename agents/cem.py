@@ -234,7 +234,7 @@ class CEMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("population", "clips", "iterations"):
+        for key in ("clips", "iterations"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--cem-{key} must be >= 1, got {getattr(self, key)}")
         if self.population < 2:
@@ -250,8 +250,9 @@ class CEMConfig:
         return max(2, round(self.elite * self.population))
 
 
-def candidate_returns(venv: Any, features: FeatureSet, thetas: np.ndarray, clips: Sequence[tuple[str, int]],
-                      ) -> tuple[np.ndarray, int]:  # fmt: skip
+def candidate_returns(
+    venv: Any, features: FeatureSet, thetas: np.ndarray, clips: Sequence[tuple[str, int]]
+) -> tuple[np.ndarray, int]:
     """Mean per-step return of each candidate (P, A - 1, k) on ``clips``, one episode per slot, and the env steps.
 
     ``venv`` is a family's native SB3 vector env with ``P * len(clips)`` slots
