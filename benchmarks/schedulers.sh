@@ -11,7 +11,7 @@
 #   EVAL_FRONTIER  the headroom file measured on EVAL_CACHE
 #
 # Training takes about 2 minutes per Keyframe-v0 run, 5 per Interleave-v0 Double DQN run and
-# 7 per Interleave-v0 CEM run on one core (27 + 18 + 15 runs); run it with OMP_NUM_THREADS=1.
+# 7 per Interleave-v0 CEM run on one core (27 + 18 + 12 runs); run it with OMP_NUM_THREADS=1.
 # KEYFRAME_GAMMAS, INTERLEAVE_GAMMAS and CEM_GAMMAS replace the speed-reward grids
 # (docs/schedulers.md's `detection` table uses smaller ones); RECIPES picks the recipes
 # (default: keyframe interleave cem).
@@ -26,7 +26,7 @@ OUT=$3
 GISTGYM=${GISTGYM:-gistgym}
 KEYFRAME_GAMMAS=${KEYFRAME_GAMMAS:--0.08 -0.05 0.03 0.2 0.8 1.6 3 6 12}
 INTERLEAVE_GAMMAS=${INTERLEAVE_GAMMAS:-0.3 0.5 0.8 1.3 2 3}
-CEM_GAMMAS=${CEM_GAMMAS:-0.35 0.5 0.8 1.6 4}
+CEM_GAMMAS=${CEM_GAMMAS:-0.6 0.8 1.6 4}
 RECIPES=${RECIPES:-keyframe interleave cem}
 has() { case " $RECIPES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
