@@ -44,16 +44,14 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import gistgym
 from gistgym.agents.backends import get_backend
 from gistgym.agents.policy import SB3Policy
 from gistgym.agents.runs import (
     CONFIG_FILE,
     EVAL_FILE,
-    RUN_FORMAT,
-    RUN_FORMAT_VERSION,
     TENSORBOARD_DIR,
     cache_identity,
+    run_config_json,
     staged_run_dir,
 )
 from gistgym.errors import ConfigError, RunError
@@ -407,30 +405,24 @@ def train_cem_run(
                  fraction_max=float(backend.fraction_max(kwargs)))  # fmt: skip
             atomic_write_json(
                 partial / CONFIG_FILE,
-                {
-                    "format": RUN_FORMAT,
-                    "format_version": RUN_FORMAT_VERSION,
-                    "name": target.name,
-                    "setting": setting,
-                    "env_id": config.env,
-                    "algo": config.algo,
-                    "algorithm": "CEM",
-                    "env_kwargs": kwargs,
-                    "cache_path": str(Path(config.cache).resolve()),
-                    "cache_identity": identity,
-                    "train": {**asdict(config), "gamma_sweep": False, "name": setting},
-                    "policy_network": {
+                run_config_json(
+                    config,
+                    name=target.name,
+                    setting=setting,
+                    algorithm="CEM",
+                    env_kwargs=kwargs,
+                    identity=identity,
+                    command=command,
+                    policy_network={
                         "extractor": features.name,
                         "features": list(features.names),
                         "parameters": int(theta.size),
                         "macs": int(theta.size),
                     },
-                    "cem": {**asdict(cfg), "history": hist.to_dict(), "theta": theta.tolist()},
-                    "train_seconds": round(hist.seconds, 2),
-                    "timesteps": steps,
-                    "gistgym_version": gistgym.__version__,
-                    "command": list(command),
-                },
+                    cem={**asdict(cfg), "history": hist.to_dict(), "theta": theta.tolist()},
+                    train_seconds=round(hist.seconds, 2),
+                    timesteps=steps,
+                ),
             )
     finally:
         venv.close()

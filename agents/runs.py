@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import gistgym
 from gistgym.errors import CacheMismatchError, OutputDirError, RunError
 from gistgym.feature_cache import FeatureCache
 from gistgym.staging import check_name, check_output, has_format, staged_dir
@@ -91,6 +92,42 @@ def check_cache_identity(recorded: Mapping[str, Any], cache_path: str | os.PathL
                 "or retrain it on this one",
                 field=key,
             )
+
+
+def run_config_json(
+    config: Any,
+    *,
+    name: str,
+    setting: str,
+    algorithm: str,
+    env_kwargs: Mapping[str, Any],
+    identity: Mapping[str, Any],
+    command: Sequence[str],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``config.json`` of a run of ``config`` (a :class:`~gistgym.agents.train.TrainConfig`).
+
+    The format header, the environment and its arguments, the cache and its identity, the
+    training configuration (``train_one(TrainConfig(**train))`` trains the run again: its seed,
+    name and setting), then ``extra`` (the policy network, times, an algorithm's own record),
+    the gistgym version and the command.
+    """
+    return {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "name": name,
+        "setting": setting,
+        "env_id": config.env,
+        "algo": config.algo,
+        "algorithm": algorithm,
+        "env_kwargs": dict(env_kwargs),
+        "cache_path": str(Path(config.cache).resolve()),
+        "cache_identity": dict(identity),
+        "train": {**asdict(config), "gamma_sweep": False, "name": setting},
+        **extra,
+        "gistgym_version": gistgym.__version__,
+        "command": list(command),
+    }
 
 
 @dataclass

@@ -39,7 +39,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
-import gistgym
 from gistgym.agents.backends import GLIMPSE_ENV_ID, INTERLEAVE_ENV_ID, EnvBackend, get_backend
 from gistgym.agents.cem import LinearPolicyModel, cem_config, train_cem_run
 from gistgym.agents.ddqn import DoubleDQN
@@ -61,11 +60,10 @@ from gistgym.agents.runs import (
     CONFIG_FILE,
     EVAL_FILE,
     MODEL_FILE,
-    RUN_FORMAT,
-    RUN_FORMAT_VERSION,
     TENSORBOARD_DIR,
     cache_identity,
     prepare_run_target,
+    run_config_json,
     staged_run_dir,
 )
 from gistgym.agents.sweep import SweepJob, SweepOptions, run_sweep
@@ -448,29 +446,22 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
             q_net = getattr(policy, "q_net", None)
             atomic_write_json(
                 partial / CONFIG_FILE,
-                {
-                    "format": RUN_FORMAT,
-                    "format_version": RUN_FORMAT_VERSION,
-                    "name": name,
-                    "setting": setting_name(config),
-                    "env_id": config.env,
-                    "algo": config.algo,
-                    "algorithm": type(model).__name__,
-                    "env_kwargs": kwargs,
-                    "cache_path": str(Path(config.cache).resolve()),
-                    "cache_identity": identity,
-                    # train_one(TrainConfig(**train)) trains this run again (its seed, name and setting)
-                    "train": {**asdict(config), "gamma_sweep": False, "name": setting_name(config)},
-                    "policy_network": {
+                run_config_json(
+                    config,
+                    name=name,
+                    setting=setting_name(config),
+                    algorithm=type(model).__name__,
+                    env_kwargs=kwargs,
+                    identity=identity,
+                    command=command,
+                    policy_network={
                         "extractor": extractor_name(config, backend),
                         "parameters": count_parameters(q_net if q_net is not None else policy),
                         "macs": count_macs(q_net, venv.observation_space) if q_net is not None else None,
                     },
-                    "train_seconds": round(seconds, 2),
-                    "timesteps": int(model.num_timesteps),
-                    "gistgym_version": gistgym.__version__,
-                    "command": list(command),
-                },
+                    train_seconds=round(seconds, 2),
+                    timesteps=int(model.num_timesteps),
+                ),
             )
     finally:
         venv.close()
