@@ -45,7 +45,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,19 +53,16 @@ from typing import Any
 import numpy as np
 
 from gistgym.agents.backends import (
-    GLIMPSE_ENV_ID,
     INTERLEAVE_ENV_ID,
     EnvBackend,
     get_backend,
-    is_baseline,
     speed_rewards,
 )
-from gistgym.agents.baselines import parse_baseline
 from gistgym.agents.glimpse_compare import DEFAULT_GLIMPSE_COUNTS, DEFAULT_MUS
 from gistgym.agents.hindsight import HINDSIGHT, prepare_policies
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.report import check_compare_out, write_report
-from gistgym.agents.runs import find_runs, load_run, read_run_config
+from gistgym.agents.runs import comparison_runs, load_run
 from gistgym.agents.stats import BOOTSTRAP_REPS, CI_ALPHA, iqm, stratified_bootstrap_ci
 from gistgym.errors import ConfigError, InputFileError
 from gistgym.metrics import best_curve
@@ -162,6 +159,10 @@ class Comparison:
     def as_json(self) -> dict[str, dict[str, Any]]:
         """``{policy: {map50, heavy_fraction | key_fraction, gflops_per_frame, mean_reward, ...}}``."""
         return {name: {**r.summary(), "adaptive": name in self.adaptive} for name, r in self.results.items()}
+
+    def text(self) -> str:
+        """The table, the per-setting summary and the verdicts, as ``gistgym compare`` prints them."""
+        return format_text(self)
 
     def aggregates(self) -> dict[str, Any]:
         """``{"settings", "bootstrap", "headroom"}``: the per-setting numbers of results.json and ``--json``."""
@@ -260,14 +261,14 @@ def dominance(
 def reference_points(comparison: Comparison, prefix: str) -> list[tuple[float, float]]:
     """``(fraction, mAP)`` of one reference curve's baselines (and, for fixed schedules, the ends)."""
     names = [n for n in comparison.results if n.startswith(prefix)]
-    if names and prefix in ("tau=", "key="):
+    if names and prefix == next(iter(comparison.backend.references.values())):  # the fixed schedules
         names += [n for n in comparison.backend.ends if n in comparison.results]
-    return [(comparison.fraction(n), comparison.results[n].map50) for n in names]
+    return [(comparison.fraction(n), comparison.score(n)) for n in names]
 
 
 def verdicts(comparison: Comparison) -> dict[str, dict[str, Any]]:
     """:func:`dominance` of the adaptive curve against each of the environment's reference curves."""
-    runs = [(comparison.fraction(n), comparison.results[n].map50, n) for n in comparison.adaptive]
+    runs = [(comparison.fraction(n), comparison.score(n), n) for n in comparison.adaptive]
     out = {}
     for ref, prefix in comparison.backend.references.items():
         v = dominance(reference_points(comparison, prefix), runs)
@@ -777,10 +778,11 @@ def _csv(comparison: Comparison) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
     cols = _columns(comparison)
-    writer.writerow(["policy", "adaptive", *cols, "frames"])
+    cols += [k for k in next(iter(comparison.results.values())).summary() if k not in cols]  # frames last
+    writer.writerow(["policy", "adaptive", *cols])
     for name, r in comparison.results.items():
         s = r.summary()
-        writer.writerow([name, int(name in comparison.adaptive), *(s[c] for c in cols), s["frames"]])
+        writer.writerow([name, int(name in comparison.adaptive), *(s[c] for c in cols)])
     return buf.getvalue().encode()
 
 
@@ -797,7 +799,7 @@ def plot_pareto(comparison: Comparison, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res, frac = comparison.results, comparison.fraction
+    res, frac, score = comparison.results, comparison.fraction, comparison.score
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     for (ref, prefix), color in zip(comparison.backend.references.items(), ("tab:gray", "tab:orange"), strict=False):
         fx, fy = best_curve(reference_points(comparison, prefix))
@@ -805,35 +807,35 @@ def plot_pareto(comparison: Comparison, path: Path, title: str) -> None:
             ax.plot(fx, fy, "s-", color=color, markersize=4, label=ref)
             for n in res:
                 if n.startswith(prefix):
-                    ax.annotate(n, (frac(n), res[n].map50), fontsize=5, xytext=(3, -8), textcoords="offset points")
+                    ax.annotate(n, (frac(n), score(n)), fontsize=5, xytext=(3, -8), textcoords="offset points")
     if comparison.settings:
         _plot_settings(ax, comparison)
     elif comparison.adaptive:
-        xs, ys = best_curve([(frac(n), res[n].map50) for n in comparison.adaptive])
+        xs, ys = best_curve([(frac(n), score(n)) for n in comparison.adaptive])
         ax.plot(xs, ys, "o-", color="tab:blue", label="adaptive (trained runs)")
         for n in comparison.adaptive:
-            ax.annotate(n, (frac(n), res[n].map50), fontsize=6, xytext=(3, 4), textcoords="offset points")
+            ax.annotate(n, (frac(n), score(n)), fontsize=6, xytext=(3, 4), textcoords="offset points")
     if comparison.frontier is not None:
         lo, hi = comparison.frontier.span()
         fx = np.linspace(lo, hi, 241)
         fy = frontier_at(comparison.frontier.families, fx)
         ax.plot(fx, fy, "--", color="tab:purple", lw=1.5, label="hindsight frontier (--frontier)")
-    hindsight = [(frac(n), res[n].map50) for n in res if n.startswith(HINDSIGHT)]
+    hindsight = [(frac(n), score(n)) for n in res if n.startswith(HINDSIGHT)]
     if hindsight:  # the best of every oracle point at each fraction (beam widths, budgets, lambdas)
         hx, hy = best_curve(hindsight)
         ax.plot(hx, hy, "P--", color="tab:purple", markersize=6, label="hindsight oracle")
     for n in res:
         if n == "oracle":
-            ax.plot(frac(n), res[n].map50, "*", color="tab:green", markersize=11, label="myopic oracle")
+            ax.plot(frac(n), score(n), "*", color="tab:green", markersize=11, label="myopic oracle")
         elif n.startswith("random@"):
-            ax.plot(frac(n), res[n].map50, "x", color="tab:red", label="random (matched fraction)")
+            ax.plot(frac(n), score(n), "x", color="tab:red", label="random (matched fraction)")
     lo, hi = DOMINANCE_RANGE
     ax.axvspan(lo, hi, color="tab:blue", alpha=0.06)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
     ax.set_xlabel(comparison.backend.fraction_label)
-    ax.set_ylabel("mAP@0.5")
+    ax.set_ylabel(comparison.backend.score_label)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -913,13 +915,6 @@ def _run_settings(backend: EnvBackend, run_config: Mapping[str, Any], gamma: flo
     return {**kw, "speed_reward": speed_rewards(num_actions, gamma)}
 
 
-def comparison_runs(config: CompareConfig, named_baseline: Callable[[str], bool]) -> list[Path]:
-    """Every run of ``config.env`` under ``config.runs`` plus the run directories in ``config.policies``."""
-    found = find_runs(config.runs) if config.runs else []
-    run_dirs = [d for d in found if read_run_config(d).get("env_id") == config.env]  # other envs' runs are skipped
-    return run_dirs + [Path(p) for p in config.policies if not named_baseline(p)]
-
-
 def compare(config: CompareConfig) -> Comparison:
     """Evaluate the baselines and runs of ``config`` and write the outputs into ``config.out``.
 
@@ -933,13 +928,13 @@ def compare(config: CompareConfig) -> Comparison:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
     check_compare_out(config.out, config.overwrite)
     backend = get_backend(config.env)
-    if backend.env_id == GLIMPSE_ENV_ID:
-        raise ConfigError(f"{GLIMPSE_ENV_ID} is compared by gistgym.agents.glimpse_compare (compare_any)")
+    if backend.compare is not None:
+        raise ConfigError(f"{backend.env_id} has its own comparison; call compare_any")
     max_videos = config.max_videos or None
     frontier = _config_frontier(config) if config.frontier else None  # a bad file fails before any evaluation
     base_settings = backend.compare_settings(config)
     speed = base_settings["speed_reward"]
-    run_dirs = comparison_runs(config, is_baseline)
+    run_dirs = comparison_runs(config, backend.is_baseline)
     trained: list[tuple[Policy, dict[str, Any]]] = []
     run_configs: dict[str, dict[str, Any]] = {}
     for d in run_dirs:
@@ -950,7 +945,9 @@ def compare(config: CompareConfig) -> Comparison:
         run_configs[run.name] = run.config
     groups: dict[str, tuple[dict[str, Any], list[Any]]] = {repr(sorted(base_settings.items())): (base_settings, [])}
     # a baseline that needs more of the environment (a cue rule reads cues=True) says so in env_kwargs
-    baselines = [(b, {**base_settings, **getattr(b, "env_kwargs", {})}) for b in backend.baselines(config, speed)]
+    policies = backend.baselines(config, speed) + [backend.baseline(s, speed) for s in config.policies
+                                                    if backend.is_baseline(s)]  # fmt: skip
+    baselines = [(b, {**base_settings, **getattr(b, "env_kwargs", {})}) for b in policies]
     for policy, settings in [*baselines, *trained]:
         groups.setdefault(repr(sorted(settings.items())), (settings, []))[1].append(policy)
     results: dict[str, Any] = {}
@@ -976,7 +973,7 @@ def compare(config: CompareConfig) -> Comparison:
         fractions = [comparison.fraction(n) for n in adaptive]
         fractions += [iqm([comparison.fraction(n) for n in names]) for names in setting_runs.values()]
         matched = sorted({name for name in map(matched_random_name, fractions) if name is not None})
-        randoms = [parse_baseline(name, speed) for name in matched if name not in results]
+        randoms = [backend.baseline(name, speed) for name in matched if name not in results]
         if randoms:
             evaluate(base_settings, randoms)
     comparison.settings = summarize_settings(comparison, setting_runs, run_configs, seed=config.seed)
@@ -1019,24 +1016,12 @@ def write_outputs(comparison: Comparison, config: CompareConfig) -> None:
 
 
 def compare_any(config: CompareConfig) -> Any:
-    """:func:`compare`, or for Glimpse-v0 :func:`~gistgym.agents.glimpse_compare.compare_glimpse`.
+    """``gistgym compare``: the family's own comparison if it registered one, else :func:`compare`.
 
     Returns:
-        A :class:`Comparison` or a :class:`~gistgym.agents.glimpse_compare.GlimpseComparison`.
+        A :class:`Comparison`, or what the family's comparison returns (e.g. a
+        :class:`~gistgym.agents.glimpse_compare.GlimpseComparison`); each has ``as_json()``,
+        ``verdict``, ``aggregates()`` and ``text()``.
     """
-    if config.env != GLIMPSE_ENV_ID:
-        return compare(config)
-    if not config.cache:
-        raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
-    if config.frontier:
-        raise ConfigError(
-            f"--frontier is for the fixed-period environments; {GLIMPSE_ENV_ID} has no hindsight frontier"
-        )
-    check_compare_out(config.out, config.overwrite)
-    from gistgym.agents.glimpse_compare import compare_glimpse
-    from gistgym.agents.glimpse_eval import is_glimpse_baseline
-    from gistgym.agents.glimpse_runs import glimpse_run_evaluator
-
-    run_dirs = comparison_runs(config, is_glimpse_baseline)
-    evaluate = glimpse_run_evaluator(config.cache, config.split, config.mus, config.patience, config.seed)
-    return compare_glimpse(config, run_dirs, evaluate)
+    backend = get_backend(config.env)
+    return compare(config) if backend.compare is None else backend.compare(config)

@@ -48,7 +48,6 @@ from gistgym.agents.export_common import (
     ExportResult,
     LogitsPolicyModule,
     QValuePolicyModule,
-    check_export_target,
     check_file_sha256,
     check_sidecar_fields,
     config_dict,
@@ -61,10 +60,10 @@ from gistgym.agents.export_common import (
     sidecar_path,
     write_exported_module,
 )
+from gistgym.agents.export_common import export_run as export_run  # `gistgym export --run`, for any family
+from gistgym.envs import INTERLEAVE_ENV_ID
 from gistgym.envs.interleave_core import CUE_HIGH, CUE_NAMES
 from gistgym.errors import ConfigError, PolicyFileError, PolicyMismatchError
-
-INTERLEAVE_ENV_ID = "gistgym/Interleave-v0"
 
 
 # --- what a policy was trained on -------------------------------------------------------------
@@ -572,32 +571,11 @@ def run_context(run_dir: str | os.PathLike[str], config: Any, model: Any) -> Pol
     )
 
 
-def export_run(
-    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str, *, overwrite: bool = False
+def export_interleave_run(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str
 ) -> ExportResult:
-    """``gistgym export --run DIR``: export a training run's policy network.
+    """``gistgym export --run DIR`` for an Interleave-v0 run (its registered export)."""
+    from gistgym.agents.runs import load_run
 
-    Args:
-        run_dir: A run directory that :func:`gistgym.agents.runs.load_run` reads.
-        out: The file to write (sidecar ``out.json`` beside it).
-        export_format: ``"torchscript"`` or ``"onnx"``.
-        overwrite: Replace a previous export at ``out`` (anything else there is refused).
-
-    Raises:
-        OutputDirError: ``out`` is a folder, a foreign file, or a previous export without ``overwrite``.
-    """
-    from gistgym.agents.runs import load_run, read_run_config  # type: ignore[import-not-found,unused-ignore]
-
-    check_export_target(out, overwrite)
-
-    config = read_run_config(Path(run_dir))
-    if config.get("algo") == "adaframe":
-        from gistgym.agents.glimpse_export import export_adaframe_run
-
-        return export_adaframe_run(run_dir, out, export_format)
-    if str(config.get("env_id", "")).startswith("gistgym/Keyframe-v"):
-        from gistgym.agents.keyframe_export import export_keyframe_run
-
-        return export_keyframe_run(run_dir, out, export_format)
     run = load_run(run_dir)
     return export_policy(run.model, out, export_format, run_context(run_dir, run.config, run.model))

@@ -6,8 +6,9 @@ version, algorithm, source, environment; then the family's fields). This module 
 atomically (:func:`write_exported_module`), reads and checks a sidecar
 (:func:`read_policy_sidecar_json`, :func:`check_sidecar_fields`, :func:`check_file_sha256`)
 and loads a file as a function of numpy arrays (:func:`module_runner`). The families'
-exports: :mod:`gistgym.agents.export` (Interleave-v0, and ``export_run``, which dispatches),
-:mod:`gistgym.agents.keyframe_export`, :mod:`gistgym.agents.glimpse_export`.
+exports: :mod:`gistgym.agents.export` (Interleave-v0), :mod:`gistgym.agents.keyframe_export`,
+:mod:`gistgym.agents.glimpse_export`; :func:`export_run` dispatches a run to its family's
+(the ``export_run`` of its :class:`~gistgym.agents.backends.EnvBackend`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import torch
 from torch import Tensor, nn
 
 import gistgym
+from gistgym.agents.backends import family_backend
+from gistgym.agents.runs import CONFIG_FILE, read_run_config
 from gistgym.backbones.weights import sha256_file
-from gistgym.errors import ConfigError, OnnxOpsetError, PolicyFileError
+from gistgym.errors import ConfigError, OnnxOpsetError, PolicyFileError, RunError
 from gistgym.staging import check_output, has_format, new_staging_file
 from gistgym.videos.dataset import atomic_write_bytes, atomic_write_json
 
@@ -452,6 +455,21 @@ def config_dict(config: Any) -> dict[str, Any]:
     return dict(vars(config))
 
 
+def policy_env_id(path: str | os.PathLike[str]) -> str | None:
+    """The environment id an exported policy's sidecar names, or ``None`` (no or unreadable sidecar).
+
+    Used to route ``gistgym detect --policy FILE`` to its family's runtime: no error here, the loader reports them.
+    """
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    env = meta.get("env") if isinstance(meta, dict) else None
+    env_id = env.get("id") if isinstance(env, dict) else None
+    return env_id if isinstance(env_id, str) else None
+
+
 def is_exported_policy(path: Path) -> bool:
     """Whether ``path`` is a gistgym export: its sidecar ``path.json`` carries the policy format marker."""
     return has_format(sidecar_path(path), SIDECAR_FORMAT)
@@ -475,3 +493,34 @@ def check_export_target(out: str | os.PathLike[str], overwrite: bool) -> Path:
         side, overwrite=overwrite, is_ours=lambda p: has_format(p, SIDECAR_FORMAT), what="a policy sidecar", kind="file"
     )
     return path
+
+
+def export_run(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str, *, overwrite: bool = False
+) -> ExportResult:
+    """``gistgym export --run DIR``: export a training run's policy with its family's export.
+
+    Args:
+        run_dir: A run directory (``gistgym train --out``).
+        out: The file to write (sidecar ``out.json`` beside it).
+        export_format: ``"torchscript"`` or ``"onnx"``.
+        overwrite: Replace a previous export at ``out`` (anything else there is refused).
+
+    Raises:
+        OutputDirError: ``out`` is a folder, a foreign file, or a previous export without ``overwrite``.
+        RunError: Not a run, or its config.json names no environment this gistgym registered.
+        ConfigError: Its family exports no runs, or the format is unknown.
+    """
+    check_export_target(out, overwrite)
+    if export_format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {export_format!r}")
+    config = read_run_config(Path(run_dir))
+    env_id = str(config.get("env_id") or "")
+    backend = family_backend(env_id)
+    if backend is None:
+        raise RunError(Path(run_dir) / CONFIG_FILE, f"names environment {env_id!r}, which no family registered",
+                       field="env_id")  # fmt: skip
+    if backend.export_run is None:
+        raise ConfigError(f"{backend.env_id} registered no export; its runs cannot be exported")
+    result: ExportResult = backend.export_run(run_dir, out, export_format)
+    return result

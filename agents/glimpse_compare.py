@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 
 from gistgym.agents.glimpse_eval import GlimpseBaselines, GlimpseEvaluation, is_glimpse_baseline
+from gistgym.agents.glimpse_runs import glimpse_run_evaluator
 from gistgym.agents.report import check_compare_out, write_report
+from gistgym.agents.runs import comparison_runs
 from gistgym.errors import ConfigError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.glimpse import SECTION_GLIMPSE, GlimpseSection, GlimpseVideos, read_glimpse_section
@@ -65,6 +67,14 @@ class GlimpseComparison:
     """Names of the trained runs (each with all its glimpses, or a PPO policy)."""
     videos: GlimpseVideos
     verdict: dict[str, Any] = field(default_factory=dict)
+
+    def aggregates(self) -> dict[str, Any]:
+        """Nothing beyond the per-method numbers (the generic comparison's per-setting summary has no analogue)."""
+        return {}
+
+    def text(self) -> str:
+        """The table and the verdict, as ``gistgym compare`` prints them."""
+        return format_glimpse_table(self) + "\n" + format_glimpse_verdict(self.verdict)
 
     def as_json(self) -> dict[str, dict[str, Any]]:
         """``{method: {map, top1, frames_used, gflops_per_video, ...}}``."""
@@ -364,3 +374,23 @@ def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEval
     title = f"gistgym/Glimpse-v0 on {Path(config.cache).name} [{config.split}], {len(videos.video_ids)} videos"
     write_glimpse_outputs(comparison, Path(config.out), title)
     return comparison
+
+
+def compare_glimpse_config(config: Any) -> GlimpseComparison:
+    """``gistgym compare --env gistgym/Glimpse-v0`` (Glimpse's registered comparison).
+
+    Args:
+        config: A :class:`~gistgym.agents.compare.CompareConfig`.
+
+    Raises:
+        ConfigError: No ``--cache``, a ``--frontier`` (Glimpse has no hindsight frontier), bad counts.
+        OutputDirError: ``--out`` is not a previous comparison (or exists without ``--overwrite``).
+    """
+    if not config.cache:
+        raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
+    if config.frontier:
+        raise ConfigError(f"--frontier is for the fixed-period environments; {config.env} has no hindsight frontier")
+    check_compare_out(config.out, config.overwrite)
+    run_dirs = comparison_runs(config, is_glimpse_baseline)
+    evaluate = glimpse_run_evaluator(config.cache, config.split, config.mus, config.patience, config.seed)
+    return compare_glimpse(config, run_dirs, evaluate)

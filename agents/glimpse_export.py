@@ -73,9 +73,10 @@ from gistgym.agents.export_common import (
     sidecar_path,
     write_exported_module,
 )
+from gistgym.agents.runs import read_run_config
+from gistgym.envs import GLIMPSE_ENV_ID
 from gistgym.errors import ConfigError, PolicyFileError, PolicyMismatchError
 
-GLIMPSE_ENV_ID = "gistgym/Glimpse-v0"
 INPUT_NAMES = ("frame_feature", "memory", "h", "c", "started")
 OUTPUT_NAMES = ("logits", "location", "utility", "h_out", "c_out")
 GLIMPSE_ALGORITHM = "AdaFrame"
@@ -302,6 +303,23 @@ def export_adaframe_run(
     return export_adaframe(load_adaframe_run(run_dir), out, export_format, ctx)
 
 
+def export_glimpse_run(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str
+) -> ExportResult:
+    """``gistgym export --run DIR`` for a Glimpse-v0 run (its registered export): AdaFrame runs.
+
+    Raises:
+        ConfigError: A PPO run (the glimpse runtime runs AdaFrame's recurrent agent only).
+    """
+    algo = read_run_config(Path(run_dir)).get("algo")
+    if algo != "adaframe":
+        raise ConfigError(
+            f"run {run_dir} is a {algo} run on {GLIMPSE_ENV_ID}; only AdaFrame runs export (the glimpse runtime "
+            "runs AdaFrame's recurrent agent)"
+        )
+    return export_adaframe_run(run_dir, out, export_format)
+
+
 # --- loading ------------------------------------------------------------------------------------
 
 _REQUIRED = ("export_format", "file_sha256", "env", "cache", "adaframe", "memory", "num_glimpses")
@@ -480,18 +498,3 @@ def check_glimpse_policy_matches(
                 f"policy was exported for {key} = {have!r} but is used with {want!r}: {why}",
                 field=key,
             )
-
-
-def policy_env_id(path: str | os.PathLike[str]) -> str | None:
-    """The environment id an exported policy's sidecar names, or ``None`` (no or unreadable sidecar).
-
-    Used to route ``gistgym detect --policy FILE``: no error here, the loader reports them.
-    """
-    side = sidecar_path(path)
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    env = meta.get("env") if isinstance(meta, dict) else None
-    env_id = env.get("id") if isinstance(env, dict) else None
-    return env_id if isinstance(env_id, str) else None

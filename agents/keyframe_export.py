@@ -47,9 +47,9 @@ from gistgym.agents.export_common import (
     sidecar_path,
     write_exported_module,
 )
+from gistgym.envs import KEYFRAME_ENV_ID
 from gistgym.errors import ConfigError, PolicyFileError, PolicyMismatchError
 
-KEYFRAME_ENV_ID = "gistgym/Keyframe-v0"
 INPUT_NAMES = ("cues", "since_key", "history")
 OUTPUT_NAMES = ("scores", "action")
 ACTION_MEANINGS = ("keyframe", "propagate")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -251,3 +251,15 @@ def find_runs(runs_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(
         p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
     )
+
+
+def comparison_runs(config: Any, named_baseline: Callable[[str], bool]) -> list[Path]:
+    """Every run of ``config.env`` under ``config.runs`` plus the run directories in ``config.policies``.
+
+    Args:
+        config: A comparison's arguments (``runs``, ``env``, ``policies``).
+        named_baseline: Whether a ``policies`` entry names one of the family's baselines.
+    """
+    found = find_runs(config.runs) if config.runs else []
+    run_dirs = [d for d in found if read_run_config(d).get("env_id") == config.env]  # other envs' runs are skipped
+    return run_dirs + [Path(p) for p in config.policies if not named_baseline(p)]

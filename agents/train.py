@@ -50,7 +50,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
-from gistgym.agents.backends import GLIMPSE_ENV_ID, INTERLEAVE_ENV_ID, EnvBackend, get_backend
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, EnvBackend, get_backend
 from gistgym.agents.cem import LinearPolicyModel, cem_config, train_cem_run
 from gistgym.agents.ddqn import DoubleDQN
 from gistgym.agents.policy import SB3Policy
@@ -76,8 +76,6 @@ ALGORITHMS: dict[str, Any] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO, "cem": 
 """``--algo`` name -> model class (SB3's, or the linear scheduler of the cross-entropy method)."""
 CEM = "cem"
 """``--algo`` of the linear scheduler found by the cross-entropy method (:mod:`gistgym.agents.cem`)."""
-ADAFRAME = "adaframe"
-"""``--algo`` of the AdaFrame agent (Glimpse-v0; :mod:`gistgym.agents.glimpse_runs`)."""
 
 
 @dataclass(frozen=True)
@@ -220,20 +218,11 @@ def check_config(config: TrainConfig) -> None:
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
     backend = get_backend(config.env)
-    if config.algo == ADAFRAME:
-        if config.env != GLIMPSE_ENV_ID:
-            raise ConfigError(f"--algo adaframe trains on {GLIMPSE_ENV_ID}, not --env {config.env}")
-    elif config.algo not in ALGORITHMS:
-        raise ConfigError(f"--algo {config.algo!r}: expected one of {', '.join([*ALGORITHMS, ADAFRAME])}")
-    elif config.env == GLIMPSE_ENV_ID and config.algo != "ppo":
-        raise ConfigError(
-            f"--algo {config.algo} needs discrete actions; {GLIMPSE_ENV_ID}'s action is a location in [0, 1]: "
-            "use --algo adaframe or --algo ppo"
-        )
-    elif config.algo == CEM:
+    backend.check_algorithm(config.algo)  # a family's own trainer (AdaFrame) checks its own arguments
+    if config.algo == CEM:
         cem_config(config)  # raises for bad --cem-* values
         backend.policy_features(env_kwargs(config))  # raises where the family has no features or lacks cues
-    else:
+    elif config.algo not in backend.trainers:
         backend.policy_kwargs(extractor_name(config, backend), config.algo)  # raises for a misfit extractor
     for field_name in (
         "total_timesteps",
@@ -250,8 +239,8 @@ def check_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")
     if config.reward not in REWARDS:
         raise ConfigError(f"--reward {config.reward!r}: expected one of {', '.join(REWARDS)}")
-    if config.env == GLIMPSE_ENV_ID and config.reward != EQ2:
-        raise ConfigError(f"--reward {config.reward} is for Interleave-v0 and Keyframe-v0; {GLIMPSE_ENV_ID} pays Eq. 3")
+    if config.reward not in backend.rewards:
+        raise ConfigError(f"--reward {config.reward} does not fit {config.env}: it takes {', '.join(backend.rewards)}")
     if not 0.0 < config.discount <= 1.0:
         raise ConfigError(f"--discount must be in (0, 1], got {config.discount}")
     gammas = config.gammas if config.gamma_sweep else (config.gamma,)
@@ -403,13 +392,11 @@ def train_one(config: TrainConfig, *, command: Sequence[str] = ()) -> Path:
     name = run_name(config)
     out = Path(config.out)
     target = prepare_run_target(out, name, config.overwrite)
-    if config.algo == ADAFRAME:
-        from gistgym.agents.glimpse_runs import train_adaframe_run
-
-        return train_adaframe_run(config, target, command=command)
+    backend = get_backend(config.env)
+    if config.algo in backend.trainers:
+        return Path(backend.trainers[config.algo](config, target, command=command))
     if config.algo == CEM:
         return train_cem_run(config, target, setting=setting_name(config), plot=plot_training, command=command)
-    backend = get_backend(config.env)
     kwargs = env_kwargs(config)
     identity = cache_identity(config.cache)
     venv = backend.make_vec(config.cache, config.num_envs, **kwargs)

@@ -63,6 +63,7 @@ from bench_common import env_stepper, rate, small_cache  # beside this script
 import gistgym.envs  # noqa: F401 (registers the ids)
 from gistgym.backbones.engines import BatchedMemoryHead
 from gistgym.backbones.ssdlite import DetectionTargets, frame_detection_loss
+from gistgym.envs import INTERLEAVE_ENV_ID
 from gistgym.envs.interleave_core import InterleaveCore
 from gistgym.envs.interleave_vector import InterleaveVectorEnv
 from gistgym.errors import GistgymError
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         n = SIZES[-1]
-        sync = gym.make_vec("gistgym/Interleave-v0", num_envs=n, vectorization_mode="sync", **kwargs)
+        sync = gym.make_vec(INTERLEAVE_ENV_ID, num_envs=n, vectorization_mode="sync", **kwargs)
         for e in ("auto", "eager"):
             sync.reset(seed=0)
             envs[n].reset(seed=0)

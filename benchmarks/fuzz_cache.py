@@ -62,7 +62,6 @@ CATEGORIES = ("traceback", "silent wrong result", "one-line error", "caught by v
 BLOCK = 16
 STEPS = 50
 COMPARE_VIDEOS = 4
-ENV_ID = "gistgym/Interleave-v0"
 
 
 # --- the cache -------------------------------------------------------------------------------------------
@@ -231,9 +230,10 @@ def run_env(path: Path, steps: int = STEPS) -> Run:
     import gymnasium as gym
 
     import gistgym.envs  # noqa: F401 (registers the ids)
+    from gistgym.envs import INTERLEAVE_ENV_ID
 
     def go() -> Run:
-        env = gym.make(ENV_ID, cache_path=str(path), split="train", clip_len=8)
+        env = gym.make(INTERLEAVE_ENV_ID, cache_path=str(path), split="train", clip_len=8)
         try:
             actions = np.random.default_rng(0).integers(0, 2, size=steps)
             seen: list[Any] = []

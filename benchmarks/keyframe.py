@@ -38,6 +38,7 @@ import torch
 from bench_common import env_stepper, rate, small_cache  # beside this script
 
 import gistgym.envs  # noqa: F401 (registers the ids)
+from gistgym.envs import KEYFRAME_ENV_ID
 from gistgym.envs.interleave_vector import InterleaveVectorEnv
 from gistgym.envs.keyframe_vector import KeyframeVectorEnv
 from gistgym.errors import GistgymError
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best: {best:,.0f} env steps/s (goal >= 1,000,000)")
 
         n = 64
-        sync = gym.make_vec("gistgym/Keyframe-v0", num_envs=n, vectorization_mode="sync", **kwargs)
+        sync = gym.make_vec(KEYFRAME_ENV_ID, num_envs=n, vectorization_mode="sync", **kwargs)
         sync.reset(seed=0)
         envs[n].reset(seed=0)
         native, other, ratio = compare(env_stepper(envs[n], 1), env_stepper(sync, 1), args.rounds, args.seconds)

@@ -81,7 +81,7 @@ def leftovers(out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", required=True, help="feature cache (gistgym cache build)")
-    p.add_argument("--env", default="gistgym/Interleave-v0")
+    p.add_argument("--env", default=TrainConfig.env, help="a registered environment id")
     p.add_argument("--gammas", type=float, nargs="+", default=[0.5, 2.0])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--total-timesteps", type=int, default=6000)

@@ -36,10 +36,13 @@ import numpy as np
 import torch
 
 import gistgym
+from gistgym.agents.backends import family_backend
+from gistgym.agents.export_common import policy_env_id
 from gistgym.agents.policy import Policy
 from gistgym.backbones.dff import DeepFeatureFlow, warp
 from gistgym.backbones.engines import DEFAULT_ENGINE
 from gistgym.backbones.ssdlite import Detections, postprocess_frame
+from gistgym.envs import KEYFRAME_ENV_ID
 from gistgym.errors import ConfigError, InvalidActionError
 from gistgym.runtime.frozen import engine_dff
 from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter, timing_summary
@@ -51,12 +54,16 @@ BASELINE_PREFIXES = ("key=", "flow-threshold@")
 
 def is_keyframe_spec(spec: str) -> bool:
     """Whether ``gistgym detect --policy SPEC`` means the DFF runtime (a baseline name or an exported key scheduler)."""
-    from gistgym.agents.glimpse_export import policy_env_id
-
-    if spec == "every-frame" or spec.startswith(BASELINE_PREFIXES):
+    if is_keyframe_name(spec):
         return True
     env_id = policy_env_id(spec)
-    return env_id is not None and env_id.startswith("gistgym/Keyframe-v")
+    backend = family_backend(env_id) if env_id is not None else None
+    return backend is not None and backend.env_id == KEYFRAME_ENV_ID
+
+
+def is_keyframe_name(spec: str) -> bool:
+    """Whether ``gistgym detect --policy SPEC`` names a keyframe baseline (not a file)."""
+    return spec == "every-frame" or spec.startswith(BASELINE_PREFIXES)
 
 
 @dataclass(frozen=True)

@@ -170,10 +170,9 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
-    """Compare baselines and trained runs on a held-out split."""
+    """Compare baselines and trained runs on a held-out split (the family's comparison)."""
     _set_threads()
-    from gistgym.agents.compare import CompareConfig, Comparison, compare_any, format_text
-    from gistgym.agents.glimpse_compare import format_glimpse_table, format_glimpse_verdict
+    from gistgym.agents.compare import CompareConfig, compare_any
     from gistgym.videos.dataset import json_text, nan_to_null
 
     config = dataclass_from_args(CompareConfig, ns)
@@ -181,14 +180,9 @@ def cmd_compare(ns: argparse.Namespace) -> int:
         config = CompareConfig(**{**config.__dict__, "progress": False})
     result = compare_any(config)
     if config.json:  # per policy, plus "verdict" (and "settings", "bootstrap", "headroom")
-        extra = result.aggregates() if isinstance(result, Comparison) else {}
-        print(json_text(nan_to_null({**result.as_json(), "verdict": result.verdict, **extra})))
-    elif isinstance(result, Comparison):
-        print(format_text(result))
+        print(json_text(nan_to_null({**result.as_json(), "verdict": result.verdict, **result.aggregates()})))
     else:
-        print(format_glimpse_table(result))
-        print(format_glimpse_verdict(result.verdict))
-    if not config.json:
+        print(result.text())
         print(f"wrote table.md, results.csv, results.json, pareto.png and timeline.png to {config.out}")
     return 0
 

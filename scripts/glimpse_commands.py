@@ -10,14 +10,18 @@ import shlex
 import sys
 from typing import Any
 
+from gistgym.envs import GLIMPSE_ENV_ID
 from gistgym.scripts.args import (
     NumberType,
     add_dataclass_arguments,
     dataclass_from_args,
+    field_docs,
     nonnegative_int,
+    number_or_infinity,
     positive_int,
     subcommands,
 )
+from gistgym.scripts.runtime_commands import DetectRuntime, register_detect_runtime, run_detect
 
 TRAIN_GLIMPSE_NUMBERS: dict[str, NumberType] = {
     "seed": nonnegative_int,
@@ -61,3 +65,49 @@ def register_glimpse_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_dataclass_arguments(p, GlimpseTrainConfig, TRAIN_GLIMPSE_NUMBERS)
     p.set_defaults(func=cmd_train_glimpse)
+
+
+_GLIMPSE_DETECT_FIELDS = (
+    "video",
+    "policy",
+    "out",
+    "overwrite",
+    "glimpse_weights",
+    "mu",
+    "patience",
+    "num_glimpses",
+    "max_frames",
+    "engine",
+    "threads",
+)
+"""The ``GlimpseDetectArgs`` fields ``gistgym detect`` takes from options of the same name (AdaFrame policies)."""
+
+
+def _run_glimpse(ns: argparse.Namespace) -> int:
+    from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
+
+    return run_detect(ns, GlimpseDetectArgs, _GLIMPSE_DETECT_FIELDS, detect_glimpse, format_glimpse_summary)
+
+
+def _add_glimpse_arguments(p: argparse.ArgumentParser) -> None:
+    from gistgym.runtime.glimpse import GlimpseDetectArgs
+
+    docs = field_docs(GlimpseDetectArgs)
+    g = p.add_argument_group("AdaFrame policies (an exported gistgym/Glimpse-v0 agent: the glimpse runtime)")
+    g.add_argument("--glimpse-weights", default="", help=docs["glimpse_weights"])
+    g.add_argument("--mu", type=number_or_infinity, default=GlimpseDetectArgs.mu, help=docs["mu"])
+    g.add_argument("--patience", type=positive_int, default=GlimpseDetectArgs.patience, help=docs["patience"])
+    g.add_argument("--num-glimpses", type=nonnegative_int, default=0, help=docs["num_glimpses"])
+
+
+register_detect_runtime(
+    DetectRuntime(
+        name="glimpse",
+        description="the glimpse runtime (an exported AdaFrame agent)",
+        env_ids=(GLIMPSE_ENV_ID,),
+        takes_name=lambda spec: False,
+        options=("--glimpse-weights", "--mu", "--patience", "--num-glimpses"),
+        add_arguments=_add_glimpse_arguments,
+        run=_run_glimpse,
+    )
+)

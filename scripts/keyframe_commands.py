@@ -1,6 +1,7 @@
-"""``gistgym backbones train-dff | eval-dff``: Deep Feature Flow for ``gistgym/Keyframe-v0``.
+"""``gistgym backbones train-dff | eval-dff``: Deep Feature Flow for ``gistgym/Keyframe-v0``; its ``detect`` runtime.
 
-Thin wrappers over :mod:`gistgym.backbones.dff_training`.
+Thin wrappers over :mod:`gistgym.backbones.dff_training` and :mod:`gistgym.runtime.keyframe`
+(registered with ``gistgym detect`` at import).
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gistgym.envs import KEYFRAME_ENV_ID
 from gistgym.scripts.args import (
     NumberType,
     add_dataclass_arguments,
     dataclass_from_args,
+    field_docs,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
     subcommands,
 )
+from gistgym.scripts.runtime_commands import DetectRuntime, register_detect_runtime, run_detect
 
 TRAIN_DFF_NUMBERS: dict[str, NumberType] = {
     "seed": nonnegative_int,
@@ -159,3 +163,56 @@ def register_keyframe_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p = backbones.add_parser("eval-dff", help="DFF mAP@0.5 for fixed key durations, counted FLOPs and r")
     add_dataclass_arguments(p, DFFEvalArgs, EVAL_DFF_NUMBERS)
     p.set_defaults(func=cmd_eval_dff)
+
+
+_KEYFRAME_DETECT_FIELDS = (
+    "video",
+    "policy",
+    "out",
+    "overwrite",
+    "dff_weights",
+    "max_distance",
+    "annotate",
+    "max_frames",
+    "draw_threshold",
+    "eager",
+    "engine",
+    "threads",
+)
+"""The ``KeyframeDetectArgs`` fields ``gistgym detect`` takes from options of the same name (key schedulers)."""
+
+
+def _run_keyframe(ns: argparse.Namespace) -> int:
+    from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary
+
+    return run_detect(ns, KeyframeDetectArgs, _KEYFRAME_DETECT_FIELDS, detect_keyframe, format_keyframe_summary)
+
+
+def _add_keyframe_arguments(p: argparse.ArgumentParser) -> None:
+    from gistgym.runtime.keyframe import KeyframeDetectArgs
+
+    docs = field_docs(KeyframeDetectArgs)
+    k = p.add_argument_group(
+        "Deep Feature Flow key schedulers (an exported Keyframe-v0 policy, every-frame, key=L, flow-threshold@X)"
+    )
+    k.add_argument("--dff-weights", default="", help=docs["dff_weights"])
+    k.add_argument("--max-distance", type=nonnegative_int, default=0, help=docs["max_distance"])
+
+
+def _is_keyframe_name(spec: str) -> bool:
+    from gistgym.runtime.keyframe import is_keyframe_name
+
+    return is_keyframe_name(spec)
+
+
+register_detect_runtime(
+    DetectRuntime(
+        name="keyframe",
+        description="Deep Feature Flow (an exported Keyframe-v0 policy, every-frame, key=L or flow-threshold@X)",
+        env_ids=(KEYFRAME_ENV_ID,),
+        takes_name=_is_keyframe_name,
+        options=("--dff-weights", "--max-distance", "--eager"),
+        add_arguments=_add_keyframe_arguments,
+        run=_run_keyframe,
+    )
+)

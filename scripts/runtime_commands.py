@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gistgym.scripts.args import field_docs, nonnegative_int, number_or_infinity, positive_int, unit_interval
+from gistgym.envs import INTERLEAVE_ENV_ID
+from gistgym.scripts.args import field_docs, nonnegative_int, unit_interval
 
 ArgsT = TypeVar("ArgsT")
 
@@ -31,36 +32,73 @@ _DETECT_FIELDS = (
     "threads",
 )
 """The ``DetectArgs`` fields ``gistgym detect`` takes from options of the same name."""
-_KEYFRAME_DETECT_FIELDS = (
-    "video",
-    "policy",
-    "out",
-    "overwrite",
-    "dff_weights",
-    "max_distance",
-    "annotate",
-    "max_frames",
-    "draw_threshold",
-    "eager",
-    "engine",
-    "threads",
-)
-"""The ``KeyframeDetectArgs`` fields ``gistgym detect`` takes from options of the same name (key schedulers)."""
 
-_GLIMPSE_DETECT_FIELDS = (
-    "video",
-    "policy",
-    "out",
-    "overwrite",
-    "glimpse_weights",
-    "mu",
-    "patience",
-    "num_glimpses",
-    "max_frames",
-    "engine",
-    "threads",
-)
-"""The ``GlimpseDetectArgs`` fields ``gistgym detect`` takes from options of the same name (AdaFrame policies)."""
+
+@dataclass(frozen=True)
+class DetectRuntime:
+    """One family's runtime as ``gistgym detect`` sees it (:func:`register_detect_runtime`).
+
+    ``detect --policy P`` runs the runtime that takes ``P`` by name, else the one whose
+    family exported ``P`` (the environment id in its sidecar, any version: that runtime
+    explains a version mismatch), else the default runtime (which reports a bad file).
+    """
+
+    name: str
+    """Short name (``interleave``, ``keyframe``, ``glimpse``)."""
+    description: str
+    """What it runs, for messages (e.g. when an option of another runtime is given)."""
+    env_ids: tuple[str, ...]
+    """The environments whose exported policies it runs."""
+    takes_name: Callable[[str], bool]
+    """Whether a ``--policy`` value is one of its named policies (not a file)."""
+    options: tuple[str, ...]
+    """The runtime-specific options of ``detect`` it reads (another runtime's are refused)."""
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    """Adds the options that only it defines (an argument group) to the ``detect`` parser."""
+    run: Callable[[argparse.Namespace], int]
+    """Runs it on the parsed options (see :func:`run_detect`) and returns the exit code."""
+    default: bool = False
+    """Runs what no runtime claims (one runtime is the default)."""
+
+
+DETECT_RUNTIMES: dict[str, DetectRuntime] = {}
+"""Every registered runtime of ``gistgym detect``, by name."""
+
+
+def register_detect_runtime(runtime: DetectRuntime) -> None:
+    """Add a family's runtime to ``gistgym detect`` (before the parser is built).
+
+    Registering the same object again is a no-op (a module registers at import).
+
+    Raises:
+        ConfigError: Another runtime of the same name, or a second default.
+    """
+    from gistgym.errors import ConfigError
+
+    if DETECT_RUNTIMES.get(runtime.name) is runtime:
+        return
+    if runtime.name in DETECT_RUNTIMES:
+        raise ConfigError(f"detect runtime {runtime.name!r} is registered twice")
+    if runtime.default and any(r.default for r in DETECT_RUNTIMES.values()):
+        raise ConfigError(f"detect runtime {runtime.name!r}: a default runtime is registered already")
+    DETECT_RUNTIMES[runtime.name] = runtime
+
+
+def detect_runtime(policy: str) -> DetectRuntime:
+    """The runtime ``gistgym detect --policy POLICY`` runs (see :class:`DetectRuntime`)."""
+    from gistgym.agents.backends import family_backend
+    from gistgym.agents.export_common import policy_env_id
+
+    for runtime in DETECT_RUNTIMES.values():
+        if runtime.takes_name(policy):
+            return runtime
+    env_id = policy_env_id(policy)
+    backend = family_backend(env_id) if env_id is not None else None
+    if backend is not None:
+        for runtime in DETECT_RUNTIMES.values():
+            if backend.env_id in runtime.env_ids:
+                return runtime
+    return next(r for r in DETECT_RUNTIMES.values() if r.default)
 
 
 @dataclass(frozen=True)
@@ -112,48 +150,24 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _is_glimpse_policy(spec: str) -> bool:
-    from gistgym.agents.glimpse_export import policy_env_id
-
-    env_id = policy_env_id(spec)
-    return env_id is not None and env_id.startswith("gistgym/Glimpse-v")
-
-
-_RUNTIME_OPTIONS: dict[str, tuple[str, ...]] = {
-    "interleave": ("--async", "--weights", "--heavy-delay-frames", "--eager"),
-    "keyframe": ("--dff-weights", "--max-distance", "--eager"),
-    "glimpse": ("--glimpse-weights", "--mu", "--patience", "--num-glimpses"),
-}
-"""The options of ``gistgym detect`` that only one runtime (or two) reads."""
-
-_RUNTIME_NAMES = {
-    "interleave": (
-        "the interleaved detector (heavy, light, fixed:TAU, cue-rule:active=A,idle=I,change=X,cut=C "
-        "or an exported Interleave-v0 policy)"
-    ),
-    "keyframe": "Deep Feature Flow (an exported Keyframe-v0 policy, every-frame, key=L or flow-threshold@X)",
-    "glimpse": "the glimpse runtime (an exported AdaFrame agent)",
-}
-
-
-def _refuse_foreign_options(ns: argparse.Namespace, defaults: argparse.Namespace, runtime: str) -> None:
+def _refuse_foreign_options(ns: argparse.Namespace, defaults: argparse.Namespace, runtime: DetectRuntime) -> None:
     """Refuse an option the chosen runtime does not read (instead of silently ignoring it)."""
     from gistgym.errors import ConfigError
 
-    mine = set(_RUNTIME_OPTIONS[runtime])
+    mine = set(runtime.options)
     foreign = sorted(
         {
             flag
-            for flags in _RUNTIME_OPTIONS.values()
-            for flag in flags
+            for other in DETECT_RUNTIMES.values()
+            for flag in other.options
             if flag not in mine and getattr(ns, _dest(flag)) != getattr(defaults, _dest(flag))
         }
     )
     if foreign:
         verb = "does" if len(foreign) == 1 else "do"
         raise ConfigError(
-            f"{', '.join(foreign)} {verb} not apply to --policy {ns.policy}, which runs {_RUNTIME_NAMES[runtime]}; "
-            f"its options are {', '.join(_RUNTIME_OPTIONS[runtime])}"
+            f"{', '.join(foreign)} {verb} not apply to --policy {ns.policy}, which runs {runtime.description}; "
+            f"its options are {', '.join(runtime.options)}"
         )
 
 
@@ -162,11 +176,8 @@ def _dest(flag: str) -> str:
 
 
 def cmd_detect(ns: argparse.Namespace) -> int:
-    """Run the interleaved detector, DFF with a key scheduler, or the glimpse runtime (AdaFrame) on a video file."""
+    """Run the runtime of ``--policy``'s family on a video file (:func:`detect_runtime`)."""
     from gistgym.backbones.engines import check_engine, check_threads
-    from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
-    from gistgym.runtime.glimpse import GlimpseDetectArgs, detect_glimpse, format_glimpse_summary
-    from gistgym.runtime.keyframe import KeyframeDetectArgs, detect_keyframe, format_keyframe_summary, is_keyframe_spec
     from gistgym.runtime.outputs import check_detect_out
 
     check_engine(ns.engine)  # one line and exit 2, before any work
@@ -177,24 +188,52 @@ def cmd_detect(ns: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(ns.threads)
-    if _is_glimpse_policy(ns.policy):
-        _refuse_foreign_options(ns, ns.detect_defaults, "glimpse")
-        return _run_detect(ns, GlimpseDetectArgs, _GLIMPSE_DETECT_FIELDS, detect_glimpse, format_glimpse_summary)
-    if is_keyframe_spec(ns.policy):
-        _refuse_foreign_options(ns, ns.detect_defaults, "keyframe")
-        return _run_detect(ns, KeyframeDetectArgs, _KEYFRAME_DETECT_FIELDS, detect_keyframe, format_keyframe_summary)
-    _refuse_foreign_options(ns, ns.detect_defaults, "interleave")
-    return _run_detect(ns, DetectArgs, _DETECT_FIELDS, detect_video, format_summary)
+    runtime = detect_runtime(ns.policy)
+    _refuse_foreign_options(ns, ns.detect_defaults, runtime)
+    return runtime.run(ns)
 
 
-def _run_detect(
+def _run_interleaved(ns: argparse.Namespace) -> int:
+    from gistgym.runtime.detect import DetectArgs, detect_video, format_summary
+
+    return run_detect(ns, DetectArgs, _DETECT_FIELDS, detect_video, format_summary)
+
+
+def _add_interleaved_arguments(p: argparse.ArgumentParser) -> None:
+    from gistgym.runtime.detect import DetectArgs
+
+    docs = field_docs(DetectArgs)
+    g = p.add_argument_group("the interleaved detector (heavy, light, fixed:TAU, cue-rule:..., an Interleave policy)")
+    g.add_argument("--async", dest="async_mode", action="store_true", help=docs["async_mode"])
+    g.add_argument("--weights", default="", help=docs["weights"])
+    g.add_argument("--heavy-delay-frames", type=nonnegative_int, default=0, help=docs["heavy_delay_frames"])
+
+
+register_detect_runtime(
+    DetectRuntime(
+        name="interleave",
+        description=(
+            "the interleaved detector (heavy, light, fixed:TAU, cue-rule:active=A,idle=I,change=X,cut=C "
+            "or an exported Interleave-v0 policy)"
+        ),
+        env_ids=(INTERLEAVE_ENV_ID,),
+        takes_name=lambda spec: spec in ("heavy", "light") or spec.startswith(("fixed:", "cue-rule")),
+        options=("--async", "--weights", "--heavy-delay-frames", "--eager"),
+        add_arguments=_add_interleaved_arguments,
+        run=_run_interleaved,
+        default=True,
+    )
+)
+
+
+def run_detect(
     ns: argparse.Namespace,
     make_args: Callable[..., ArgsT],
     fields: Sequence[str],
     detect: Callable[[ArgsT], dict[str, Any]],
     summarize: Callable[[dict[str, Any]], str],
 ) -> int:
-    """Run one ``gistgym detect`` runtime and print its summary.
+    """Run one ``gistgym detect`` runtime and print its summary (a :attr:`DetectRuntime.run` calls this).
 
     Args:
         ns: The parsed options.
@@ -226,8 +265,6 @@ def cmd_sample_video(ns: argparse.Namespace) -> int:
 def register_runtime_commands(sub: Any) -> None:
     """Add ``export``, ``detect`` and ``sample-video`` to the top-level subparsers."""
     from gistgym.runtime.detect import ANNOTATE_CHOICES, DetectArgs
-    from gistgym.runtime.glimpse import GlimpseDetectArgs
-    from gistgym.runtime.keyframe import KeyframeDetectArgs
 
     docs = field_docs(ExportArgs)
     p = sub.add_parser("export", help="export a trained policy network to TorchScript or ONNX (+ JSON sidecar)")
@@ -241,18 +278,15 @@ def register_runtime_commands(sub: Any) -> None:
     docs = field_docs(DetectArgs)
     p = sub.add_parser(
         "detect",
-        help="run the interleaved detector on a video file with a policy (sync or async), Deep Feature Flow with a "
-        "key scheduler, or an exported AdaFrame agent (glimpse runtime)",
+        help="run a scheduling policy's runtime on a video file: "
+        + "; ".join(r.description for r in DETECT_RUNTIMES.values()),
     )
     p.add_argument("video", help=docs["video"])
     p.add_argument("--policy", default=DetectArgs.policy, help=docs["policy"])
     p.add_argument("--out", default=DetectArgs.out, help=docs["out"])
     p.add_argument("--overwrite", action="store_true", help=docs["overwrite"])
-    p.add_argument("--async", dest="async_mode", action="store_true", help=docs["async_mode"])
-    p.add_argument("--weights", default="", help=docs["weights"])
     p.add_argument("--annotate", default=DetectArgs.annotate, choices=ANNOTATE_CHOICES, help=docs["annotate"])
     p.add_argument("--max-frames", type=nonnegative_int, default=0, help=docs["max_frames"])
-    p.add_argument("--heavy-delay-frames", type=nonnegative_int, default=0, help=docs["heavy_delay_frames"])
     p.add_argument(
         "--draw-threshold", type=unit_interval, default=DetectArgs.draw_threshold, help=docs["draw_threshold"]
     )
@@ -261,18 +295,8 @@ def register_runtime_commands(sub: Any) -> None:
     p.add_argument("--engine", default=DetectArgs.engine, help=docs["engine"])
     p.add_argument("--threads", type=int, default=DetectArgs.threads, help=docs["threads"])
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    kdocs = field_docs(KeyframeDetectArgs)
-    k = p.add_argument_group(
-        "Deep Feature Flow key schedulers (an exported Keyframe-v0 policy, every-frame, key=L, flow-threshold@X)"
-    )
-    k.add_argument("--dff-weights", default="", help=kdocs["dff_weights"])
-    k.add_argument("--max-distance", type=nonnegative_int, default=0, help=kdocs["max_distance"])
-    gdocs = field_docs(GlimpseDetectArgs)
-    g = p.add_argument_group("AdaFrame policies (an exported gistgym/Glimpse-v0 agent: the glimpse runtime)")
-    g.add_argument("--glimpse-weights", default="", help=gdocs["glimpse_weights"])
-    g.add_argument("--mu", type=number_or_infinity, default=GlimpseDetectArgs.mu, help=gdocs["mu"])
-    g.add_argument("--patience", type=positive_int, default=GlimpseDetectArgs.patience, help=gdocs["patience"])
-    g.add_argument("--num-glimpses", type=nonnegative_int, default=0, help=gdocs["num_glimpses"])
+    for runtime in DETECT_RUNTIMES.values():
+        runtime.add_arguments(p)
     # every option's default, to tell which runtime-specific options were given
     p.set_defaults(func=cmd_detect, detect_defaults=p.parse_args(["VIDEO"]))
 

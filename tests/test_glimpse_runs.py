@@ -65,7 +65,7 @@ def test_adaframe_run_refuses_other_caches_and_algos(
         load_adaframe_run(copy)
     with pytest.raises(ConfigError, match="adaframe trains on gistgym/Glimpse-v0"):
         train_one(adaframe_config(tmp_path, env="gistgym/Keyframe-v0"))
-    with pytest.raises(ConfigError, match="needs discrete actions"):
+    with pytest.raises(ConfigError, match="need discrete actions"):
         train_one(adaframe_config(tmp_path, algo="ddqn"))
 
 
