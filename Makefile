@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	$(BIN)/python tools/typecheck.py
 
 test: lint typecheck
 	$(BIN)/pytest -q
