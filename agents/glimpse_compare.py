@@ -371,7 +371,7 @@ def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEval
             (runs if i == 0 else adaptive).append(ev.name)
     comparison = GlimpseComparison(results, adaptive, runs, videos)
     comparison.verdict = glimpse_verdict(comparison)
-    title = f"gistgym/Glimpse-v0 on {Path(config.cache).name} [{config.split}], {len(videos.video_ids)} videos"
+    title = f"{config.env} on {Path(config.cache).name} [{config.split}], {len(videos.video_ids)} videos"
     write_glimpse_outputs(comparison, Path(config.out), title)
     return comparison
 
