@@ -11,6 +11,7 @@ CLI's ``train``, ``compare`` and ``export`` then run it without knowing it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -283,3 +284,34 @@ def test_registries_refuse_what_they_cannot_dispatch(parity_family: None, tiny_c
     # the CLI says it in one line, exit 2
     argv = ["train", "--cache", str(tiny_cache), "--env", ENV_ID, "--algo", "cem", "--out", str(tmp_path)]
     assert main(argv) == 2
+
+
+def test_detect_routes_a_policy_to_its_familys_runtime(tmp_path: Path) -> None:
+    from gistgym.scripts.cli import build_parser
+    from gistgym.scripts.runtime_commands import DETECT_RUNTIMES, detect_runtime, register_detect_runtime
+
+    build_parser()  # imports the families' command modules, which register their runtimes
+    assert {"interleave", "keyframe", "glimpse"} <= set(DETECT_RUNTIMES)
+    assert detect_runtime("key=3").name == "keyframe" and detect_runtime("every-frame").name == "keyframe"
+    assert detect_runtime("fixed:4").name == "interleave" and detect_runtime("heavy").name == "interleave"
+
+    def exported(name: str, env_id: str) -> str:
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"env": {"id": env_id}}))
+        return str(path)
+
+    # by the family the sidecar names, at any version (that runtime reports the version mismatch)
+    assert detect_runtime(exported("k.onnx", "gistgym/Keyframe-v7")).name == "keyframe"
+    assert detect_runtime(exported("g.onnx", "gistgym/Glimpse-v0")).name == "glimpse"
+    assert detect_runtime(exported("i.onnx", "gistgym/Interleave-v0")).name == "interleave"
+    # no sidecar, or an unknown family: the default runtime, whose loader reports the bad file
+    assert detect_runtime(str(tmp_path / "missing.onnx")).name == "interleave"
+    assert detect_runtime(exported("u.onnx", "other/Thing-v0")).name == "interleave"
+    keyframe = DETECT_RUNTIMES["keyframe"]
+    register_detect_runtime(keyframe)  # the same object again (a module imported twice): a no-op
+    with pytest.raises(ConfigError, match="registered twice"):
+        register_detect_runtime(dataclasses.replace(keyframe, takes_name=lambda spec: False))
+    with pytest.raises(ConfigError, match="a default runtime is registered already"):
+        register_detect_runtime(dataclasses.replace(keyframe, name="another", default=True))
+    assert "another" not in DETECT_RUNTIMES
