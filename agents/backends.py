@@ -279,20 +279,21 @@ def _interleave_run_kwargs(config: Any) -> dict[str, Any]:
         "split": config.split,
         "clip_len": config.clip_len,
         "history_len": config.history_len,
-        "extractors": list(config.extractors),
-        "speed_reward": list(speed_rewards(len(config.extractors), config.gamma)),
+        "extractors": list(config.interleave.extractors),
+        "speed_reward": list(speed_rewards(len(config.interleave.extractors), config.gamma)),
         "skip_light_updates": None,
         "reward": config.reward,
-        "cues": config.cues,
+        "cues": config.interleave.cues,
     }
 
 
 def _interleave_compare_settings(config: Any) -> dict[str, Any]:
-    if len(config.extractors) < 2:
-        raise ConfigError(f"--extractors needs the heavy one and at least one light one, got {config.extractors}")
+    extractors = config.interleave.extractors
+    if len(extractors) < 2:
+        raise ConfigError(f"--extractors needs the heavy one and at least one light one, got {extractors}")
     return {
-        "extractors": tuple(config.extractors),
-        "speed_reward": speed_rewards(len(config.extractors), config.gamma),
+        "extractors": tuple(extractors),
+        "speed_reward": speed_rewards(len(extractors), config.gamma),
     }
 
 
@@ -300,7 +301,7 @@ def _interleave_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
     from gistgym.agents.baselines import FixedTauPolicy, parse_baseline
 
     out: list[Any] = [parse_baseline(s, speed) for s in ("heavy", "light")]
-    out += [FixedTauPolicy(int(t)) for t in config.taus]
+    out += [FixedTauPolicy(int(t)) for t in config.interleave.taus]
     return [*out, parse_baseline("oracle", speed)]
 
 
@@ -309,7 +310,7 @@ def _keyframe_run_kwargs(config: Any) -> dict[str, Any]:
         "split": config.split,
         "clip_len": config.clip_len,
         "history_len": config.history_len,
-        "max_distance": config.max_distance,
+        "max_distance": config.keyframe.max_distance,
         "speed_reward": list(speed_rewards(2, config.gamma)),
         "reward": config.reward,
     }
@@ -322,8 +323,8 @@ def _keyframe_compare_settings(config: Any) -> dict[str, Any]:
 def _keyframe_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
     from gistgym.agents.keyframe_baselines import parse_keyframe_baseline
 
-    specs = ["every-frame", *(f"key={int(x)}" for x in config.durations)]
-    specs += [f"flow-threshold@{x:g}" for x in config.flow_thresholds] + ["oracle"]
+    specs = ["every-frame", *(f"key={int(x)}" for x in config.keyframe.durations)]
+    specs += [f"flow-threshold@{x:g}" for x in config.keyframe.flow_thresholds] + ["oracle"]
     return [parse_keyframe_baseline(s, speed) for s in specs]
 
 
@@ -346,7 +347,7 @@ def _glimpse_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, max
 
 
 def _glimpse_run_kwargs(config: Any) -> dict[str, Any]:
-    return {"split": config.split, "num_glimpses": config.num_glimpses}
+    return {"split": config.split, "num_glimpses": config.glimpse.num_glimpses}
 
 
 BACKENDS: dict[str, EnvBackend] = {}

@@ -66,6 +66,7 @@ from gistgym.agents.runs import comparison_runs, load_run
 from gistgym.agents.stats import BOOTSTRAP_REPS, CI_ALPHA, iqm, stratified_bootstrap_ci
 from gistgym.errors import ConfigError, InputFileError
 from gistgym.metrics import best_curve
+from gistgym.options import NestedOptions
 
 DEFAULT_TAUS = (1, 2, 3, 4, 6, 9, 14, 19, 29)
 """Fixed-tau schedules of an Interleave comparison: heavy fractions from 1/2 down to 1/30."""
@@ -80,8 +81,40 @@ HEADROOM_STEP = 0.01
 
 
 @dataclass(frozen=True)
-class CompareConfig:
-    """Arguments of ``gistgym compare``."""
+class InterleaveCompareOptions:
+    """``gistgym compare`` options of Interleave-v0 (``CompareConfig.interleave``)."""
+
+    taus: tuple[int, ...] = DEFAULT_TAUS
+    """Interleave: fixed-tau baselines."""
+    extractors: tuple[str, ...] = ("heavy", "light")
+    """Interleave: extractors of the baselines, heavy first."""
+
+
+@dataclass(frozen=True)
+class KeyframeCompareOptions:
+    """``gistgym compare`` options of Keyframe-v0 (``CompareConfig.keyframe``)."""
+
+    durations: tuple[int, ...] = DEFAULT_DURATIONS
+    """Keyframe: fixed key durations l."""
+    flow_thresholds: tuple[float, ...] = DEFAULT_FLOW_THRESHOLDS
+    """Keyframe: mean-flow thresholds (px) of the flow-threshold heuristic."""
+
+
+@dataclass(frozen=True)
+class GlimpseCompareOptions:
+    """``gistgym compare`` options of Glimpse-v0 (``CompareConfig.glimpse``)."""
+
+    glimpse_counts: tuple[int, ...] = DEFAULT_GLIMPSE_COUNTS
+    """Glimpse: frame counts K of the uniform@K, random@K and avgpool-uniform@K baselines."""
+    mus: tuple[float, ...] = DEFAULT_MUS
+    """Glimpse: AdaFrame's adaptive-lookahead thresholds (one point NAME@MU per run and value)."""
+    patience: int = 2
+    """Glimpse: adaptive lookahead stops after this many consecutive glimpses with utility below MU."""
+
+
+@dataclass(frozen=True)
+class CompareConfig(NestedOptions):
+    """Arguments of ``gistgym compare`` (each family's options in a group; :meth:`of` takes flat names)."""
 
     cache: str = ""
     """Feature cache file. Required."""
@@ -94,22 +127,8 @@ class CompareConfig:
     policies: tuple[str, ...] = ()
     """More policies: run directories or baseline names (e.g. tau=N, random@F, key=L, flow-threshold@X,
     cue-rule:active=A,idle=I,change=X,cut=C)."""
-    taus: tuple[int, ...] = DEFAULT_TAUS
-    """Interleave: fixed-tau baselines."""
-    durations: tuple[int, ...] = DEFAULT_DURATIONS
-    """Keyframe: fixed key durations l."""
-    flow_thresholds: tuple[float, ...] = DEFAULT_FLOW_THRESHOLDS
-    """Keyframe: mean-flow thresholds (px) of the flow-threshold heuristic."""
     gamma: float = 1.0
     """Speed reward of the cheap action(s) in the reported mean reward (and the oracle's choice)."""
-    extractors: tuple[str, ...] = ("heavy", "light")
-    """Interleave: extractors of the baselines, heavy first."""
-    glimpse_counts: tuple[int, ...] = DEFAULT_GLIMPSE_COUNTS
-    """Glimpse: frame counts K of the uniform@K, random@K and avgpool-uniform@K baselines."""
-    mus: tuple[float, ...] = DEFAULT_MUS
-    """Glimpse: AdaFrame's adaptive-lookahead thresholds (one point NAME@MU per run and value)."""
-    patience: int = 2
-    """Glimpse: adaptive lookahead stops after this many consecutive glimpses with utility below MU."""
     max_videos: int = 0
     """Only the first N videos of the split (0: all)."""
     seed: int = 0
@@ -128,6 +147,12 @@ class CompareConfig:
     """Print one JSON object keyed by policy name instead of the table."""
     progress: bool = True
     """Show a progress bar."""
+    interleave: InterleaveCompareOptions = field(default_factory=InterleaveCompareOptions)
+    """Interleave-v0's options."""
+    keyframe: KeyframeCompareOptions = field(default_factory=KeyframeCompareOptions)
+    """Keyframe-v0's options."""
+    glimpse: GlimpseCompareOptions = field(default_factory=GlimpseCompareOptions)
+    """Glimpse-v0's options."""
 
 
 @dataclass

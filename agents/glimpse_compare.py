@@ -337,9 +337,9 @@ def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEval
         CacheSectionError: The cache has no ``glimpse`` section.
     """
     check_compare_out(config.out, config.overwrite)
-    bad = [k for k in config.glimpse_counts if k < 1]
+    bad = [k for k in config.glimpse.glimpse_counts if k < 1]
     if bad:
-        raise ConfigError(f"--glimpse-counts must be frame counts >= 1, got {list(config.glimpse_counts)}")
+        raise ConfigError(f"--glimpse-counts must be frame counts >= 1, got {list(config.glimpse.glimpse_counts)}")
     cache = FeatureCache(Path(config.cache), sections=(SECTION_GLIMPSE,))
     try:
         section = read_glimpse_section(cache)
@@ -350,7 +350,7 @@ def compare_glimpse(config: Any, run_dirs: Sequence[Path], evaluate_run: RunEval
         videos = videos.first(config.max_videos)
     baselines = GlimpseBaselines(section, videos)
     specs = ["all"]
-    for k in config.glimpse_counts:
+    for k in config.glimpse.glimpse_counts:
         specs += [f"uniform@{k}", f"random@{k}", f"avgpool-uniform@{k}"]
     for p in config.policies:
         if is_glimpse_baseline(p):
@@ -392,5 +392,7 @@ def compare_glimpse_config(config: Any) -> GlimpseComparison:
         raise ConfigError(f"--frontier is for the fixed-period environments; {config.env} has no hindsight frontier")
     check_compare_out(config.out, config.overwrite)
     run_dirs = comparison_runs(config, is_glimpse_baseline)
-    evaluate = glimpse_run_evaluator(config.cache, config.split, config.mus, config.patience, config.seed)
+    evaluate = glimpse_run_evaluator(
+        config.cache, config.split, config.glimpse.mus, config.glimpse.patience, config.seed
+    )
     return compare_glimpse(config, run_dirs, evaluate)

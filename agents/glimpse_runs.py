@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -117,17 +116,17 @@ def adaframe_config(train: Any) -> AdaFrameConfig:
     ``eval_every`` still counts environment steps (glimpses). Settings without a flag
     (dropout, distillation, weight decay) keep :class:`AdaFrameConfig`'s defaults.
     """
-    per_step = train.batch_size * train.num_glimpses
+    per_step = train.batch_size * train.glimpse.num_glimpses
     return AdaFrameConfig(
-        num_glimpses=train.num_glimpses,
-        hidden=train.adaframe_hidden,
-        sigma=train.glimpse_sigma,
+        num_glimpses=train.glimpse.num_glimpses,
+        hidden=train.glimpse.adaframe_hidden,
+        sigma=train.glimpse.glimpse_sigma,
         gamma=train.discount,
-        utility_weight=train.utility_weight,
-        cls_loss=train.cls_loss,
-        lr=train.adaframe_lr,
+        utility_weight=train.glimpse.utility_weight,
+        cls_loss=train.glimpse.cls_loss,
+        lr=train.glimpse.adaframe_lr,
         batch_size=train.batch_size,
-        train_steps=train.adaframe_steps,
+        train_steps=train.glimpse.adaframe_steps,
         eval_every=max(1, train.eval_every // per_step) if train.eval_every > 0 else 0,
         seed=train.seed,
     )
@@ -224,7 +223,7 @@ def train_adaframe_run(config: Any, target: Path, *, command: Sequence[str] = ()
                 "cache_path": str(Path(config.cache).resolve()),
                 "cache_identity": identity,
                 "adaframe": net.config.to_dict(),
-                "train": {**asdict(config), "gamma_sweep": False, "name": target.name},
+                "train": {**config.flat(), "gamma_sweep": False, "name": target.name},
                 "policy_network": {"parameters": int(sum(p.numel() for p in net.parameters()))},
                 "train_seconds": round(seconds, 2),
                 "train_videos_per_second": round(hist.videos_per_second, 1),

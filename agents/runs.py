@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,8 @@ def run_config_json(
     """The ``config.json`` of a run of ``config`` (a :class:`~gistgym.agents.train.TrainConfig`).
 
     The format header, the environment and its arguments, the cache and its identity, the
-    training configuration (``train_one(TrainConfig(**train))`` trains the run again: its seed,
-    name and setting), then ``extra`` (the policy network, times, an algorithm's own record),
+    training configuration by flat option names (``train_one(TrainConfig.of(**train))`` trains
+    the run again: its seed, name and setting), then ``extra`` (the policy network, times, an algorithm's own record),
     the gistgym version and the command.
     """
     return {
@@ -123,7 +123,7 @@ def run_config_json(
         "env_kwargs": dict(env_kwargs),
         "cache_path": str(Path(config.cache).resolve()),
         "cache_identity": dict(identity),
-        "train": {**asdict(config), "gamma_sweep": False, "name": setting},
+        "train": {**config.flat(), "gamma_sweep": False, "name": setting},
         **extra,
         "gistgym_version": gistgym.__version__,
         "command": list(command),

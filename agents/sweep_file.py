@@ -29,13 +29,14 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, fields, replace
+from dataclasses import MISSING, replace
 from pathlib import Path
 from typing import Any
 
 from gistgym.agents.sweep import SweepJob
 from gistgym.agents.train import TrainConfig, check_config, run_name, setting_name
 from gistgym.errors import ConfigError
+from gistgym.options import leaf_fields
 
 TOP_KEYS = ("cache", "out", "seeds", "seed", "train", "grid")
 """The keys a sweep file may have."""
@@ -51,8 +52,8 @@ def _error(path: Path, key: str, problem: str) -> ConfigError:
 
 def _field_defaults() -> dict[str, Any]:
     out = {}
-    for f in fields(TrainConfig):
-        out[f.name] = f.default if f.default is not MISSING else None
+    for name, (_, f, _) in leaf_fields(TrainConfig).items():
+        out[name] = f.default if f.default is not MISSING else None
     return out
 
 
@@ -178,13 +179,13 @@ def sweep_jobs_from_file(
     clash = sorted(set(train) & set(grid))
     if clash:
         raise _error(p, f"grid.{clash[0]}", "also set under train; give it in one place")
-    base = TrainConfig(cache=cache, out=out, seeds=seeds, seed=seed, overwrite=overwrite, progress=progress, **train)
+    base = TrainConfig.of(cache=cache, out=out, seeds=seeds, seed=seed, overwrite=overwrite, progress=progress, **train)
     keys = list(grid)
     envs = grid.get("env", [base.env])
     jobs: list[SweepJob] = []
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, values, strict=True))
-        config = replace(base, **setting)
+        config = base.replace(**setting)
         if len(set(envs)) > 1:
             config = replace(config, out=str(Path(out) / config.env.rsplit("/", 1)[-1]))
         name = setting_name(config) + "".join(

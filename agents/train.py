@@ -39,7 +39,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from gistgym.agents.runs import (
 from gistgym.agents.sweep import SweepJob, SweepOptions, run_sweep
 from gistgym.envs.rewards import EQ2, REWARDS
 from gistgym.errors import ConfigError
+from gistgym.options import NestedOptions
 from gistgym.staging import check_name
 from gistgym.videos.dataset import atomic_write_json, nan_to_null
 
@@ -79,8 +80,51 @@ CEM = "cem"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Arguments of ``gistgym train`` (every hyperparameter of a run; saved in its config.json)."""
+class InterleaveTrainOptions:
+    """``gistgym train`` options of Interleave-v0 (``TrainConfig.interleave``)."""
+
+    extractors: tuple[str, ...] = ("heavy", "light")
+    """Interleave: cache extractors in action order, heavy first (e.g. heavy light light+shift)."""
+    cues: bool = False
+    """Interleave: add the runtime cues (frames since heavy, light-feature change, memory change) to the observation."""
+
+
+@dataclass(frozen=True)
+class KeyframeTrainOptions:
+    """``gistgym train`` options of Keyframe-v0 (``TrainConfig.keyframe``)."""
+
+    max_distance: int = 20
+    """Keyframe: a keyframe is forced at this distance (D_max)."""
+
+
+@dataclass(frozen=True)
+class GlimpseTrainOptions:
+    """``gistgym train`` options of Glimpse-v0 and AdaFrame (``TrainConfig.glimpse``)."""
+
+    num_glimpses: int = 10
+    """Glimpse: glimpses per video (K)."""
+    adaframe_hidden: int = 256
+    """Glimpse, AdaFrame: width of the agent's LSTM."""
+    glimpse_sigma: float = 0.1
+    """Glimpse, AdaFrame: fixed standard deviation of the Gaussian location policy."""
+    utility_weight: float = 1.0
+    """Glimpse, AdaFrame: lambda in L_cls + lambda L_utl - lambda J_sel."""
+    cls_loss: str = "last"
+    """Glimpse, AdaFrame: cross-entropy after the last glimpse (`last`, the paper) or after every one (`all`)."""
+    adaframe_steps: int = 4000
+    """Glimpse, AdaFrame: optimiser steps of batch_size videos x num_glimpses glimpses (replaces --total-timesteps)."""
+    adaframe_lr: float = 1e-3
+    """Glimpse, AdaFrame: Adam learning rate (replaces --learning-rate)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig(NestedOptions):
+    """Arguments of ``gistgym train`` (every hyperparameter of a run; saved in its config.json).
+
+    Each family's options are a group of their own (``config.keyframe.max_distance``); build
+    and change a config by flat option names with :meth:`of` and :meth:`replace`
+    (:class:`~gistgym.options.NestedOptions`), as the command line names them.
+    """
 
     cache: str = ""
     """Feature cache file (gistgym cache build). Required."""
@@ -105,26 +149,6 @@ class TrainConfig:
     """The gammas of --gamma-sweep."""
     seeds: int = 1
     """Seeds per setting: SEED, SEED+1, ..., SEED+N-1; with N > 1 runs are named NAME-sSEED."""
-    extractors: tuple[str, ...] = ("heavy", "light")
-    """Interleave: cache extractors in action order, heavy first (e.g. heavy light light+shift)."""
-    cues: bool = False
-    """Interleave: add the runtime cues (frames since heavy, light-feature change, memory change) to the observation."""
-    max_distance: int = 20
-    """Keyframe: a keyframe is forced at this distance (D_max)."""
-    num_glimpses: int = 10
-    """Glimpse: glimpses per video (K)."""
-    adaframe_hidden: int = 256
-    """Glimpse, AdaFrame: width of the agent's LSTM."""
-    glimpse_sigma: float = 0.1
-    """Glimpse, AdaFrame: fixed standard deviation of the Gaussian location policy."""
-    utility_weight: float = 1.0
-    """Glimpse, AdaFrame: lambda in L_cls + lambda L_utl - lambda J_sel."""
-    cls_loss: str = "last"
-    """Glimpse, AdaFrame: cross-entropy after the last glimpse (`last`, the paper) or after every one (`all`)."""
-    adaframe_steps: int = 4000
-    """Glimpse, AdaFrame: optimiser steps of batch_size videos x num_glimpses glimpses (replaces --total-timesteps)."""
-    adaframe_lr: float = 1e-3
-    """Glimpse, AdaFrame: Adam learning rate (replaces --learning-rate)."""
     cem_population: int = 20
     """CEM: candidates per generation (the current mean among them)."""
     cem_clips: int = 48
@@ -181,6 +205,12 @@ class TrainConfig:
     """Replace an existing run directory of the same name."""
     progress: bool = True
     """Show a progress bar."""
+    interleave: InterleaveTrainOptions = field(default_factory=InterleaveTrainOptions)
+    """Interleave-v0's options."""
+    keyframe: KeyframeTrainOptions = field(default_factory=KeyframeTrainOptions)
+    """Keyframe-v0's options."""
+    glimpse: GlimpseTrainOptions = field(default_factory=GlimpseTrainOptions)
+    """Glimpse-v0's options (and AdaFrame's)."""
 
 
 def env_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -212,11 +242,11 @@ def check_config(config: TrainConfig) -> None:
     """
     if not config.cache:
         raise ConfigError("--cache is required (a feature cache file made by `gistgym cache build`)")
-    for f in fields(config):  # the command line checks ranges when parsing; a library caller gets this
-        value = getattr(config, f.name)
+    options = config.flat()
+    for name, value in options.items():  # the command line checks ranges when parsing; a library caller gets this
         for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
     backend = get_backend(config.env)
     backend.check_algorithm(config.algo)  # a family's own trainer (AdaFrame) checks its own arguments
     if config.algo == CEM:
@@ -235,8 +265,8 @@ def check_config(config: TrainConfig) -> None:
         "adaframe_steps",
         "seeds",
     ):
-        if getattr(config, field_name) < 1:
-            raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {getattr(config, field_name)}")
+        if options[field_name] < 1:
+            raise ConfigError(f"--{field_name.replace('_', '-')} must be >= 1, got {options[field_name]}")
     if config.reward not in REWARDS:
         raise ConfigError(f"--reward {config.reward!r}: expected one of {', '.join(REWARDS)}")
     if config.reward not in backend.rewards:

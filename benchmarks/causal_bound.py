@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     start = time.perf_counter()
     backend = get_backend(INTERLEAVE_ENV_ID)
-    config = CompareConfig(cache=args.cache, split=args.split)
+    config = CompareConfig.of(cache=args.cache, split=args.split)
     try:
         evaluator = backend.make_evaluator(args.cache, args.split, backend.compare_settings(config),
                                            max_videos=args.max_videos)  # fmt: skip

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     backend = get_backend(INTERLEAVE_ENV_ID)
     try:
-        settings = {**backend.compare_settings(CompareConfig(cache=args.cache)), "cues": True}
+        settings = {**backend.compare_settings(CompareConfig.of(cache=args.cache)), "cues": True}
         evaluator = backend.make_evaluator(args.cache, args.split, settings, max_videos=args.max_videos)
         try:
             state = frame_state(evaluator, Path(args.annotations) if args.annotations else None)

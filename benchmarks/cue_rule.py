@@ -101,7 +101,7 @@ def report_on(cache: str, headroom: str, split: str, rules: Sequence[Any], *, pr
     fixed-tau curve and the frontier of ``headroom`` (:func:`~causal_bound.score_curves`).
     """
     backend = get_backend(INTERLEAVE_ENV_ID)
-    settings = {**backend.compare_settings(CompareConfig(cache=cache, split=split)), "cues": True}
+    settings = {**backend.compare_settings(CompareConfig.of(cache=cache, split=split)), "cues": True}
     evaluator = backend.make_evaluator(cache, split, settings, max_videos=None)
     try:
         frontier = load_frontier(headroom, env_id=INTERLEAVE_ENV_ID, cache=cache, split=split,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for cache, headroom in targets:  # a bad file fails before the long selection
             load_frontier(headroom, env_id=INTERLEAVE_ENV_ID, cache=cache, split=args.split)
-        settings = {**backend.compare_settings(CompareConfig(cache=args.cache)), "cues": True}
+        settings = {**backend.compare_settings(CompareConfig.of(cache=args.cache)), "cues": True}
         evaluator = backend.make_evaluator(args.cache, args.select_split, settings, max_videos=args.select_videos)
         try:
             select_rows = evaluate(evaluator, rules, f"select on {args.select_split}", args.progress)

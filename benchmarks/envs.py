@@ -107,7 +107,7 @@ def ddqn_benchmark(cache: Path, args: argparse.Namespace) -> None:
     from gistgym.agents.train import TrainConfig, env_kwargs, make_model
     from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
 
-    config = TrainConfig(cache=str(cache), split=args.split, clip_len=args.clip_len, learning_starts=256)
+    config = TrainConfig.of(cache=str(cache), split=args.split, clip_len=args.clip_len, learning_starts=256)
     kwargs = env_kwargs(config)
     venv = InterleaveSB3VecEnv(str(cache), num_envs=config.num_envs, **kwargs)
     venv.seed(0)

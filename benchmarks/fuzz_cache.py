@@ -256,7 +256,7 @@ def run_compare(path: Path, out: Path) -> Run:
     from gistgym.agents.compare import CompareConfig, compare
 
     def go() -> Run:
-        config = CompareConfig(
+        config = CompareConfig.of(
             cache=str(path),
             split="val",
             taus=(3,),

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.out or tempfile.mkdtemp(prefix="gistgym-sweep-bench-"))
-    base = TrainConfig(
+    base = TrainConfig.of(
         cache=args.cache,
         env=args.env,
         gamma_sweep=True,

@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--clip-len", type=int, default=40, help="frames per training episode")
     args = parser.parse_args()
 
-    config = TrainConfig(
+    config = TrainConfig.of(
         cache=args.cache,
         out=os.path.join(args.out, "runs"),
         gamma_sweep=True,
@@ -46,7 +46,7 @@ def main() -> None:
     )
     train(config)  # one run directory per gamma: config.json, model.zip, eval.json, training.png, tb/
 
-    compare_config = CompareConfig(
+    compare_config = CompareConfig.of(
         cache=args.cache,
         runs=config.out,
         split="val",

@@ -6,6 +6,7 @@ Exit codes: 0 = fine, 2 = bad input (one line on stderr, printed by ``gistgym.sc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import Any
 
@@ -177,7 +178,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
     config = dataclass_from_args(CompareConfig, ns)
     if config.json:
-        config = CompareConfig(**{**config.__dict__, "progress": False})
+        config = dataclasses.replace(config, progress=False)
     result = compare_any(config)
     if config.json:  # per policy, plus "verdict" (and "settings", "bootstrap", "headroom")
         print(json_text(nan_to_null({**result.as_json(), "verdict": result.verdict, **result.aggregates()})))

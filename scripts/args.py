@@ -25,6 +25,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
+from gistgym.options import is_group, leaf_fields
+
 T = TypeVar("T")
 
 
@@ -146,23 +148,34 @@ def add_dataclass_arguments(
 ) -> None:
     """Add one ``--option`` per field of ``cls`` (bools become ``--flag/--no-flag``).
 
+    A field that holds a nested options group (:mod:`gistgym.options`) becomes an argument
+    group titled by the field's docstring, its options named by their flat names.
+
     Args:
         parser: The (sub)command's parser.
         cls: The dataclass of its arguments.
-        numbers: Field name -> the range its numbers must lie in (also each element of a
+        numbers: Option name -> the range its numbers must lie in (also each element of a
             tuple field). A float field not named is still checked to be finite; every
             numeric field should be named (``tests/test_cli_numbers.py`` checks).
 
     Raises:
         ValueError: ``numbers`` names a field ``cls`` does not have.
     """
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
     numbers = dict(numbers or {})
-    unknown = sorted(set(numbers) - {f.name for f in dataclasses.fields(cls)})
+    unknown = sorted(set(numbers) - set(leaf_fields(cls)))
     if unknown:
         raise ValueError(f"numbers names {unknown}, which are not fields of {cls.__name__}")
+    _add_fields(parser, cls, numbers)
+
+
+def _add_fields(parser: Any, cls: type, numbers: Mapping[str, NumberType]) -> None:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if is_group(f):
+            group = parser.add_argument_group(docs.get(f.name, f.name).rstrip("."))
+            _add_fields(group, f.default_factory, numbers)  # type: ignore[arg-type]
+            continue
         name = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f"{docs.get(f.name, '')} (default: {default})"
@@ -184,12 +197,22 @@ def add_dataclass_arguments(
 
 
 def dataclass_from_args(cls: type[T], ns: argparse.Namespace) -> T:
-    """Build ``cls`` from parsed arguments."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        v = getattr(ns, f.name)
-        values[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**values)
+    """Build ``cls`` (and its nested option groups) from parsed arguments."""
+    groups = {path for path, _, _ in leaf_fields(cls).values()}
+    values: dict[tuple[str, ...], dict[str, Any]] = {path: {} for path in groups}
+    for name, (path, _, _) in leaf_fields(cls).items():
+        v = getattr(ns, name)
+        values[path][name] = tuple(v) if isinstance(v, list) else v
+
+    def build(c: type, path: tuple[str, ...]) -> Any:
+        kwargs = dict(values.get(path, {}))
+        for f in dataclasses.fields(c):
+            if is_group(f):
+                kwargs[f.name] = build(f.default_factory, (*path, f.name))  # type: ignore[arg-type]
+        return c(**kwargs)
+
+    result: T = build(cls, ())
+    return result
 
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:

@@ -206,12 +206,10 @@ def adaframe_config(glimpse_cache: Path) -> Callable[..., TrainConfig]:
     K = 3 glimpses, LSTM 16, batches of 4 videos, 6 optimiser steps, evaluated on 2 val videos
     after steps 3 and 6.
     """
-    from dataclasses import replace
-
     from gistgym.agents.train import TrainConfig
 
     def make(out: Path, **overrides: Any) -> TrainConfig:
-        base = TrainConfig(
+        base = TrainConfig.of(
             cache=str(glimpse_cache),
             out=str(out),
             env="gistgym/Glimpse-v0",
@@ -225,7 +223,7 @@ def adaframe_config(glimpse_cache: Path) -> Callable[..., TrainConfig]:
             eval_videos=2,
             progress=False,
         )
-        return replace(base, **overrides)
+        return base.replace(**overrides)
 
     return make
 
@@ -249,7 +247,7 @@ def keyframe_run(keyframe_cache: Path, tmp_path_factory: pytest.TempPathFactory)
     """
     from gistgym.agents.train import TrainConfig, train
 
-    config = TrainConfig(
+    config = TrainConfig.of(
         cache=str(keyframe_cache),
         env="gistgym/Keyframe-v0",
         out=str(tmp_path_factory.mktemp("keyframe-runs")),

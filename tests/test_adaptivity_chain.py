@@ -296,7 +296,7 @@ def passes(score: Score, references: dict[str, Any]) -> tuple[bool, str]:
 
 def train(learning_rate: float = 5e-4) -> DoubleDQN:
     """Double DQN as ``gistgym train --env gistgym/Keyframe-v0`` makes it, trained on the chain."""
-    config = TrainConfig(
+    config = TrainConfig.of(
         env=KEYFRAME_ENV_ID,
         seed=SEED,
         gamma=GAMMA,

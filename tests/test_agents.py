@@ -180,7 +180,7 @@ def test_dominance_on_hand_made_curves() -> None:
 @pytest.fixture(scope="module")
 def trained_runs(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    config = TrainConfig(
+    config = TrainConfig.of(
         cache=str(tiny_cache),
         out=str(out),
         clip_len=8,
@@ -222,7 +222,7 @@ def test_train_writes_complete_runs(trained_runs: Path, tiny_cache: Path) -> Non
 
 def test_same_seed_training_is_identical(trained_runs: Path, tiny_cache: Path, tmp_path: Path) -> None:
     cfg = json.loads((trained_runs / "ddqn-g2" / CONFIG_FILE).read_text())["train"]
-    again = TrainConfig(
+    again = TrainConfig.of(
         **{**cfg, "out": str(tmp_path), "gammas": tuple(cfg["gammas"]), "extractors": ("heavy", "light")}
     )
     train(again, log=lambda _: None)
@@ -251,7 +251,7 @@ def test_run_trained_for_another_cache_is_refused(trained_runs: Path, tiny_cache
 
 
 def test_compare_reports_every_policy_and_writes_outputs(trained_runs: Path, tiny_cache: Path, tmp_path: Path) -> None:
-    config = CompareConfig(
+    config = CompareConfig.of(
         cache=str(tiny_cache), runs=str(trained_runs), taus=(1, 3), out=str(tmp_path), progress=False
     )
     result = compare(config)
@@ -271,7 +271,7 @@ def test_compare_reports_every_policy_and_writes_outputs(trained_runs: Path, tin
 
 def test_compare_evaluates_a_cue_rule_on_an_environment_with_cues(tiny_cache: Path, tmp_path: Path) -> None:
     spec = "cue-rule:active=2,idle=5,change=0.2,cut=0.6"
-    config = CompareConfig(cache=str(tiny_cache), taus=(3,), policies=(spec,), out=str(tmp_path), progress=False)
+    config = CompareConfig.of(cache=str(tiny_cache), taus=(3,), policies=(spec,), out=str(tmp_path), progress=False)
     result = compare(config)
     with InterleaveEvaluator(tiny_cache, "val", {"cues": True}) as evaluator:
         direct = evaluator.evaluate(parse_baseline(spec, (0.0, 1.0)))

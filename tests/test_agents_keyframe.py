@@ -212,7 +212,7 @@ def test_train_and_compare_on_keyframe(keyframe_cache: Path, keyframe_run: tuple
     assert run.config["env_kwargs"]["speed_reward"] == [0.0, 0.4] and run.config["env_kwargs"]["max_distance"] == 20
     assert "key_fraction" in json.loads((run_dir / "eval.json").read_text())["history"][-1]
     result = compare(
-        CompareConfig(
+        CompareConfig.of(
             cache=str(keyframe_cache),
             env="gistgym/Keyframe-v0",
             runs=str(runs),

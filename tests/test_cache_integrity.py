@@ -121,7 +121,7 @@ def test_edited_metadata_breaks_no_comparison_silently(copy_of: Callable[[str], 
 
     path = copy_of("edited.h5")
     edit_json_attr(path, SECTION, "detector_config", flip_skip_light_updates)
-    config = CompareConfig(cache=str(path), split="val", taus=(3,), out=str(tmp_path / "cmp"), progress=False)
+    config = CompareConfig.of(cache=str(path), split="val", taus=(3,), out=str(tmp_path / "cmp"), progress=False)
     with pytest.raises(CacheDataError, match=r"edited.h5 \[sections/interleave.attrs\[detector_config\]\]"):
         compare(config)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ KEYFRAME = "gistgym/Keyframe-v0"
 
 
 def _config(cache: Path, out: Path, **overrides: Any) -> TrainConfig:
-    base = TrainConfig(
+    base = TrainConfig.of(
         cache=str(cache), out=str(out), algo="cem", cues=True, split="val", eval_split="val", clip_len=8,
         cem_population=4, cem_clips=3, cem_iterations=2, eval_every=0, eval_videos=1, gamma=0.5, progress=False,
     )  # fmt: skip
-    return replace(base, **overrides)
+    return base.replace(**overrides)
 
 
 # --- the search on a problem with a known answer ---------------------------------------------------

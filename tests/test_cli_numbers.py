@@ -165,9 +165,9 @@ def test_help_says_the_range_and_exits_zero(capsys: pytest.CaptureFixture[str]) 
 
 def test_library_train_refuses_non_finite_numbers_before_any_work(tmp_path: Path) -> None:
     for field, value in (("exploration_fraction", math.nan), ("learning_rate", math.inf), ("gammas", (1.0, math.nan))):
-        config = TrainConfig(cache=str(tmp_path / "c.h5"), out=str(tmp_path / "runs"), **{field: value})
+        config = TrainConfig.of(cache=str(tmp_path / "c.h5"), out=str(tmp_path / "runs"), **{field: value})
         if field == "gammas":
-            config = TrainConfig(**{**config.__dict__, "gamma_sweep": True})
+            config = config.replace(gamma_sweep=True)
         with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}"):
             train(config)
     assert not list(tmp_path.iterdir())

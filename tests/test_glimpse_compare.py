@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from gistgym.agents.compare import CompareConfig
 from gistgym.agents.glimpse_compare import GlimpseComparison, compare_glimpse, glimpse_verdict
 from gistgym.agents.glimpse_eval import (
     GlimpseBaselines,
@@ -17,6 +17,7 @@ from gistgym.agents.glimpse_eval import (
     random_indices,
     uniform_indices,
 )
+from gistgym.envs import GLIMPSE_ENV_ID
 from gistgym.errors import ConfigError
 from gistgym.feature_cache import FeatureCache
 from gistgym.feature_cache.glimpse import GlimpseVideos, read_glimpse_section
@@ -138,8 +139,9 @@ def test_verdict_reaches_all_and_beats_the_curves() -> None:
 
 
 def test_compare_writes_outputs_and_refuses_unknown_policies(glimpse_cache: Path, tmp_path: Path) -> None:
-    config = SimpleNamespace(
+    config = CompareConfig.of(
         cache=str(glimpse_cache),
+        env=GLIMPSE_ENV_ID,
         split="val",
         policies=("avgpool-random@2",),
         glimpse_counts=(1, 2),
@@ -162,9 +164,9 @@ def test_compare_writes_outputs_and_refuses_unknown_policies(glimpse_cache: Path
     assert len(comp.videos.video_ids) == 3
     for name in ("table.md", "results.csv", "results.json", "pareto.png", "timeline.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
-    bad = SimpleNamespace(**{**config.__dict__, "policies": ("tau=3",)})
+    bad = config.replace(policies=("tau=3",))
     with pytest.raises(ConfigError, match="neither a glimpse baseline nor a run directory"):
         compare_glimpse(bad, [], lambda *a: [])
-    bad = SimpleNamespace(**{**config.__dict__, "glimpse_counts": (2, 0)})
+    bad = config.replace(glimpse_counts=(2, 0))
     with pytest.raises(ConfigError, match=r"--glimpse-counts must be frame counts >= 1, got \[2, 0\]"):
         compare_glimpse(bad, [], lambda *a: [])

@@ -85,7 +85,7 @@ def test_ppo_runs_through_the_environment(glimpse_runs: Path, glimpse_cache: Pat
 
 
 def test_compare_includes_runs_and_adaptive_points(glimpse_runs: Path, glimpse_cache: Path, tmp_path: Path) -> None:
-    config = CompareConfig(
+    config = CompareConfig.of(
         cache=str(glimpse_cache),
         env=ENV,
         runs=str(glimpse_runs),

@@ -425,7 +425,7 @@ def test_names_and_compare_keys(keyframe_cache: Path, tmp_path: Path, capsys: py
     assert not is_baseline("hindsight-runs")
     kf: dict[str, Any] = {"env": "gistgym/Keyframe-v0", "durations": (4,), "flow_thresholds": (1.0,)}
     result = compare(
-        CompareConfig(
+        CompareConfig.of(
             cache=str(keyframe_cache),
             policies=("hindsight@0.25", "hindsight:lambda=0.3"),
             out=str(tmp_path / "kf"),

@@ -361,6 +361,6 @@ def test_train_reward_f1_is_recorded_and_evaluated_with(
     assert main([*args[:7], "--reward", "loss"]) == 2
     assert "--reward 'loss': expected one of eq2, f1, errors, matched" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"--reward f1 does not fit gistgym/Glimpse-v0: it takes eq2"):
-        check_config(TrainConfig(cache="x", env="gistgym/Glimpse-v0", algo="ppo", reward="f1"))
-    assert env_kwargs(TrainConfig(cache="x", env=KEYFRAME_ENV_ID, reward="errors"))["reward"] == "errors"
-    assert env_kwargs(TrainConfig(cache="x"))["reward"] == "eq2"
+        check_config(TrainConfig.of(cache="x", env="gistgym/Glimpse-v0", algo="ppo", reward="f1"))
+    assert env_kwargs(TrainConfig.of(cache="x", env=KEYFRAME_ENV_ID, reward="errors"))["reward"] == "errors"
+    assert env_kwargs(TrainConfig.of(cache="x"))["reward"] == "eq2"

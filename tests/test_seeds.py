@@ -28,21 +28,21 @@ from gistgym.scripts.cli import main
 
 
 def test_run_names_per_gamma_and_seed() -> None:
-    config = TrainConfig(cache="c.h5", seed=5, seeds=3, gamma_sweep=True, gammas=(0.5, 1.0))
+    config = TrainConfig.of(cache="c.h5", seed=5, seeds=3, gamma_sweep=True, gammas=(0.5, 1.0))
     configs = run_configs(config)
     assert [run_name(c) for c in configs] == [
         "ddqn-g0.5-s5", "ddqn-g0.5-s6", "ddqn-g0.5-s7", "ddqn-g1-s5", "ddqn-g1-s6", "ddqn-g1-s7",
     ]  # fmt: skip
     assert [c.seed for c in configs] == [5, 6, 7, 5, 6, 7] and not any(c.gamma_sweep for c in configs)
-    named = run_configs(TrainConfig(cache="c.h5", name="mine", seeds=2))
+    named = run_configs(TrainConfig.of(cache="c.h5", name="mine", seeds=2))
     assert [run_name(c) for c in named] == ["mine-s0", "mine-s1"]
     # one seed: the names are the settings' own, as before seeds existed
-    assert [run_name(c) for c in run_configs(TrainConfig(cache="c.h5", gamma=2.0, seed=4))] == ["ddqn-g2"]
+    assert [run_name(c) for c in run_configs(TrainConfig.of(cache="c.h5", gamma=2.0, seed=4))] == ["ddqn-g2"]
 
 
 def test_seeds_below_one_are_refused(tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match="--seeds must be >= 1, got 0"):
-        train(TrainConfig(cache=str(tiny_cache), out=str(tmp_path), seeds=0))
+        train(TrainConfig.of(cache=str(tiny_cache), out=str(tmp_path), seeds=0))
     for n in ("0", "-2"):
         assert main(["train", "--cache", str(tiny_cache), "--out", str(tmp_path), "--seeds", n]) == 2
         err = capsys.readouterr().err
@@ -51,7 +51,7 @@ def test_seeds_below_one_are_refused(tiny_cache: Path, tmp_path: Path, capsys: p
 
 
 def tiny_config(cache: Path, out: Path, **overrides: Any) -> TrainConfig:
-    base = TrainConfig(
+    base = TrainConfig.of(
         cache=str(cache),
         out=str(out),
         clip_len=8,
@@ -65,7 +65,7 @@ def tiny_config(cache: Path, out: Path, **overrides: Any) -> TrainConfig:
         checkpoint_every=0,
         progress=False,
     )
-    return replace(base, **overrides)
+    return base.replace(**overrides)
 
 
 def test_every_target_is_checked_before_the_first_seed_trains(tiny_cache: Path, tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_seeded_runs_record_their_seed_and_setting(seeded_runs: Path, tmp_path: 
         assert cfg["name"] == name and cfg["setting"] == setting
         assert cfg["train"]["seed"] == int(seed) and cfg["train"]["seeds"] == 2
         # the train record is this run: its name and setting again
-        again = TrainConfig(**{**cfg["train"], "gammas": tuple(cfg["train"]["gammas"]),
+        again = TrainConfig.of(**{**cfg["train"], "gammas": tuple(cfg["train"]["gammas"]),
                                "extractors": tuple(cfg["train"]["extractors"])})  # fmt: skip
         assert run_name(again) == name
     a, b = (json.loads((seeded_runs / n / "eval.json").read_text())["history"] for n in names[:2])
@@ -250,7 +250,7 @@ def test_frontier_entries_that_do_not_fit_are_refused(tiny_cache: Path, tmp_path
 def test_compare_summarises_settings_over_seeds(seeded_runs: Path, tiny_cache: Path, tmp_path: Path) -> None:
     frontier = tmp_path / "frontier.json"
     frontier.write_text(json.dumps({"points": [[0.0, 1.0], [1.0, 1.0]]}))
-    config = CompareConfig(
+    config = CompareConfig.of(
         cache=str(tiny_cache), runs=str(seeded_runs), taus=(1, 3), frontier=str(frontier), out=str(tmp_path / "c"),
         progress=False,
     )  # fmt: skip
@@ -305,6 +305,6 @@ def test_cli_compare_json_settings_and_bad_frontier(
 def test_frontier_is_refused_for_glimpse(tmp_path: Path) -> None:
     from gistgym.agents.compare import compare_any
 
-    config = CompareConfig(cache="g.h5", env="gistgym/Glimpse-v0", frontier="f.json", out=str(tmp_path / "o"))
+    config = CompareConfig.of(cache="g.h5", env="gistgym/Glimpse-v0", frontier="f.json", out=str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="--frontier"):
         compare_any(config)

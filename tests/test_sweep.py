@@ -49,7 +49,7 @@ TINY = {
 
 
 def tiny(cache: Path, out: Path, **overrides: Any) -> TrainConfig:
-    return TrainConfig(cache=str(cache), out=str(out), progress=False, **{**TINY, **overrides})  # type: ignore[arg-type]
+    return TrainConfig.of(cache=str(cache), out=str(out), progress=False, **{**TINY, **overrides})  # type: ignore[arg-type]
 
 
 def numbers(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
