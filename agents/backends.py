@@ -10,6 +10,8 @@ family to the agents is one :func:`register_backend` call (``docs/adding-a-task-
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -156,45 +158,33 @@ class EnvBackend:
         return self.extractors[extractor](algo)
 
 
-def _interleave_extractor(name: str) -> Callable[[str], dict[str, Any]]:
-    def kwargs(algo: str) -> dict[str, Any]:
-        from gistgym.agents.policy_nets import CueExtractor, InterleavePolicyNet, MLPExtractor
+def entry(ref: str) -> Callable[..., Any]:
+    """The callable ``module:attr``, imported on its first call (as Gymnasium resolves ``entry_point``).
 
-        cls = {"paper": InterleavePolicyNet, "mlp": MLPExtractor, "cues": CueExtractor}[name]
-        # The paper's Q head is one fully connected layer on the extractor's features.
-        net_arch: Any = {"pi": [64], "vf": [64]} if algo == "ppo" else []
-        return {"features_extractor_class": cls, "net_arch": net_arch, "normalize_images": False}
+    The registry names each family's pieces this way, so registering stays light (no torch)
+    and the families' modules may import the registry.
+    """
+    module, _, attr = ref.partition(":")
+    resolved: list[Callable[..., Any]] = []
 
-    return kwargs
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not resolved:
+            resolved.append(getattr(importlib.import_module(module), attr))
+        return resolved[0](*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = ref
+    return call
+
+
+def _vec(ref: str) -> Callable[..., Any]:
+    """``(cache, num_envs, **env_kwargs) -> VecEnv`` of a native SB3 vector env class ``ref``."""
+    cls = entry(ref)
+    return lambda cache, num_envs, **kwargs: cls(cache, num_envs=num_envs, **kwargs)
 
 
 def _flat_mlp(algo: str) -> dict[str, Any]:
     net_arch: Any = {"pi": [64, 64], "vf": [64, 64]} if algo == "ppo" else [64, 64]
     return {"net_arch": net_arch}
-
-
-def _interleave_vec(cache: str, num_envs: int, **kwargs: Any) -> Any:
-    from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
-
-    return InterleaveSB3VecEnv(cache, num_envs=num_envs, **kwargs)
-
-
-def _interleave_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, max_videos: int | None) -> Any:
-    from gistgym.agents.evaluation import InterleaveEvaluator
-
-    return InterleaveEvaluator(cache, split, kwargs, max_videos=max_videos)
-
-
-def _keyframe_vec(cache: str, num_envs: int, **kwargs: Any) -> Any:
-    from gistgym.envs.keyframe_vector import KeyframeSB3VecEnv
-
-    return KeyframeSB3VecEnv(cache, num_envs=num_envs, **kwargs)
-
-
-def _keyframe_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, max_videos: int | None) -> Any:
-    from gistgym.agents.keyframe_eval import KeyframeEvaluator
-
-    return KeyframeEvaluator(cache, split, kwargs, max_videos=max_videos)
 
 
 def is_baseline(spec: str) -> bool:
@@ -212,66 +202,6 @@ def _is_keyframe_baseline(spec: str) -> bool:
     return spec in ("every-frame", "oracle", "hindsight") or spec.startswith(
         ("key=", "random@", "flow-threshold@", "hindsight@", "hindsight:")
     )
-
-
-def _is_glimpse_baseline(spec: str) -> bool:
-    from gistgym.agents.glimpse_eval import is_glimpse_baseline
-
-    return bool(is_glimpse_baseline(spec))
-
-
-def _interleave_baseline(spec: str, speed: tuple[float, ...]) -> Any:
-    from gistgym.agents.baselines import parse_baseline
-
-    return parse_baseline(spec, speed)
-
-
-def _keyframe_baseline(spec: str, speed: tuple[float, ...]) -> Any:
-    from gistgym.agents.keyframe_baselines import parse_keyframe_baseline
-
-    return parse_keyframe_baseline(spec, speed)
-
-
-def _interleave_export(run_dir: Any, out: Any, export_format: str) -> Any:
-    from gistgym.agents.export import export_interleave_run
-
-    return export_interleave_run(run_dir, out, export_format)
-
-
-def _keyframe_export(run_dir: Any, out: Any, export_format: str) -> Any:
-    from gistgym.agents.keyframe_export import export_keyframe_run
-
-    return export_keyframe_run(run_dir, out, export_format)
-
-
-def _glimpse_export(run_dir: Any, out: Any, export_format: str) -> Any:
-    from gistgym.agents.glimpse_export import export_glimpse_run
-
-    return export_glimpse_run(run_dir, out, export_format)
-
-
-def _train_adaframe(config: Any, target: Any, *, command: Any = ()) -> Any:
-    from gistgym.agents.glimpse_runs import train_adaframe_run
-
-    return train_adaframe_run(config, target, command=command)
-
-
-def _compare_glimpse(config: Any) -> Any:
-    from gistgym.agents.glimpse_compare import compare_glimpse_config
-
-    return compare_glimpse_config(config)
-
-
-def _interleave_features(env_kwargs: Mapping[str, Any]) -> Any:
-    from gistgym.agents.baselines import interleave_policy_features
-
-    return interleave_policy_features(env_kwargs)
-
-
-def _keyframe_features(env_kwargs: Mapping[str, Any]) -> Any:
-    from gistgym.agents.keyframe_baselines import keyframe_policy_features
-
-    return keyframe_policy_features(env_kwargs)
 
 
 def _interleave_run_kwargs(config: Any) -> dict[str, Any]:
@@ -297,14 +227,6 @@ def _interleave_compare_settings(config: Any) -> dict[str, Any]:
     }
 
 
-def _interleave_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
-    from gistgym.agents.baselines import FixedTauPolicy, parse_baseline
-
-    out: list[Any] = [parse_baseline(s, speed) for s in ("heavy", "light")]
-    out += [FixedTauPolicy(int(t)) for t in config.interleave.taus]
-    return [*out, parse_baseline("oracle", speed)]
-
-
 def _keyframe_run_kwargs(config: Any) -> dict[str, Any]:
     return {
         "split": config.split,
@@ -320,30 +242,10 @@ def _keyframe_compare_settings(config: Any) -> dict[str, Any]:
     return {"speed_reward": speed_rewards(2, config.gamma)}
 
 
-def _keyframe_baselines(config: Any, speed: tuple[float, ...]) -> list[Any]:
-    from gistgym.agents.keyframe_baselines import parse_keyframe_baseline
-
-    specs = ["every-frame", *(f"key={int(x)}" for x in config.keyframe.durations)]
-    specs += [f"flow-threshold@{x:g}" for x in config.keyframe.flow_thresholds] + ["oracle"]
-    return [parse_keyframe_baseline(s, speed) for s in specs]
-
-
 def _glimpse_mlp(algo: str) -> dict[str, Any]:
     # The location is a Gaussian clipped to [0, 1]: SB3's default std of 1 puts most samples
     # on the bounds (frame 0 or T - 1) and PPO collapses there; start at AdaFrame's sigma 0.1.
     return {**_flat_mlp(algo), "log_std_init": math.log(0.1)}
-
-
-def _glimpse_vec(cache: str, num_envs: int, **kwargs: Any) -> Any:
-    from gistgym.envs.glimpse_vector import GlimpseSB3VecEnv
-
-    return GlimpseSB3VecEnv(cache, num_envs=num_envs, **kwargs)
-
-
-def _glimpse_evaluator(cache: str, split: str, kwargs: Mapping[str, Any], *, max_videos: int | None) -> Any:
-    from gistgym.agents.glimpse_runs import GlimpseEnvEvaluator
-
-    return GlimpseEnvEvaluator(cache, split, kwargs, max_videos=max_videos)
 
 
 def _glimpse_run_kwargs(config: Any) -> dict[str, Any]:
@@ -373,20 +275,23 @@ register_backend(
         env_id=INTERLEAVE_ENV_ID,
         fraction="heavy_fraction",
         fraction_label="heavy fraction (frames the heavy extractor ran on)",
-        make_vec=_interleave_vec,
-        make_evaluator=_interleave_evaluator,
+        make_vec=_vec("gistgym.envs.interleave_sb3:InterleaveSB3VecEnv"),
+        make_evaluator=entry("gistgym.agents.evaluation:InterleaveEvaluator"),
         eval_arguments=("extractors", "speed_reward", "skip_light_updates", "history_len", "reward", "cues"),
-        extractors={name: _interleave_extractor(name) for name in ("paper", "mlp", "cues")},
+        extractors={
+            name: functools.partial(entry("gistgym.agents.policy_nets:interleave_policy_kwargs"), name)
+            for name in ("paper", "mlp", "cues")
+        },
         ends=("heavy", "light"),
         references={"fixed tau": "tau="},
         run_env_kwargs=_interleave_run_kwargs,
         compare_settings=_interleave_compare_settings,
-        baselines=_interleave_baselines,
+        baselines=entry("gistgym.agents.baselines:interleave_compare_baselines"),
         matched_random=True,
-        linear_features=_interleave_features,
+        linear_features=entry("gistgym.agents.baselines:interleave_policy_features"),
         is_baseline=_is_interleave_baseline,
-        parse_baseline=_interleave_baseline,
-        export_run=_interleave_export,
+        parse_baseline=entry("gistgym.agents.baselines:parse_baseline"),
+        export_run=entry("gistgym.agents.export:export_interleave_run"),
     )
 )
 register_backend(
@@ -394,20 +299,20 @@ register_backend(
         env_id=KEYFRAME_ENV_ID,
         fraction="key_fraction",
         fraction_label="keyframe fraction (frames N_feat ran on)",
-        make_vec=_keyframe_vec,
-        make_evaluator=_keyframe_evaluator,
+        make_vec=_vec("gistgym.envs.keyframe_vector:KeyframeSB3VecEnv"),
+        make_evaluator=entry("gistgym.agents.keyframe_eval:KeyframeEvaluator"),
         eval_arguments=("max_distance", "speed_reward", "history_len", "reward"),
         extractors={"mlp": _flat_mlp},
         ends=("every-frame",),
         references={"fixed l": "key=", "flow threshold": "flow-threshold@"},
         run_env_kwargs=_keyframe_run_kwargs,
         compare_settings=_keyframe_compare_settings,
-        baselines=_keyframe_baselines,
+        baselines=entry("gistgym.agents.keyframe_baselines:keyframe_compare_baselines"),
         matched_random=True,
-        linear_features=_keyframe_features,
+        linear_features=entry("gistgym.agents.keyframe_baselines:keyframe_policy_features"),
         is_baseline=_is_keyframe_baseline,
-        parse_baseline=_keyframe_baseline,
-        export_run=_keyframe_export,
+        parse_baseline=entry("gistgym.agents.keyframe_baselines:parse_keyframe_baseline"),
+        export_run=entry("gistgym.agents.keyframe_export:export_keyframe_run"),
     )
 )
 # Glimpse comparisons have their own metrics and baselines (gistgym.agents.glimpse_compare), and
@@ -417,8 +322,8 @@ register_backend(
         env_id=GLIMPSE_ENV_ID,
         fraction="frames_used",
         fraction_label="average frames used per video",
-        make_vec=_glimpse_vec,
-        make_evaluator=_glimpse_evaluator,
+        make_vec=_vec("gistgym.envs.glimpse_vector:GlimpseSB3VecEnv"),
+        make_evaluator=entry("gistgym.agents.glimpse_runs:GlimpseEnvEvaluator"),
         eval_arguments=("num_glimpses",),
         extractors={"mlp": _glimpse_mlp},
         ends=("all",),
@@ -432,11 +337,11 @@ register_backend(
         fraction_max=lambda kwargs: float(kwargs.get("num_glimpses", 10)),
         algorithms=("adaframe", "ppo"),
         algorithms_note="ddqn, dqn and cem need discrete actions; its action is a location in [0, 1]",
-        trainers={"adaframe": _train_adaframe},
+        trainers={"adaframe": entry("gistgym.agents.glimpse_runs:train_adaframe_run")},
         rewards=(EQ2,),
-        is_baseline=_is_glimpse_baseline,
-        compare=_compare_glimpse,
-        export_run=_glimpse_export,
+        is_baseline=entry("gistgym.agents.glimpse_eval:is_glimpse_baseline"),
+        compare=entry("gistgym.agents.glimpse_compare:compare_glimpse_config"),
+        export_run=entry("gistgym.agents.glimpse_export:export_glimpse_run"),
     )
 )
 

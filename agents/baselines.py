@@ -399,3 +399,15 @@ def interleave_policy_features(env_kwargs: Mapping[str, Any]) -> Any:
         fn=_cue_features,
         init=(8.0, 0.0, 0.0, 0.0, 0.0, -1.0),
     )
+
+
+def interleave_compare_baselines(config: Any, speed_reward: Sequence[float]) -> list[Any]:
+    """The baselines of every Interleave-v0 comparison: heavy, light, ``tau=N`` for each of ``--taus``, oracle.
+
+    Args:
+        config: A :class:`~gistgym.agents.compare.CompareConfig`.
+        speed_reward: The comparison's speed reward per action.
+    """
+    out: list[Any] = [parse_baseline(s, speed_reward) for s in ("heavy", "light")]
+    out += [FixedTauPolicy(int(t)) for t in config.interleave.taus]
+    return [*out, parse_baseline("oracle", speed_reward)]

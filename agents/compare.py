@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from gistgym.agents.algorithms import load_run
 from gistgym.agents.backends import (
     INTERLEAVE_ENV_ID,
     EnvBackend,
@@ -62,7 +63,7 @@ from gistgym.agents.glimpse_compare import DEFAULT_GLIMPSE_COUNTS, DEFAULT_MUS
 from gistgym.agents.hindsight import HINDSIGHT, prepare_policies
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.report import check_compare_out, write_report
-from gistgym.agents.runs import comparison_runs, load_run
+from gistgym.agents.runs import comparison_runs
 from gistgym.agents.stats import BOOTSTRAP_REPS, CI_ALPHA, iqm, stratified_bootstrap_ci
 from gistgym.errors import ConfigError, InputFileError
 from gistgym.metrics import best_curve

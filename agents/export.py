@@ -575,7 +575,7 @@ def export_interleave_run(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str
 ) -> ExportResult:
     """``gistgym export --run DIR`` for an Interleave-v0 run (its registered export)."""
-    from gistgym.agents.runs import load_run
+    from gistgym.agents.algorithms import load_run
 
     run = load_run(run_dir)
     return export_policy(run.model, out, export_format, run_context(run_dir, run.config, run.model))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 import gistgym
 from gistgym.agents.adaframe import AdaFrameConfig, AdaFrameNet, adaframe_state, adaptive_lookahead, train_adaframe
+from gistgym.agents.algorithms import load_run
 from gistgym.agents.glimpse_eval import GlimpseEvaluation, video_gflops
 from gistgym.agents.policy import Policy, SB3Policy
 from gistgym.agents.runs import (
@@ -33,7 +34,6 @@ from gistgym.agents.runs import (
     TENSORBOARD_DIR,
     cache_identity,
     check_cache_identity,
-    load_run,
     read_run_config,
     staged_run_dir,
 )

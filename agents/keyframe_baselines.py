@@ -192,3 +192,15 @@ def keyframe_policy_features(env_kwargs: Mapping[str, Any]) -> Any:
         fn=_flow_features,
         init=(0.0,) * len(CUE_NAMES) + (5.0, 0.0, -2.0),
     )
+
+
+def keyframe_compare_baselines(config: Any, speed_reward: Sequence[float]) -> list[Any]:
+    """The baselines of every Keyframe-v0 comparison: every-frame, ``key=L``, ``flow-threshold@X``, oracle.
+
+    Args:
+        config: A :class:`~gistgym.agents.compare.CompareConfig` (``--durations``, ``--flow-thresholds``).
+        speed_reward: The comparison's speed reward per action.
+    """
+    specs = ["every-frame", *(f"key={int(x)}" for x in config.keyframe.durations)]
+    specs += [f"flow-threshold@{x:g}" for x in config.keyframe.flow_thresholds] + ["oracle"]
+    return [parse_keyframe_baseline(s, speed_reward) for s in specs]

@@ -244,7 +244,7 @@ def export_keyframe_run(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str], export_format: str
 ) -> ExportResult:
     """``gistgym export --run DIR`` for a Keyframe-v0 run."""
-    from gistgym.agents.runs import load_run
+    from gistgym.agents.algorithms import load_run
 
     run = load_run(run_dir)
     return export_keyframe_policy(

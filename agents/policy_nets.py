@@ -246,3 +246,11 @@ def policy_net_report(observation_space: gym.Space, num_actions: int, **kwargs: 
         "paper_parameters": PAPER_PARAMETERS,
         "paper_macs": PAPER_MACS,
     }
+
+
+def interleave_policy_kwargs(name: str, algo: str) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` of Interleave-v0's ``--extractor NAME`` (paper, mlp, cues) for ``--algo``."""
+    cls = {"paper": InterleavePolicyNet, "mlp": MLPExtractor, "cues": CueExtractor}[name]
+    # The paper's Q head is one fully connected layer on the extractor's features.
+    net_arch: Any = {"pi": [64], "vf": [64]} if algo == "ppo" else []
+    return {"features_extractor_class": cls, "net_arch": net_arch, "normalize_images": False}

@@ -207,38 +207,6 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def load_run(run_dir: str | os.PathLike[str], *, cache: str | os.PathLike[str] | None = None) -> Run:
-    """Load a run's config and final model.
-
-    Args:
-        run_dir: The run directory.
-        cache: If given, check that the run was trained on a cache with this one's identity.
-
-    Raises:
-        RunError: Not a complete run, or the model does not load.
-        CacheMismatchError: ``cache`` has another identity than the run's.
-    """
-    from gistgym.agents.train import ALGORITHMS
-
-    path = Path(run_dir)
-    config = read_run_config(path)
-    if cache is not None:
-        check_cache_identity(config.get("cache_identity", {}), cache, what=f"run {path}")
-    algo = config.get("algo")
-    if algo not in ALGORITHMS:
-        raise RunError(path / CONFIG_FILE, f"unknown algo {algo!r}; expected one of {sorted(ALGORITHMS)}", field="algo")
-    model_path = path / getattr(ALGORITHMS[algo], "model_file", MODEL_FILE)
-    if not model_path.is_file():
-        raise RunError(model_path, "missing: the run did not finish")
-    try:
-        model = ALGORITHMS[algo].load(model_path, device="cpu")
-    except RunError:
-        raise
-    except Exception as exc:  # SB3 raises many types for a damaged zip
-        raise RunError(model_path, f"cannot load the model ({type(exc).__name__}: {exc})") from exc
-    return Run(path, config, model)
-
-
 def find_runs(runs_dir: str | os.PathLike[str]) -> list[Path]:
     """Complete run directories directly under ``runs_dir``, sorted by name (partial ones skipped).
 

@@ -44,15 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3 import DQN, PPO
+from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
+from gistgym.agents.algorithms import ALGORITHMS
 from gistgym.agents.backends import INTERLEAVE_ENV_ID, EnvBackend, get_backend
-from gistgym.agents.cem import LinearPolicyModel, cem_config, train_cem_run
-from gistgym.agents.ddqn import DoubleDQN
+from gistgym.agents.cem import cem_config, train_cem_run
 from gistgym.agents.policy import SB3Policy
 from gistgym.agents.policy_nets import count_macs, count_parameters
 from gistgym.agents.runs import (
@@ -73,8 +73,6 @@ from gistgym.options import NestedOptions
 from gistgym.staging import check_name
 from gistgym.videos.dataset import atomic_write_json, nan_to_null
 
-ALGORITHMS: dict[str, Any] = {"ddqn": DoubleDQN, "dqn": DQN, "ppo": PPO, "cem": LinearPolicyModel}
-"""``--algo`` name -> model class (SB3's, or the linear scheduler of the cross-entropy method)."""
 CEM = "cem"
 """``--algo`` of the linear scheduler found by the cross-entropy method (:mod:`gistgym.agents.cem`)."""
 

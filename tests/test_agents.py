@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gistgym.agents.algorithms import load_run
 from gistgym.agents.baselines import (
     NEXT_LOSSES,
     ConstantPolicy,
@@ -21,7 +22,7 @@ from gistgym.agents.baselines import (
 )
 from gistgym.agents.compare import CompareConfig, compare, dominance
 from gistgym.agents.evaluation import InterleaveEvaluator
-from gistgym.agents.runs import CONFIG_FILE, find_runs, load_run
+from gistgym.agents.runs import CONFIG_FILE, find_runs
 from gistgym.agents.train import TrainConfig, train
 from gistgym.backbones.detector import InterleavedDetector
 from gistgym.backbones.evaluation import evaluate_schedules

@@ -202,8 +202,8 @@ def test_bad_arguments(keyframe_cache: Path, evaluator: KeyframeEvaluator) -> No
 
 
 def test_train_and_compare_on_keyframe(keyframe_cache: Path, keyframe_run: tuple[Any, Path], tmp_path: Path) -> None:
+    from gistgym.agents.algorithms import load_run
     from gistgym.agents.compare import CompareConfig, compare
-    from gistgym.agents.runs import load_run
     from gistgym.agents.train import train
 
     config, run_dir = keyframe_run

@@ -108,7 +108,7 @@ def cem_run(keyframe_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_a_run_records_the_search_and_reloads_as_the_same_policy(cem_run: Path, keyframe_cache: Path) -> None:
-    from gistgym.agents.runs import load_run
+    from gistgym.agents.algorithms import load_run
 
     config = json.loads((cem_run / "config.json").read_text())
     assert config["algo"] == "cem" and config["algorithm"] == "CEM" and config["env_kwargs"]["cues"] is True
@@ -138,8 +138,8 @@ def test_export_gives_the_models_scores_on_environment_observations(
 ) -> None:
     import shutil
 
+    from gistgym.agents.algorithms import load_run
     from gistgym.agents.export import export_run, load_exported_policy
-    from gistgym.agents.runs import load_run
     from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv
 
     run = tmp_path / cem_run.name  # weights whose score changes sign on these observations
@@ -168,9 +168,9 @@ def test_export_gives_the_models_scores_on_environment_observations(
 
 
 def test_keyframe_cem_runs_and_exports(keyframe_cache: Path, tmp_path: Path) -> None:
+    from gistgym.agents.algorithms import load_run
     from gistgym.agents.export import export_run
     from gistgym.agents.keyframe_export import load_keyframe_policy
-    from gistgym.agents.runs import load_run
 
     (run,) = train(_config(keyframe_cache, tmp_path, env=KEYFRAME, cues=False), log=lambda _: None)
     model = load_run(run).model
@@ -216,7 +216,7 @@ def test_bad_configurations_name_the_option(keyframe_cache: Path, tmp_path: Path
 def test_a_damaged_model_file_is_a_run_error_naming_it(cem_run: Path, tmp_path: Path, edit: Any, message: str) -> None:
     import shutil
 
-    from gistgym.agents.runs import load_run
+    from gistgym.agents.algorithms import load_run
 
     run = tmp_path / cem_run.name
     shutil.copytree(cem_run, run)

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gistgym.agents.algorithms import load_run
 from gistgym.agents.compare import CompareConfig, compare_any
 from gistgym.agents.glimpse_runs import GlimpseEnvEvaluator, evaluate_adaframe, load_adaframe_run
 from gistgym.agents.policy import SB3Policy
-from gistgym.agents.runs import load_run, read_run_config
+from gistgym.agents.runs import read_run_config
 from gistgym.agents.train import TrainConfig, train_one
 from gistgym.errors import CacheMismatchError, ConfigError, RunError
 from gistgym.feature_cache import FeatureCache

@@ -50,7 +50,7 @@ def _observations(cache: Path) -> dict[str, np.ndarray]:
 def test_exported_scheduler_matches_the_python_network_on_10k_env_observations(
     keyframe_run: tuple[Any, Path], exported: dict[str, Path], keyframe_cache: Path
 ) -> None:
-    from gistgym.agents.runs import load_run
+    from gistgym.agents.algorithms import load_run
 
     obs = _observations(keyframe_cache)
     assert len(obs["cues"]) >= PARITY_OBSERVATIONS and len(np.unique(obs["cues"][:, 0])) > 100

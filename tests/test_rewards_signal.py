@@ -18,12 +18,13 @@ import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import gistgym.envs  # noqa: F401 (registers the ids)
+from gistgym.agents.algorithms import load_run
 from gistgym.agents.backends import KEYFRAME_ENV_ID, get_backend
 from gistgym.agents.baselines import FixedTauPolicy
 from gistgym.agents.evaluation import InterleaveEvaluator
 from gistgym.agents.keyframe_eval import KeyframeEvaluator
 from gistgym.agents.policy import SB3Policy
-from gistgym.agents.runs import CONFIG_FILE, EVAL_FILE, load_run
+from gistgym.agents.runs import CONFIG_FILE, EVAL_FILE
 from gistgym.agents.train import TrainConfig, check_config, env_kwargs
 from gistgym.envs.interleave import InterleaveEnv
 from gistgym.envs.interleave_sb3 import InterleaveSB3VecEnv

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from gistgym.agents.runs import CONFIG_FILE, EVAL_FILE, find_runs, load_run
+from gistgym.agents.algorithms import load_run
+from gistgym.agents.runs import CONFIG_FILE, EVAL_FILE, find_runs
 from gistgym.agents.sweep import (
     KILL_ONCE_ENV,
     SWEEP_FILE,

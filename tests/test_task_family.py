@@ -26,6 +26,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import Tensor
 
+from gistgym.agents.algorithms import load_run
 from gistgym.agents.backends import BACKENDS, EnvBackend, family_backend, get_backend, register_backend
 from gistgym.agents.export_common import (
     ExportResult,
@@ -37,7 +38,6 @@ from gistgym.agents.export_common import (
     write_exported_module,
 )
 from gistgym.agents.policy import Policy
-from gistgym.agents.runs import load_run
 from gistgym.errors import ConfigError
 from gistgym.feature_cache import FeatureCache
 from gistgym.scripts.cli import main
