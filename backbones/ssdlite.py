@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 BOX_VARIANCES = (0.1, 0.2)
 """SSD's variances for centre and size offsets."""
-_MAX_LOG_SCALE = math.log(1000.0 / 16)
+MAX_LOG_SCALE = math.log(1000.0 / 16)
+"""Largest log size offset decoded (a box at most 1000/16 times its anchor), as torchvision's SSD clamps it."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def decode_boxes(offsets: Tensor, anchors: Tensor) -> Tensor:
     v0, v1 = BOX_VARIANCES
     cxcy = anchors[..., :2] + offsets[..., :2] * v0 * anchors[..., 2:]
     # the usual bound (torchvision's): a box may grow to 1000/16 of its anchor, not to inf
-    wh = anchors[..., 2:] * torch.exp((offsets[..., 2:] * v1).clamp(max=_MAX_LOG_SCALE))
+    wh = anchors[..., 2:] * torch.exp((offsets[..., 2:] * v1).clamp(max=MAX_LOG_SCALE))
     return cxcywh_to_xyxy(torch.cat([cxcy, wh], dim=-1))
 
 
@@ -364,7 +365,7 @@ def postprocess_frame(
     off = np.asarray(loc, dtype=np.float32).T[:, anchor_idx]
     v0, v1 = BOX_VARIANCES
     cxcy = a[:2] + off[:2] * np.float32(v0) * a[2:]
-    half = a[2:] * np.exp(np.minimum(off[2:] * np.float32(v1), np.float32(_MAX_LOG_SCALE))) / np.float32(2)
+    half = a[2:] * np.exp(np.minimum(off[2:] * np.float32(v1), np.float32(MAX_LOG_SCALE))) / np.float32(2)
     corners = np.concatenate([cxcy - half, cxcy + half])  # (4, N): x0, y0, x1, y1
     if image_size is not None:
         h, w = image_size

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
 from torch import Tensor, nn
 
@@ -48,6 +49,7 @@ from gistgym.backbones.engines import (
     DEFAULT_ENGINE,
     PARITY_ATOL,
     Compiled,
+    EngineError,
     MemoryHeadStep,
     OrtModule,
     check_engine,
@@ -55,7 +57,16 @@ from gistgym.backbones.engines import (
     compile_extractors,
     compile_module,
     freeze_torchscript,
+    ort_session,
 )
+from gistgym.backbones.onnx_graphs import (
+    FRAME_STEP_INPUTS,
+    FRAME_STEP_OUTPUTS,
+    frame_step_graph,
+    postprocess_graph,
+    preprocess_graph,
+)
+from gistgym.backbones.ssdlite import postprocess_frame
 from gistgym.errors import ConfigError
 
 __all__ = [
@@ -67,6 +78,7 @@ __all__ = [
     "check_frozen_parity",
     "engine_dff",
     "engine_modules",
+    "frame_step_parity",
     "frozen_dff",
     "frozen_modules",
 ]
@@ -101,8 +113,13 @@ class FrozenModules:
     """The engine they run on."""
     memory_head: Compiled | None = None
     """``(features, c, h) -> (c', h', loc, conf)``: the memory step and the head in one graph
-    (:class:`~gistgym.backbones.engines.MemoryHeadStep`, the environment's fused step): what the
-    online runtime calls on every frame, one engine call instead of two."""
+    (:class:`~gistgym.backbones.engines.MemoryHeadStep`, the environment's fused step): one
+    engine call instead of two."""
+    frame_steps: tuple[OrtModule | None, ...] = ()
+    """ONNX Runtime only, per detector extractor (``None`` for one with shift buffers): a whole
+    frame as one graph (:func:`~gistgym.backbones.onnx_graphs.frame_step_graph`, ``(image, c, h)``
+    with the uint8 frame -> features, new state, head outputs and the frame's detections), what
+    the online runtime runs on every frame. Empty on the other engines."""
 
     def memory_step(self, features: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """The memory step with the detector's calling convention."""
@@ -193,9 +210,91 @@ def engine_modules(detector: InterleavedDetector, engine: str = DEFAULT_ENGINE, 
         kind="memory-head", input_names=("x", "c", "h"), output_names=("c_new", "h_new", "loc", "conf"),
         threads=threads,
     )  # fmt: skip
-    modules = FrozenModules(extractors, memory, head, engine, memory_head)
+    steps = _frame_steps(detector, extractors, memory_head, threads) if engine == "onnxruntime" else ()
+    modules = FrozenModules(extractors, memory, head, engine, memory_head, steps)
     per_detector[(engine, threads)] = modules
     return modules
+
+
+def _frame_steps(
+    detector: InterleavedDetector, extractors: tuple[Compiled | None, ...], memory_head: Compiled, threads: int
+) -> tuple[OrtModule | None, ...]:
+    """Per extractor, the whole-frame graph on ONNX Runtime, checked against the modules it chains.
+
+    Raises:
+        EngineError: A frame step that disagrees with its modules and the numpy postprocessing.
+    """
+    if not isinstance(memory_head, OrtModule) or memory_head.export is None:
+        return tuple(None for _ in extractors)
+    size = detector.config.image_size
+    joint = onnx.load_from_string(memory_head.export.data)
+    pre = preprocess_graph(size, detector.config.mean, detector.config.std, ir_version=joint.ir_version)
+    anchors = np.ascontiguousarray(detector.head.anchors.numpy(), dtype=np.float32)
+    post = postprocess_graph(anchors, detector.config.num_classes, (size, size), ir_version=joint.ir_version)
+    steps: list[OrtModule | None] = []
+    for name, compiled in zip(detector.extractor_names, extractors, strict=True):
+        if not isinstance(compiled, OrtModule) or compiled.export is None:
+            steps.append(None)
+            continue
+        model = frame_step_graph(pre, onnx.load_from_string(compiled.export.data), joint, post)
+        kind = f"frame-step-{name}"
+        step = OrtModule(ort_session(model.SerializeToString(), threads, kind), FRAME_STEP_INPUTS, FRAME_STEP_OUTPUTS)
+        worst = frame_step_parity(detector, step, compiled, memory_head, anchors)
+        if not worst <= PARITY_ATOL:
+            raise EngineError(
+                f"the onnxruntime {kind} graph differs from its modules by {worst:.3g} (> {PARITY_ATOL:g}); "
+                "pass --engine torchscript or eager (and report it)"
+            )
+        steps.append(step)
+    return tuple(steps)
+
+
+def _example_frames(size: int, count: int = 3) -> np.ndarray:
+    """Uint8 frames with structure (gradients and blocks), as the frame-step checks feed them."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    frames[0] = np.stack(
+        [ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), 255 - ramp[None, :].repeat(size, 0)], -1
+    ).astype(np.uint8)
+    return frames
+
+
+def frame_step_parity(
+    detector: InterleavedDetector,
+    step: OrtModule,
+    extractor: Compiled,
+    memory_head: Compiled,
+    anchors: np.ndarray,
+    frames: np.ndarray | None = None,
+) -> float:
+    """Largest difference between a frame step and the modules it chains, over ``frames`` (memory carried).
+
+    The reference is ``detector.preprocess``, the extractor and memory + head modules, and
+    :func:`~gistgym.backbones.ssdlite.postprocess_frame` on their outputs. Detections must be the
+    same boxes of the same classes in the same order (``inf`` otherwise); features, state, head
+    outputs, boxes and scores are compared to the absolute difference returned.
+    """
+    size = detector.config.image_size
+    frames = _example_frames(size) if frames is None else frames
+    state = detector.memory.initial_state(1, detector.grid, detector.grid)
+    c = np.ascontiguousarray(state.c.numpy() + 1.0, dtype=np.float32)  # a written-looking state
+    h = np.ascontiguousarray(state.h.numpy() + 0.5, dtype=np.float32)
+    extract, joint = array_call(extractor), array_call(memory_head)
+    worst = 0.0
+    for image in frames:
+        with torch.inference_mode():
+            images = detector.preprocess(torch.from_numpy(np.ascontiguousarray(image[None]))).numpy()
+        feats = extract(np.ascontiguousarray(images, dtype=np.float32))[0]
+        want = (feats, *joint(feats, c, h))
+        dets = postprocess_frame(want[3][0], want[4][0], anchors, image_size=(size, size))
+        got = step.run_arrays(np.ascontiguousarray(image[None]), c, h)
+        if len(got[7]) != len(dets.labels) or not np.array_equal(got[7], dets.labels):
+            return float("inf")
+        pairs = [*zip(want, got[:5], strict=True), (dets.boxes, got[5]), (dets.scores, got[6])]
+        worst = max(worst, *(float(np.abs(a - b).max()) if a.size else 0.0 for a, b in pairs))
+        c, h = got[1], got[2]
+    return worst
 
 
 def frozen_modules(detector: InterleavedDetector) -> FrozenModules:
@@ -209,7 +308,9 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: s
 
     Runs every compiled extractor, then the memory and the head over the frames one by one
     (the memory carried), comparing features, memory state, box offsets and logits, and the
-    fused memory + head step's outputs.
+    fused memory + head step's outputs; on ONNX Runtime also each whole-frame graph against the
+    eager modules and the numpy postprocessing (:func:`frame_step_parity`, on uint8 frames of
+    its own).
 
     Args:
         detector: The detector (eval mode).
@@ -241,6 +342,11 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: s
                 *(zip((eager_state.c, eager_state.h, *eager_head), fused, strict=True) if fused else ()),
             ]
             worst = max(worst, *(float((a - b).abs().max()) for a, b in pairs))
+    eager_joint = MemoryHeadStep(detector.memory, detector.head).eval()
+    anchors = np.ascontiguousarray(detector.head.anchors.numpy(), dtype=np.float32)
+    for index, step in enumerate(modules.frame_steps):
+        if step is not None:
+            worst = max(worst, frame_step_parity(detector, step, detector.extractor(index), eager_joint, anchors))
     if worst > PARITY_ATOL:
         raise ConfigError(
             f"{engine} modules differ from the eager detector by {worst:.3g} (> {PARITY_ATOL:g}); "

@@ -46,10 +46,11 @@ Both modes run the extractors, the memory and the head on ONNX Runtime by defaul
 torchscript`` for frozen TorchScript graphs, ``engine="eager"`` / ``--engine eager`` for the eager
 modules): the same outputs to about 1e-5, faster per frame, and in async mode the background heavy
 job no longer holds the GIL between operators (``InferenceSession.run`` and TorchScript calls
-release it), which is what made light frames slow while a heavy job ran. Between the engine calls
-(the extractor, then the memory step and head as one graph) a frame stays in numpy
-(:class:`OnlineMemory`): preprocessing, the observation and the NMS cost a light frame less than
-its modules. Per-frame latency in both
+release it), which is what made light frames slow while a heavy job ran. On ONNX Runtime a frame is
+one engine call (:meth:`OnlineMemory.frame`: preprocessing, extractor, memory step, head, decoding
+and NMS in one graph, :mod:`gistgym.backbones.onnx_graphs`); on the other engines the extractor and
+the memory step + head are two calls with the pre- and postprocessing in numpy. Only the
+observation's bookkeeping stays in Python. Per-frame latency in both
 modes is the main thread's time from the resized frame to its detections and the next decision
 (fuse + launch + step + NMS + policy); decoding and writing outputs are excluded and reported
 separately as wall-clock frames/s.
@@ -91,6 +92,10 @@ def eq1_observation(
     return np.concatenate([c_hat, h_hat, c_hat - c_prev, h_hat - h_prev], axis=1)
 
 
+HeavyResult = tuple[np.ndarray, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None]
+"""An async heavy job's features and, if it made the write step too, ``(from_state, new_state)``."""
+
+
 @dataclass(frozen=True)
 class StepRecord:
     """One processed frame of the online detector."""
@@ -107,10 +112,12 @@ class StepRecord:
 class OnlineMemory:
     """The detector's memory, head and observation bookkeeping for one stream.
 
-    Per frame the runtime makes two engine calls (the extractor, then the memory step and the
-    head as one graph, :attr:`FrozenModules.memory_head <gistgym.runtime.frozen.FrozenModules>`)
-    and keeps everything between them in numpy: images, features, the carried memory state
-    and the head's outputs are float32 arrays (on ONNX Runtime no tensor is made at all; on
+    Per frame the runtime makes one engine call on ONNX Runtime (:meth:`frame`, the whole frame
+    as one graph, :attr:`FrozenModules.frame_steps <gistgym.runtime.frozen.FrozenModules>`) and
+    two on the other engines (the extractor, then the memory step and the head as one graph,
+    :attr:`FrozenModules.memory_head <gistgym.runtime.frozen.FrozenModules>`), keeping
+    everything between them in numpy: images, features, the carried memory state and the
+    head's outputs are float32 arrays (on ONNX Runtime no tensor is made at all; on
     TorchScript and eager the tensors share the arrays' memory). At batch one the per-frame
     work outside the modules (conversions, preprocessing, postprocessing) was what made a
     light frame cost four times its modules.
@@ -161,6 +168,8 @@ class OnlineMemory:
         fused = self.frozen.memory_head
         self._memory_head = array_call(MemoryHeadStep(detector.memory, detector.head) if fused is None else fused)
         self._memory_step = array_call(self.frozen.memory)
+        steps = self.frozen.frame_steps or (None,) * len(self.frozen.extractors)
+        self._frame_steps = tuple(None if s is None else s.run_arrays for s in steps)
         self._anchors = np.ascontiguousarray(detector.head.anchors.numpy(), dtype=np.float32)
         self._image_size = (detector.config.image_size, detector.config.image_size)
         # the normalisation as per-channel float32 scalars: x / 255, - mean, / std, the detector's order
@@ -247,6 +256,60 @@ class OnlineMemory:
         """
         c_prev, h_prev = self._c, self._h
         c, h, loc, conf = self._memory_head(feats, c_prev, h_prev)
+        return self._record(action, feats, (c, h, loc, conf), (c_prev, h_prev), history_action, cue_feats)
+
+    def frame(
+        self, action: int, image: np.ndarray, *, history_action: int | None = None
+    ) -> tuple[StepRecord, Detections]:
+        """One frame: action ``action``'s extractor on the (S, S, 3) uint8 ``image``, :meth:`step`, :meth:`detect`.
+
+        On ONNX Runtime the whole frame (preprocessing, extractor, memory + head, decoding and
+        NMS) is one engine call (:attr:`FrozenModules.frame_steps
+        <gistgym.runtime.frozen.FrozenModules>`); elsewhere, and for an extractor with shift
+        buffers, it is :meth:`preprocess`, :meth:`extract`, :meth:`step` and :meth:`detect`.
+        With ``cues`` and an action other than 1, action 1's extractor runs on the frame too.
+
+        Args:
+            action: The policy action whose extractor runs (0 = heavy, writes the memory).
+            image: The resized frame.
+            history_action: As :meth:`step`.
+        """
+        fused = self._frame_steps[self.action_extractors[action]]
+        if fused is None:
+            images = self.preprocess(image)
+            cue_feats = self.extract(1, images) if self.cues and action != 1 else None
+            rec = self.step(action, self.extract(action, images), history_action=history_action, cue_feats=cue_feats)
+            return rec, self.detect(rec.loc, rec.conf)
+        c_prev, h_prev = self._c, self._h
+        feats, c, h, loc, conf, boxes, scores, labels = fused(np.ascontiguousarray(image)[None], c_prev, h_prev)
+        cue_feats = self.extract(1, self.preprocess(image)) if self.cues and action != 1 else None
+        rec = self._record(action, feats, (c, h, loc, conf), (c_prev, h_prev), history_action, cue_feats)
+        return rec, Detections(boxes, scores, labels)
+
+    def heavy_job(self, image: np.ndarray, state: tuple[np.ndarray, np.ndarray], *, write: bool) -> HeavyResult:
+        """An async heavy job on the uint8 ``image``: heavy features and, if ``write``, the write step from ``state``.
+
+        Touches no carried state (it runs in the background thread); the result goes to :meth:`fuse`.
+        """
+        fused = self._frame_steps[self.action_extractors[0]]
+        if fused is not None:  # one engine call: its memory step from ``state`` is the write step
+            feats, c, h = fused(np.ascontiguousarray(image)[None], *state)[:3]
+            return feats, ((state, (c, h)) if write else None)
+        feats = self.heavy_features(self.preprocess(image))
+        return feats, ((state, self.written_state(feats, state)) if write else None)
+
+    def _record(
+        self,
+        action: int,
+        feats: np.ndarray,
+        outputs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        previous: tuple[np.ndarray, np.ndarray],
+        history_action: int | None,
+        cue_feats: np.ndarray | None,
+    ) -> StepRecord:
+        """The bookkeeping of a memory step whose ``(c, h, loc, conf)`` are ``outputs``, from state ``previous``."""
+        c, h, loc, conf = outputs
+        c_prev, h_prev = previous
         # (the environment's "frame 0 is always written" holds because frame 0 is heavy in sync mode;
         # in async mode a light frame 0 must not write: the heavy job of frame 0 initialises the memory)
         written = action == 0 or not self.skip_light_updates
@@ -389,17 +452,10 @@ def run_sync(
     for t, image in enumerate(frames):
         start = time.perf_counter()
         a = 0 if t == 0 else action
-        images = memory.preprocess(image)
-        cue_feats = memory.extract(1, images) if memory.cues and a != 1 else None
-        rec = memory.step(a, memory.extract(a, images), cue_feats=cue_feats)
-        dets = memory.detect(rec.loc, rec.conf)
+        rec, dets = memory.frame(a, image)
         action = _check_action(policy.act(rec.observation, [_info(t, a, rec.state_written)]), num_actions, policy)
         latency = time.perf_counter() - start
         yield FrameResult(t, action_names[a], a == 0, None, rec.state_written, dets, latency, rec.observation)
-
-
-HeavyResult = tuple[np.ndarray, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None]
-"""An async heavy job's features and, if it made the write step too, ``(from_state, new_state)``."""
 
 
 def _worker_threads() -> int:
@@ -455,12 +511,12 @@ def run_async(
     # (in the background, off the light frames' latency); OnlineMemory.fuse checks that it still is
     precompute = memory.skip_light_updates
 
-    def heavy_job(images: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> HeavyResult:
+    def heavy_job(image: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> HeavyResult:
         if heavy_extract is None:
-            feats = memory.heavy_features(images)
-        else:
-            with torch.inference_mode():
-                feats = np.ascontiguousarray(heavy_extract(torch.from_numpy(images)).numpy(), dtype=np.float32)
+            return memory.heavy_job(image, state, write=precompute)
+        with torch.inference_mode():
+            images = torch.from_numpy(memory.preprocess(image))
+            feats = np.ascontiguousarray(heavy_extract(images).numpy(), dtype=np.float32)
         return feats, ((state, memory.written_state(feats, state)) if precompute else None)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gistgym-heavy", initializer=init_worker)
@@ -480,20 +536,15 @@ def run_async(
                     stats.fused += 1
                     stats.fuse_delays.append(t - job_frame)
                     job = None
-            images = memory.preprocess(image)
             launched = False
             if want_heavy and job is None:
-                job = pool.submit(heavy_job, images, memory.state)  # arrays never written to
+                job = pool.submit(heavy_job, image, memory.state)  # arrays never written to
                 job_frame = t
                 launched = True
                 want_heavy = False
                 stats.launched += 1
             used = light_action
-            cue_feats = memory.extract(1, images) if memory.cues and used != 1 else None
-            rec = memory.step(
-                used, memory.extract(used, images), history_action=0 if launched else 1, cue_feats=cue_feats
-            )
-            dets = memory.detect(rec.loc, rec.conf)
+            rec, dets = memory.frame(used, image, history_action=0 if launched else 1)
             info = _info(t, 0 if launched else used, rec.state_written)
             choice = _check_action(policy.act(rec.observation, [info]), num_actions, policy)
             if choice == 0:

@@ -333,3 +333,109 @@ def test_async_with_light_writes_fuses_into_the_current_state(nontrivial_model: 
             (want,) = m.detect(*m.head(out))
             np.testing.assert_array_equal(r.detections.labels, want.labels)
             np.testing.assert_allclose(r.detections.boxes, want.boxes, atol=1e-4)
+
+
+# --- the whole frame as one ONNX Runtime graph ------------------------------------------------------
+def _postprocess_session(image_size: tuple[int, int], **kw: Any) -> Any:
+    from gistgym.backbones.engines import ort_session
+    from gistgym.backbones.onnx_graphs import postprocess_graph
+
+    return ort_session(postprocess_graph(ANCHORS.numpy(), K, image_size, **kw).SerializeToString(), 1, "postprocess")
+
+
+def _graph_detections(session: Any, loc: np.ndarray, conf: np.ndarray) -> Any:
+    from gistgym.backbones.ssdlite import Detections
+
+    feed = {"loc": loc[None].astype(np.float32), "conf": conf[None].astype(np.float32)}
+    boxes, scores, labels = session.run(None, feed)
+    return Detections(np.ascontiguousarray(boxes), scores, labels)
+
+
+@pytest.mark.parametrize("image_size", [(64, 64), (48, 64)])
+def test_postprocess_graph_gives_postprocess_frames_detections(image_size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(11)
+    anchors = ANCHORS.numpy()
+    counts = {}
+    for kw in ({}, {"pre_nms_top_k": 30}, {"iou_threshold": 0.2, "max_detections": 8}, {"iou_threshold": 0.95}):
+        session = _postprocess_session(image_size, **kw)
+        for name, loc, conf in _frames(rng):
+            want = postprocess_frame(loc.numpy(), conf.numpy(), anchors, image_size=image_size, **kw)
+            got = _graph_detections(session, loc.numpy(), conf.numpy())
+            _assert_same(got, want)
+            counts[name, tuple(kw)] = len(got.labels)
+    assert counts["none", ()] == 0 and counts["one candidate", ()] == 1 and counts["many candidates", ()] == 25
+    assert counts["many candidates", ("iou_threshold", "max_detections")] == 8
+
+
+def test_postprocess_graph_breaks_equal_scores_as_postprocess_frame() -> None:
+    """ONNX TopK and ONNX Runtime's NMS also give equal scores to the lower candidate index."""
+    anchors = ANCHORS.numpy()
+    zeros = np.zeros((A, 4), np.float32)
+    flat = np.zeros((A, K + 1), np.float32)  # every candidate scores exactly 0.2
+    got = _graph_detections(_postprocess_session((64, 64)), zeros, flat)
+    want = postprocess_frame(zeros, flat, anchors, image_size=(64, 64))
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    conf = np.full((A, K + 1), -30.0, np.float32)
+    conf[:, 0] = 0.0
+    conf[:60, 2] = np.random.default_rng(3).permutation(np.linspace(1.0, 3.0, 60)).astype(np.float32)
+    conf[100:200, 3] = 0.5  # 100 equal scores at the top-k boundary
+    for top_k in (100, 75):
+        session = _postprocess_session((64, 64), pre_nms_top_k=top_k, max_detections=1000)
+        want = postprocess_frame(zeros, conf, anchors, pre_nms_top_k=top_k, max_detections=1000, image_size=(64, 64))
+        _assert_same(_graph_detections(session, zeros, conf), want)
+
+
+def test_preprocess_graph_is_the_detectors_preprocessing(nontrivial_model: Any) -> None:
+    from gistgym.backbones.engines import ort_session
+    from gistgym.backbones.onnx_graphs import preprocess_graph
+
+    cfg = nontrivial_model.config
+    session = ort_session(preprocess_graph(64, cfg.mean, cfg.std).SerializeToString(), 1, "preprocess")
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    images[0] = 255
+    (got,) = session.run(None, {"image": images})
+    want = nontrivial_model.preprocess(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_onnxruntime_runtime_runs_a_frame_as_one_graph(nontrivial_model: Any) -> None:
+    """On ONNX Runtime each extractor has a whole-frame graph and the runtime uses it; it gives the eager frame."""
+    from gistgym.runtime.frozen import engine_modules
+
+    ort_memory = OnlineMemory(nontrivial_model, (0, 1), engine="onnxruntime")
+    steps = ort_memory.frozen.frame_steps
+    shifting = [nontrivial_model.extractor(i).uses_shift for i in range(len(nontrivial_model.extractor_names))]
+    assert [s is None for s in steps] == shifting and shifting[:2] == [False, False]  # shift buffers stay eager
+    assert engine_modules(nontrivial_model, "torchscript").frame_steps == ()
+    calls = []
+    step = ort_memory._frame_steps[1]
+    ort_memory._frame_steps = (ort_memory._frame_steps[0], lambda *a: calls.append(1) or step(*a))
+    eager = OnlineMemory(nontrivial_model, (0, 1), engine="eager")
+    for t, image in enumerate(_frames_of(6)):
+        action = 0 if t % 3 == 0 else 1
+        rec, dets = ort_memory.frame(action, image)
+        want_rec, want = eager.frame(action, image)
+        np.testing.assert_array_equal(dets.labels, want.labels)
+        np.testing.assert_allclose(dets.boxes, want.boxes, atol=PARITY_ATOL, rtol=0)
+        np.testing.assert_allclose(rec.observation["state"], want_rec.observation["state"], atol=PARITY_ATOL, rtol=0)
+        np.testing.assert_array_equal(rec.observation["history"], want_rec.observation["history"])
+        assert rec.state_written == want_rec.state_written
+    assert len(calls) == 4  # every light frame went through the graph
+
+
+def test_a_frame_graph_that_disagrees_with_its_modules_is_refused(
+    nontrivial_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    from gistgym.backbones.engines import EngineError
+    from gistgym.backbones.onnx_graphs import preprocess_graph
+    from gistgym.runtime import frozen
+
+    def wrong(size: int, mean: Any, std: Any, **kw: Any) -> Any:
+        return preprocess_graph(size, mean, [2 * s for s in std], **kw)  # not the detector's normalisation
+
+    monkeypatch.setattr(frozen, "preprocess_graph", wrong)
+    with pytest.raises(EngineError, match=r"frame-step-.*differs from its modules"):
+        frozen.engine_modules(copy.deepcopy(nontrivial_model), "onnxruntime")
