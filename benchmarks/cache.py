@@ -18,6 +18,8 @@ videos into a temporary folder when the dataset is absent) and prints:
   (loading the model, counting FLOPs), also shown without it: that is what a whole-dataset
   build approaches. The last line is measured inside each build (time in decoding and the
   forward passes over the build's wall time), so it is immune to drift between measurements;
+  with one worker the next video is decoded in a thread during the forward pass, so it can
+  exceed 1;
 * episode load throughput (``FeatureCache.load_episode``: features of every extractor and
   ground truth, finite checks on, warm page cache) as a ratio of copying the same arrays
   from memory, and what checking each dataset's recorded sha256 on its first load costs

@@ -26,12 +26,13 @@ Crash safety by construction::
 A reader therefore never sees a half-written cache.
 
 Workers. The per-video work (:func:`compute_video`: decode, run every section) runs in
-the calling process (``workers=1``), in ``workers`` processes started with ``spawn``
-(never ``fork`` a process holding torch or h5py state), or as Ray tasks (``ray=ADDRESS``
-or ``"local"``). Every worker runs torch on one thread and loads the detector once. Ray
-tasks receive the video bytes and return numpy arrays, so a remote cluster needs no
-shared file system; the driver alone writes shards. Results do not depend on where the
-work ran: the same videos and weights give identical datasets.
+the calling process (``workers=1``; the next video is decoded in a thread meanwhile), in
+``workers`` processes started with ``spawn`` (never ``fork`` a process holding torch or h5py
+state), or as Ray tasks (``ray=ADDRESS`` or ``"local"``). Every worker runs torch on one
+thread and loads the detector once. Ray tasks receive the video bytes and return numpy
+arrays, so a remote cluster needs no shared file system; the driver alone writes shards,
+each in a thread while the next video is computed, one at a time. Results do not depend on
+where the work ran: the same videos and weights give identical datasets.
 
 Test hook (:data:`gistgym.staging.STALL_ENV`). ``GISTGYM_TEST_STALL_AT=<point>`` makes the driver print
 ``gistgym-test-stall <point>`` to stderr and sleep forever at that point, so the crash
@@ -54,6 +55,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -269,16 +271,29 @@ def _read_frames(job: VideoJob) -> np.ndarray:
             raise type(exc)(job.record.path, exc.problem, field=exc.field) from exc
 
 
-def compute_with(models: FrozenModels, job: VideoJob) -> VideoResult:
-    """Decode one video and compute every requested section on it with ``models``."""
+def _timed_read(job: VideoJob) -> tuple[np.ndarray, float]:
+    """The video's frames and the seconds decoding them took."""
     start = time.perf_counter()
+    frames = _read_frames(job)
+    return frames, time.perf_counter() - start
+
+
+def compute_with(
+    models: FrozenModels, job: VideoJob, decoded: Future[tuple[np.ndarray, float]] | None = None
+) -> VideoResult:
+    """Decode one video and compute every requested section on it with ``models``.
+
+    ``decoded``: the frames being decoded elsewhere (:func:`_timed_read` in a thread), waited
+    for here; a decoding error is this video's error as if it had been decoded here.
+    """
     try:
-        frames = _read_frames(job)
+        frames, seconds = _timed_read(job) if decoded is None else decoded.result()
+        start = time.perf_counter()
         arrays: dict[str, np.ndarray] = {}
         for name in job.sections:
             for key, array in get_section(name).compute(models, frames, job.record).items():
                 arrays[f"{name}/{key}"] = array
-        return VideoResult(job.record.video_id, arrays, seconds=time.perf_counter() - start)
+        return VideoResult(job.record.video_id, arrays, seconds=seconds + time.perf_counter() - start)
     except GistgymError as exc:
         return VideoResult(job.record.video_id, error=_portable_error(exc))
 
@@ -309,9 +324,13 @@ def _local_results(
     jobs: Sequence[VideoJob], source: ModelSources, models: FrozenModels, workers: int
 ) -> Generator[VideoResult, None, None]:
     if workers == 1 or len(jobs) <= 1:
-        with _one_torch_thread():
-            for job in jobs:
-                yield compute_with(models, job)
+        # the next video is decoded in a thread while this one runs through the models (PyAV and the
+        # models' kernels leave the GIL to each other): one core decodes, the other computes
+        with _one_torch_thread(), ThreadPoolExecutor(1, thread_name_prefix="gistgym-decode") as decoder:
+            ahead = decoder.submit(_timed_read, jobs[0]) if jobs else None
+            for i, job in enumerate(jobs):
+                current, ahead = ahead, (decoder.submit(_timed_read, jobs[i + 1]) if i + 1 < len(jobs) else None)
+                yield compute_with(models, job, current)
         return
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(workers, len(jobs)), initializer=_init_pool_worker, initargs=(source,)) as pool:
@@ -810,14 +829,26 @@ def _compute_shards(
     )
     compute_seconds = 0.0
     # leave=False: the bar is erased when done or on an error (the CLI then prints one line)
-    with tqdm(
-        total=len(plan.records),
-        initial=len(plan.records) - len(pending),
-        unit="video",
-        desc=f"cache build {out.name}",
-        disable=not progress,
-        leave=False,
-    ) as bar:
+    with (
+        tqdm(
+            total=len(plan.records),
+            initial=len(plan.records) - len(pending),
+            unit="video",
+            desc=f"cache build {out.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar,
+        ThreadPoolExecutor(1, thread_name_prefix="gistgym-shard-writer") as writer,
+    ):
+        # a shard is written in a thread while the next video is computed; one write is in flight
+        # at a time and each is waited for before the next starts, so a failed write stops the build
+        writing: Future[tuple[str, dict[str, str]]] | None = None
+
+        def finish(write: Future[tuple[str, dict[str, str]]]) -> None:
+            video_id, checksums = write.result()
+            shard_checksums[video_id] = checksums
+            bar.update(1)
+
         try:
             for result in results:
                 if result.error is not None:
@@ -825,11 +856,25 @@ def _compute_shards(
                 assert result.arrays is not None
                 compute_seconds += result.seconds
                 record, entry = by_id[result.video_id]
-                shard_checksums[record.video_id] = _write_shard(parts, out, record, entry, plan.identity, result.arrays)
-                bar.update(1)
+                if writing is not None:
+                    finish(writing)
+                writing = writer.submit(_write_video_shard, parts, out, record, entry, plan.identity, result.arrays)
+            if writing is not None:
+                finish(writing)
         finally:
             results.close()  # stop worker processes / shut down our Ray instance now, also on errors
     return compute_seconds
+
+
+def _write_video_shard(
+    parts: Path,
+    out: Path,
+    record: VideoRecord,
+    entry: dict[str, Any],
+    identity: dict[str, Any],
+    section_arrays: dict[str, np.ndarray],
+) -> tuple[str, dict[str, str]]:
+    return record.video_id, _write_shard(parts, out, record, entry, identity, section_arrays)
 
 
 def _combine(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import pickle
@@ -386,3 +387,51 @@ def test_ray_flag_without_ray_installed_is_a_config_error(
     argv += ["--weights", str(weights_of(tiny_cache)), "--no-progress", "--ray"]
     assert main(argv) == 2
     assert "pip install 'gistgym[ray]'" in capsys.readouterr().err
+
+
+def test_one_worker_decodes_the_next_video_and_writes_shards_while_computing(
+    tiny_cache: Path, tiny_bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """workers=1: video i + 1 is decoded in a thread during video i's forward pass; shards are written in a thread."""
+    import threading
+    import time
+
+    events: list[tuple[str, str, str, float]] = []
+    read, write = build_module._read_frames, build_module._write_shard
+
+    def logged_read(job: build_module.VideoJob) -> np.ndarray:
+        events.append(("decode", job.record.video_id, threading.current_thread().name, time.perf_counter()))
+        return read(job)
+
+    def logged_write(parts: Path, out: Path, record: object, *args: object) -> dict[str, str]:
+        vid = record.video_id  # type: ignore[attr-defined]
+        events.append(("write", vid, threading.current_thread().name, time.perf_counter()))
+        return write(parts, out, record, *args)  # type: ignore[arg-type]
+
+    section = build_module.get_section("interleave")
+    compute = section.compute
+
+    def slow_compute(models: object, frames: np.ndarray, record: object) -> dict[str, np.ndarray]:
+        events.append(("compute", record.video_id, threading.current_thread().name, time.perf_counter()))  # type: ignore[attr-defined]
+        time.sleep(0.3)  # long enough for the next decode to start meanwhile
+        out = compute(models, frames, record)  # type: ignore[arg-type]
+        events.append(("computed", record.video_id, threading.current_thread().name, time.perf_counter()))  # type: ignore[attr-defined]
+        return out
+
+    monkeypatch.setattr(build_module, "_read_frames", logged_read)
+    monkeypatch.setattr(build_module, "_write_shard", logged_write)
+    slow = dataclasses.replace(section, compute=slow_compute)
+    get_section = build_module.get_section
+    monkeypatch.setattr(build_module, "get_section", lambda name: slow if name == "interleave" else get_section(name))
+    out = tmp_path / "overlap.h5"
+    _build_cache(tiny_bench, out, splits=("val",), sections=("interleave",), weights=weights_of(tiny_cache),
+                 measure_latency=False, progress=False)  # fmt: skip
+    at = {(kind, vid): (thread, t) for kind, vid, thread, t in events}
+    ids = sorted({vid for _, vid, _, _ in events})
+    assert len(ids) >= 2
+    for first, second in itertools.pairwise(ids):
+        assert at["decode", second][0].startswith("gistgym-decode")
+        assert at["decode", second][1] < at["computed", first][1]  # sequential: after it
+        assert at["write", first][0].startswith("gistgym-shard-writer")
+    # the same cache as every other build of these videos (the datasets are checked against their checksums)
+    verify_cache(out)
