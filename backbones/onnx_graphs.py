@@ -190,6 +190,14 @@ def postprocess_graph(
     )
 
 
+def _with_ir(model: onnx.ModelProto, ir: int) -> onnx.ModelProto:
+    """A copy of ``model`` with IR version ``ir`` (merging needs one version; the caller's model is left alone)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.ir_version = ir
+    return copy
+
+
 def _output(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
     return next(o for o in model.graph.output if o.name == name)
 
@@ -209,9 +217,9 @@ def frame_step_graph(
         postprocess: :func:`postprocess_graph` (``(loc, conf)`` -> ``(boxes, scores, labels)``).
     """
     ir = max(m.ir_version for m in (preprocess, extractor, memory_head, postprocess))
-    parts = [preprocess, extractor, memory_head, postprocess]
-    for part in parts:
-        part.ir_version = ir
+    preprocess, extractor, memory_head, postprocess = (
+        _with_ir(m, ir) for m in (preprocess, extractor, memory_head, postprocess)
+    )
     model = compose.merge_models(preprocess, extractor, io_map=[("images", "images")], prefix1="pre/", prefix2="ext/")
     model = compose.merge_models(model, memory_head, io_map=[("ext/features", "x")], prefix2="mem/")
     model = compose.merge_models(model, postprocess, io_map=[("mem/loc", "loc"), ("mem/conf", "conf")], prefix2="post/")

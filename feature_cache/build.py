@@ -324,8 +324,8 @@ def _local_results(
     jobs: Sequence[VideoJob], source: ModelSources, models: FrozenModels, workers: int
 ) -> Generator[VideoResult, None, None]:
     if workers == 1 or len(jobs) <= 1:
-        # the next video is decoded in a thread while this one runs through the models (PyAV and the
-        # models' kernels leave the GIL to each other): one core decodes, the other computes
+        # the next video is decoded in a thread while this one runs through the models (torch's and
+        # ONNX Runtime's kernels run without the GIL): one core decodes, the other computes
         with _one_torch_thread(), ThreadPoolExecutor(1, thread_name_prefix="gistgym-decode") as decoder:
             ahead = decoder.submit(_timed_read, jobs[0]) if jobs else None
             for i, job in enumerate(jobs):
