@@ -842,11 +842,11 @@ def _compute_shards(
     ):
         # a shard is written in a thread while the next video is computed; one write is in flight
         # at a time and each is waited for before the next starts, so a failed write stops the build
-        writing: Future[tuple[str, dict[str, str]]] | None = None
+        writing: tuple[str, Future[dict[str, str]]] | None = None
 
-        def finish(write: Future[tuple[str, dict[str, str]]]) -> None:
-            video_id, checksums = write.result()
-            shard_checksums[video_id] = checksums
+        def finish(write: tuple[str, Future[dict[str, str]]]) -> None:
+            video_id, checksums = write
+            shard_checksums[video_id] = checksums.result()
             bar.update(1)
 
         try:
@@ -858,23 +858,13 @@ def _compute_shards(
                 record, entry = by_id[result.video_id]
                 if writing is not None:
                     finish(writing)
-                writing = writer.submit(_write_video_shard, parts, out, record, entry, plan.identity, result.arrays)
+                written = writer.submit(_write_shard, parts, out, record, entry, plan.identity, result.arrays)
+                writing = (record.video_id, written)
             if writing is not None:
                 finish(writing)
         finally:
             results.close()  # stop worker processes / shut down our Ray instance now, also on errors
     return compute_seconds
-
-
-def _write_video_shard(
-    parts: Path,
-    out: Path,
-    record: VideoRecord,
-    entry: dict[str, Any],
-    identity: dict[str, Any],
-    section_arrays: dict[str, np.ndarray],
-) -> tuple[str, dict[str, str]]:
-    return record.video_id, _write_shard(parts, out, record, entry, identity, section_arrays)
 
 
 def _combine(
