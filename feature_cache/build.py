@@ -409,7 +409,8 @@ class BuildReport:
     """``<OUT>`` already held exactly this build; nothing was done."""
     compute_seconds: float = 0.0
     """Summed over videos: time spent decoding and in the sections' forward passes (where
-    they ran). With one worker, ``seconds - compute_seconds`` is what caching costs."""
+    they ran). With one worker decoding runs in a thread beside the forward passes, so this
+    can exceed ``seconds`` (up to twice it); ``compute_seconds / seconds`` above 1 is overlap."""
 
 
 def _resolve_sections(sections: Sequence[str], kind: str) -> tuple[str, ...]:

@@ -208,7 +208,8 @@ def test_two_builds_and_two_workers_give_identical_datasets(tiny_cache: Path, ti
         tiny_bench, tmp_path / "again.h5", weights=weights_of(tiny_cache), measure_latency=False, progress=False
     )
     assert again.computed == 5 and again.frames == 120
-    assert 0 < again.compute_seconds < again.seconds
+    # decoding (a thread) and the forward passes (this one) each take at most the build's wall time
+    assert 0 < again.compute_seconds < 2 * again.seconds
     assert_same_datasets(tiny_cache, tmp_path / "again.h5")
     build_cache(
         tiny_bench,
