@@ -250,7 +250,7 @@ def _frame_steps(
 
 
 def _example_frames(size: int, count: int = 3) -> np.ndarray:
-    """Uint8 frames with structure (gradients and blocks), as the frame-step checks feed them."""
+    """Uint8 frames for the frame-step checks: a colour gradient, then noise."""
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
