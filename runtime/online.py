@@ -275,7 +275,7 @@ class OnlineMemory:
             history_action: As :meth:`step`.
         """
         fused = self._frame_steps[self.action_extractors[action]]
-        if fused is None:
+        if fused is None or image.dtype != np.uint8:  # (the graph takes uint8 frames, as decoding gives them)
             images = self.preprocess(image)
             cue_feats = self.extract(1, images) if self.cues and action != 1 else None
             rec = self.step(action, self.extract(action, images), history_action=history_action, cue_feats=cue_feats)
@@ -292,7 +292,7 @@ class OnlineMemory:
         Touches no carried state (it runs in the background thread); the result goes to :meth:`fuse`.
         """
         fused = self._frame_steps[self.action_extractors[0]]
-        if fused is not None:  # one engine call: its memory step from ``state`` is the write step
+        if fused is not None and image.dtype == np.uint8:  # one call: its memory step from ``state`` is the write
             feats, c, h = fused(np.ascontiguousarray(image)[None], *state)[:3]
             return feats, ((state, (c, h)) if write else None)
         feats = self.heavy_features(self.preprocess(image))

@@ -422,6 +422,13 @@ def test_onnxruntime_runtime_runs_a_frame_as_one_graph(nontrivial_model: Any) ->
         np.testing.assert_array_equal(rec.observation["history"], want_rec.observation["history"])
         assert rec.state_written == want_rec.state_written
     assert len(calls) == 4  # every light frame went through the graph
+    # a float frame (not what decoding gives) takes the module path, with the same result
+    image = _frames_of(1)[0]
+    rec, dets = ort_memory.frame(1, image.astype(np.float32))
+    want_rec, want = eager.frame(1, image)
+    assert len(calls) == 4
+    np.testing.assert_array_equal(dets.labels, want.labels)
+    np.testing.assert_allclose(rec.observation["state"], want_rec.observation["state"], atol=PARITY_ATOL, rtol=0)
 
 
 def test_a_frame_graph_that_disagrees_with_its_modules_is_refused(
