@@ -75,7 +75,7 @@ from gistgym.backbones.engines import DEFAULT_ENGINE, MemoryHeadStep
 from gistgym.backbones.ssdlite import Detections, postprocess_frame
 from gistgym.envs.interleave_core import runtime_cues
 from gistgym.errors import ConfigError, InvalidActionError
-from gistgym.runtime.frozen import FrozenModules, array_call, engine_modules
+from gistgym.runtime.frozen import ArrayCall, FrozenModules, array_call, engine_modules
 
 DEFAULT_HISTORY_LEN = 20
 
@@ -274,8 +274,8 @@ class OnlineMemory:
             image: The resized frame.
             history_action: As :meth:`step`.
         """
-        fused = self._frame_steps[self.action_extractors[action]]
-        if fused is None or image.dtype != np.uint8:  # (the graph takes uint8 frames, as decoding gives them)
+        fused = self._frame_graph(action, image)
+        if fused is None:
             images = self.preprocess(image)
             cue_feats = self.extract(1, images) if self.cues and action != 1 else None
             rec = self.step(action, self.extract(action, images), history_action=history_action, cue_feats=cue_feats)
@@ -286,17 +286,36 @@ class OnlineMemory:
         rec = self._record(action, feats, (c, h, loc, conf), (c_prev, h_prev), history_action, cue_feats)
         return rec, Detections(boxes, scores, labels)
 
-    def heavy_job(self, image: np.ndarray, state: tuple[np.ndarray, np.ndarray], *, write: bool) -> HeavyResult:
+    def heavy_job(
+        self,
+        image: np.ndarray,
+        state: tuple[np.ndarray, np.ndarray],
+        *,
+        write: bool,
+        extract: Callable[[Tensor], Tensor] | None = None,
+    ) -> HeavyResult:
         """An async heavy job on the uint8 ``image``: heavy features and, if ``write``, the write step from ``state``.
 
         Touches no carried state (it runs in the background thread); the result goes to :meth:`fuse`.
+        ``extract`` replaces the heavy extractor (normalised (1, 3, S, S) -> (1, C, g, g)).
         """
-        fused = self._frame_steps[self.action_extractors[0]]
-        if fused is not None and image.dtype == np.uint8:  # one call: its memory step from ``state`` is the write
+        fused = None if extract is not None else self._frame_graph(0, image)
+        if fused is not None:  # one call: its memory step from ``state`` is the write step
             feats, c, h = fused(np.ascontiguousarray(image)[None], *state)[:3]
             return feats, ((state, (c, h)) if write else None)
-        feats = self.heavy_features(self.preprocess(image))
+        if extract is None:
+            feats = self.heavy_features(self.preprocess(image))
+        else:
+            with torch.inference_mode():
+                feats = np.ascontiguousarray(
+                    extract(torch.from_numpy(self.preprocess(image))).numpy(), dtype=np.float32
+                )
         return feats, ((state, self.written_state(feats, state)) if write else None)
+
+    def _frame_graph(self, action: int, image: np.ndarray) -> ArrayCall | None:
+        """The whole-frame graph of action ``action``'s extractor, if it has one and ``image`` is uint8 (as decoded)."""
+        graph = self._frame_steps[self.action_extractors[action]]
+        return graph if graph is not None and image.dtype == np.uint8 else None
 
     def _record(
         self,
@@ -511,14 +530,6 @@ def run_async(
     # (in the background, off the light frames' latency); OnlineMemory.fuse checks that it still is
     precompute = memory.skip_light_updates
 
-    def heavy_job(image: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> HeavyResult:
-        if heavy_extract is None:
-            return memory.heavy_job(image, state, write=precompute)
-        with torch.inference_mode():
-            images = torch.from_numpy(memory.preprocess(image))
-            feats = np.ascontiguousarray(heavy_extract(images).numpy(), dtype=np.float32)
-        return feats, ((state, memory.written_state(feats, state)) if precompute else None)
-
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gistgym-heavy", initializer=init_worker)
     job: Future[HeavyResult] | None = None
     job_frame = -1
@@ -538,7 +549,9 @@ def run_async(
                     job = None
             launched = False
             if want_heavy and job is None:
-                job = pool.submit(heavy_job, image, memory.state)  # arrays never written to
+                job = pool.submit(  # the state's arrays are never written to
+                    memory.heavy_job, image, memory.state, write=precompute, extract=heavy_extract
+                )
                 job_frame = t
                 launched = True
                 want_heavy = False
