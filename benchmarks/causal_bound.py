@@ -1,9 +1,10 @@
-"""How much of the hindsight headroom can a *causal* Interleave scheduler capture with perfect state knowledge?
+"""How much of the hindsight headroom can a *causal* scheduler capture with perfect state knowledge?
 
 Usage::
 
     python benchmarks/causal_bound.py --cache /tmp/caches/streams.h5 --headroom /tmp/res/headroom_final.json
-                                      [--annotations data/streams] [--split val] [--max-videos N]
+                                      [--env gistgym/Keyframe-v0] [--annotations data/streams] [--split val]
+                                      [--max-videos N]
                                       [--families segment shot events events-late speed speed-events oracle]
                                       [--grid full|small] [--json] [--save JSON] [--resume JSON]
 
@@ -13,8 +14,12 @@ training more agents: is the gap a matter of cue quality, or out of reach for an
 that decides frame by frame from what it knows *now*? This script measures privileged
 causal schedules that are told the true state of the frame about to be decided (its
 ground-truth stretch, shot, objects and their speeds), each family over a grid of
-parameters, with the evaluator ``gistgym compare`` uses for Interleave-v0 (real memory
-rollouts, mAP@0.5 pooled over every frame of every video of the split):
+parameters, with the evaluator ``gistgym compare`` uses for the environment (Interleave-v0:
+real memory rollouts; Keyframe-v0: the cached DFF detections under the schedule; mAP@0.5
+pooled over every frame of every video of the split). ``--env`` names any environment the
+generic comparison scores (its registered backend gives the evaluator, the fixed-period
+reference and the oracle); below, "the heavy extractor" is the expensive action 0 (a
+keyframe on Keyframe-v0) and "a period" a fixed number of frames between them:
 
 * ``segment``: :class:`~gistgym.agents.baselines.SegmentPeriodPolicy`, one period for
   ``active`` frames and one for ``idle`` and ``empty`` ones;
@@ -34,12 +39,14 @@ rollouts, mAP@0.5 pooled over every frame of every video of the split):
 * ``oracle`` (a reference, not state knowledge): the myopic oracle of
   :class:`~gistgym.agents.baselines.OraclePolicy` with the light action's speed reward
   swept, i.e. the heavy extractor whenever the next frame's light loss exceeds its heavy loss
-  (given the current memory) by more than ``g``.
+  (given the current memory) by more than ``g`` (on Keyframe-v0 its keyframe oracle: a
+  keyframe whenever the propagated loss exceeds the keyframe loss by more than ``g``).
 
-Per family the upper Pareto envelope of its ``(heavy fraction, mAP)`` points is scored with
-the comparison's own :func:`~gistgym.agents.compare.captured_share` against the comparison's
-fixed-tau curve (``tau=N`` for ``gistgym compare``'s default taus, plus ``heavy`` and
-``light``) and the frontier ``gistgym compare --frontier`` reads from ``--headroom``
+Per family the upper Pareto envelope of its ``(expensive fraction, mAP)`` points is scored
+with the comparison's own :func:`~gistgym.agents.compare.captured_share` against the
+comparison's fixed-period curve (Interleave-v0: ``tau=N`` for ``gistgym compare``'s default
+taus, plus ``heavy`` and ``light``; Keyframe-v0: ``key=L`` for its default durations, plus
+``every-frame``) and the frontier ``gistgym compare --frontier`` reads from ``--headroom``
 (:func:`~gistgym.agents.compare.load_frontier`), over the fractions it covers and, as the
 best of it and the fixed-tau curve (which every family holds), over the whole span; the same
 for the best of the state families and of all of them including the oracle (read like the
@@ -59,6 +66,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -70,16 +78,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gistgym.agents.backends import INTERLEAVE_ENV_ID, get_backend
-from gistgym.agents.baselines import (
-    FixedTauPolicy,
-    FramePeriodPolicy,
-    OraclePolicy,
-    SegmentPeriodPolicy,
-    parse_baseline,
-)
+from gistgym.agents.backends import INTERLEAVE_ENV_ID, EnvBackend, get_backend
+from gistgym.agents.baselines import FramePeriodPolicy, SegmentPeriodPolicy
 from gistgym.agents.compare import (
-    DEFAULT_TAUS,
     DOMINANCE_RANGE,
     CompareConfig,
     captured_share,
@@ -88,7 +89,7 @@ from gistgym.agents.compare import (
     headroom_grid,
     load_frontier,
 )
-from gistgym.errors import GistgymError
+from gistgym.errors import ConfigError, GistgymError
 from gistgym.staging import staged_file
 
 STATE_FAMILIES = ("segment", "shot", "events", "events-late", "speed", "speed-events")
@@ -191,6 +192,12 @@ def _segment_periods(state: Mapping[str, Any], active: int, idle: int) -> dict[s
     }
 
 
+def _periods_by_name(state: Mapping[str, Any], active: int, idle: int) -> dict[str, int]:
+    """The period of every segment name of the split: ``idle`` for :data:`IDLE_SEGMENTS`, else ``active``."""
+    names = {s for segs in state["segments"].values() for s in segs} | {"active", *IDLE_SEGMENTS}
+    return {s: idle if s in IDLE_SEGMENTS else active for s in sorted(names)}
+
+
 def _speed_periods(state: Mapping[str, Any], c: float, pmax: int, idle: int) -> dict[str, np.ndarray]:
     out = {}
     for v, segs in state["segments"].items():
@@ -211,13 +218,15 @@ def _events(state: Mapping[str, Any], delay: int, lag: int = 0) -> dict[str, np.
     return {v: _shift(cuts, lag) | _shift(state["new"][v], lag + delay) for v, cuts in state["cuts"].items()}
 
 
-def family_policies(family: str, grid: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[dict[str, Any], Any]]:
-    """``(parameters, policy)`` for every grid point of ``family``."""
+def family_policies(
+    family: str, grid: Mapping[str, Any], state: Mapping[str, Any], backend: EnvBackend | None = None
+) -> list[tuple[dict[str, Any], Any]]:
+    """``(parameters, policy)`` for every grid point of ``family`` (``backend``: whose oracle; Interleave-v0)."""
     out: list[tuple[dict[str, Any], Any]] = []
     if family == "segment":
         for a in grid["active"]:
             for i in grid["idle"]:
-                periods = {"active": a, **dict.fromkeys(IDLE_SEGMENTS, i)}
+                periods = _periods_by_name(state, a, i)
                 out.append(({"active": a, "idle": i}, SegmentPeriodPolicy(periods, state["segments"])))
     elif family in ("shot", "events", "events-late"):
         for d, lag in ((d, lag) for d in grid.get("delay", (0,)) for lag in grid.get("lag", (0,))):
@@ -239,8 +248,10 @@ def family_policies(family: str, grid: Mapping[str, Any], state: Mapping[str, An
                         policy = FramePeriodPolicy(_speed_periods(state, c, pmax, i), triggers, name)
                         out.append(({"c": c, "pmax": pmax, "idle": i, **extra}, policy))
     elif family == "oracle":
+        backend = backend or get_backend(INTERLEAVE_ENV_ID)
         for g in grid["g"]:
-            out.append(({"g": g}, OraclePolicy((0.0, float(g)), name=f"oracle:g={g:g}")))
+            oracle = backend.baseline("oracle", (0.0, float(g)))
+            out.append(({"g": g}, dataclasses.replace(oracle, name=f"oracle:g={g:g}")))
     else:
         raise ValueError(family)
     return out
@@ -307,7 +318,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     """Markdown: mAP of every curve at :data:`READ_AT`, then the captured share of every family and union."""
     src = report["frontier"]
     lines = [
-        f"## causal bound on {report['cache']} [{report['split']}] ({report['videos']} videos, {report['frames']} "
+        f"## causal bound of {report.get('env', INTERLEAVE_ENV_ID)} on {report['cache']} [{report['split']}] "
+        f"({report['videos']} videos, {report['frames']} "
         f"frames, {report['seconds'] / 60:.1f} min; frontier {src.get('path')} {src.get('entry', '')})",
         "",
         f"cuts from {report['cut_source']}"
@@ -318,7 +330,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         "|---|" + "---|" * len(READ_AT),
     ]
     ref = report["reference_at"]
-    for name, key in (("fixed tau", "fixed"), ("frontier", "frontier")):
+    fixed_name = report.get("reference", "fixed tau")
+    for name, key in ((fixed_name, "fixed"), ("frontier", "frontier")):
         lines.append(f"| {name} | " + " | ".join(_cell(ref[f"{x:.2f}"][key]) for x in READ_AT) + " |")
     rows: list[tuple[str, Any]] = list(report["families"].items())
     rows += [("best of the state families", report["union_state"]), ("best of all", report["union_all"])]
@@ -328,11 +341,19 @@ def format_report(report: Mapping[str, Any]) -> str:
     fv = report["frontier_vs_fixed"]
     lines += [
         "",
-        f"frontier - fixed tau over {_covered(fv)}: mean {100 * fv['mean_gap']:+.2f}, max {100 * fv['max_gap']:+.2f} "
-        f"(at {fv['max_gap_at']:.2f}) mAP points",
+        f"frontier - {fixed_name} over {_covered(fv)}: mean {100 * fv['mean_gap']:+.2f}, "
+        f"max {100 * fv['max_gap']:+.2f} (at {fv['max_gap_at']:.2f}) mAP points",
+    ]
+    cap = report.get("frontier_capped")
+    if cap:
+        lines.append(
+            f"the frontier capped at {cap['at']}'s mAP ({cap['map50']:.4f}) captures {cap['captured']:.1%} over "
+            f"{_covered(cap)}: the most a curve that never beats {cap['at']} can capture"
+        )
+    lines += [
         "",
-        "| family | points | span of its points | captured share (covered) | mean gap vs fixed tau | max gap (at) "
-        "| with fixed tau: captured (covered) | mean gap |",
+        f"| family | points | span of its points | captured share (covered) | mean gap vs {fixed_name} | max gap (at) "
+        f"| with {fixed_name}: captured (covered) | mean gap |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
@@ -350,7 +371,9 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", required=True, help="feature cache with the interleave section")
+    parser.add_argument("--cache", required=True, help="feature cache with the environment's section")
+    parser.add_argument("--env", default=INTERLEAVE_ENV_ID,
+                        help="environment id whose schedules are bounded (default %(default)s)")  # fmt: skip
     parser.add_argument("--headroom", required=True, help="benchmarks/headroom.py --save JSON (the frontier)")
     parser.add_argument("--frontier-kind", default="", help="the KIND entry of --headroom (default: by cache path)")
     parser.add_argument("--annotations", default="", help="dataset folder with <video>/annotations.json (shots)")
@@ -367,29 +390,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    backend = get_backend(INTERLEAVE_ENV_ID)
     config = CompareConfig.of(cache=args.cache, split=args.split)
     try:
+        backend = get_backend(args.env)
+        if backend.compare is not None:
+            raise ConfigError(f"--env {args.env} has its own comparison (no fixed-period curve or frontier to bound)")
         evaluator = backend.make_evaluator(args.cache, args.split, backend.compare_settings(config),
                                            max_videos=args.max_videos)  # fmt: skip
-        frontier = load_frontier(args.headroom, env_id=INTERLEAVE_ENV_ID, cache=args.cache, split=args.split,
+        frontier = load_frontier(args.headroom, env_id=backend.env_id, cache=args.cache, split=args.split,
                                  kind=args.frontier_kind, videos=len(evaluator.video_ids))  # fmt: skip
     except GistgymError as exc:
         print(f"benchmarks/causal_bound.py: error: {exc}", file=sys.stderr)
         return 2
     state = frame_state(evaluator, Path(args.annotations) if args.annotations else None)
     done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    earlier = 0.0  # seconds the resumed report's evaluations took
     if args.resume:
         old = json.loads(Path(args.resume).read_text())
-        same = (old.get("cache"), old.get("split"), old.get("videos")) == (
+        same = (old.get("env", INTERLEAVE_ENV_ID), old.get("cache"), old.get("split"), old.get("videos")) == (
+            backend.env_id,
             args.cache,
             args.split,
             len(evaluator.video_ids),
         )
         if not same:
-            print(f"benchmarks/causal_bound.py: error: {args.resume} is of another cache, split or number of videos",
-                  file=sys.stderr)  # fmt: skip
+            print(f"benchmarks/causal_bound.py: error: {args.resume} is of another env, cache, split or "
+                  "number of videos", file=sys.stderr)  # fmt: skip
             return 2
+        earlier = float(old.get("seconds", 0.0))
         done.update({("fixed", r["name"]): r for r in old.get("fixed", [])})
         for fam, entry in old.get("families", {}).items():
             for r in entry["points"]:
@@ -398,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             done[("check",)] = {"ok": old["check_frame_period_equals_segment_period"]}
     speed = evaluator.env_kwargs["speed_reward"]
 
+    reference = next(iter(backend.references))
     report: dict[str, Any] = {
+        "env": backend.env_id,
+        "reference": reference,
         "cache": args.cache,
         "split": args.split,
         "videos": len(evaluator.video_ids),
@@ -412,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save() -> None:
-        report["seconds"] = time.perf_counter() - start
+        report["seconds"] = earlier + time.perf_counter() - start
         if args.save:
             with staged_file(args.save, ".json") as staged:
                 staged.write_text(json.dumps(report, indent=1))
@@ -421,21 +452,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.progress:
             tqdm.write(msg, file=sys.stderr)
 
-    # the fixed-tau reference of gistgym compare: tau=N for its default taus and both ends
-    refs = [parse_baseline("heavy", speed), parse_baseline("light", speed)] + [FixedTauPolicy(t) for t in DEFAULT_TAUS]
+    # the fixed-period reference of gistgym compare: its ends and its default periods (tau=N, key=L)
+    prefix = backend.references[reference]
+    refs = [backend.baseline(name, speed) for name in backend.ends]
+    refs += [p for p in backend.baselines(config, speed) if p.name.startswith(prefix)]
+
+    def fraction(result: Any) -> float:
+        return float(result.summary()[backend.fraction])
+
     grid = GRIDS[args.grid]
     planned = [("fixed", p.name) for p in refs] + [("check",)] * 2
-    planned += [_key(f, params) for f in args.families for params, _ in family_policies(f, grid[f], state)]
+    planned += [_key(f, params) for f in args.families for params, _ in family_policies(f, grid[f], state, backend)]
     n = sum(k not in done for k in planned)
     fixed_rows = []
     timed = False
-    for p in tqdm(refs, desc="fixed tau", disable=not args.progress):
+    for p in tqdm(refs, desc=reference, disable=not args.progress):
         if ("fixed", p.name) in done:
             fixed_rows.append(done[("fixed", p.name)])
             continue
         t0 = time.perf_counter()
         r = evaluator.evaluate(p)
-        fixed_rows.append({"name": p.name, "fraction": r.heavy_fraction, "map50": r.map50})
+        fixed_rows.append({"name": p.name, "fraction": fraction(r), "map50": r.map50})
         if not timed:
             per_eval, timed = time.perf_counter() - t0, True
             log(f"one evaluation: {per_eval:.1f} s; {n} evaluations to run: ~{n * per_eval / 60:.0f} min")
@@ -451,34 +488,38 @@ def main(argv: list[str] | None = None) -> int:
     dense = [(float(x), float(y)) for x, y in zip(headroom_grid(), frontier_at(families, headroom_grid()), strict=True)
              if np.isfinite(y)]  # fmt: skip
     report["frontier_vs_fixed"] = captured_share(dense, fixed, families)  # O - B: mean_gap is the mean headroom
+    # the frontier where it is above the expensive action on every frame counts frames where the cheap
+    # action happened to score better: a curve that never beats that end captures at most this
+    top = fixed_rows[0]
+    capped = [(x, min(y, top["map50"])) for x, y in dense]
+    report["frontier_capped"] = {"at": top["name"], "map50": top["map50"], **captured_share(capped, fixed, families)}
 
     # FramePeriodPolicy reproduces SegmentPeriodPolicy (one point): the families share one counter
     if ("check",) in done:
         report["check_frame_period_equals_segment_period"] = done[("check",)]["ok"]
     else:
-        seg = evaluator.evaluate(
-            SegmentPeriodPolicy({"active": 5, **dict.fromkeys(IDLE_SEGMENTS, 30)}, state["segments"])
-        )
+        seg = evaluator.evaluate(SegmentPeriodPolicy(_periods_by_name(state, 5, 30), state["segments"]))
         same = evaluator.evaluate(FramePeriodPolicy(_segment_periods(state, 5, 30), None, "check"))
         report["check_frame_period_equals_segment_period"] = bool(
-            seg.heavy_fraction == same.heavy_fraction and seg.map50 == same.map50
+            fraction(seg) == fraction(same) and seg.map50 == same.map50
         )
 
     report["families"] = {}
     for fam in args.families:
         rows = []
-        for params, policy in tqdm(family_policies(fam, grid[fam], state), desc=fam, disable=not args.progress):
+        policies = family_policies(fam, grid[fam], state, backend)
+        for params, policy in tqdm(policies, desc=fam, disable=not args.progress):
             if _key(fam, params) in done:
                 rows.append(done[_key(fam, params)])
                 continue
             r = evaluator.evaluate(policy)
-            rows.append({**params, "fraction": r.heavy_fraction, "map50": r.map50})
+            rows.append({**params, "fraction": fraction(r), "map50": r.map50})
         pts = [(r["fraction"], r["map50"]) for r in rows]
         report["families"][fam] = {"points": rows, **score_curves([pts], fixed, families)}
         c = report["families"][fam]["captured"]
         cf = report["families"][fam]["captured_with_fixed"]
         log(f"{fam}: captured {c['captured']:.1%} over {c['covered']}, mean gap {100 * c['mean_gap']:+.2f}; "
-            f"with fixed tau {cf['captured']:.1%} over {cf['covered']}")  # fmt: skip
+            f"with {reference} {cf['captured']:.1%} over {cf['covered']}")  # fmt: skip
         save()
 
     def union(names: Sequence[str]) -> dict[str, Any] | None:
