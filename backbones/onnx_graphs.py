@@ -23,13 +23,19 @@ The pieces:
 * the extractor and the memory + head graphs are the engine's cached exports
   (:mod:`gistgym.backbones.engines`), joined with :func:`onnx.compose.merge_models`.
 
+Deep Feature Flow's frames get the same: :func:`dff_key_graph` (a keyframe: preprocessing,
+N_feat, N_task, postprocessing), :func:`dff_flow_graph` (F and the four flow cues a key scheduler
+reads, :func:`flow_cues_graph`) and :func:`dff_propagate_graph` (the warp W,
+:func:`warp_graph`, then N_task and the postprocessing). :func:`chain_graphs` joins the stages
+of each.
+
 The graphs are built in memory in milliseconds from the exports and a few constants (the
 anchors, the thresholds), so they need no cache of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +45,24 @@ from onnx import TensorProto, compose, helper, numpy_helper
 from gistgym.backbones.engines import ONNX_OPSET
 from gistgym.backbones.ssdlite import BOX_VARIANCES, MAX_LOG_SCALE
 
-__all__ = ["FRAME_STEP_INPUTS", "FRAME_STEP_OUTPUTS", "frame_step_graph", "postprocess_graph", "preprocess_graph"]
+__all__ = [
+    "DFF_FLOW_INPUTS",
+    "DFF_FLOW_OUTPUTS",
+    "DFF_KEY_OUTPUTS",
+    "DFF_PROPAGATE_INPUTS",
+    "DFF_PROPAGATE_OUTPUTS",
+    "FRAME_STEP_INPUTS",
+    "FRAME_STEP_OUTPUTS",
+    "chain_graphs",
+    "dff_flow_graph",
+    "dff_key_graph",
+    "dff_propagate_graph",
+    "flow_cues_graph",
+    "frame_step_graph",
+    "postprocess_graph",
+    "preprocess_graph",
+    "warp_graph",
+]
 
 FRAME_STEP_INPUTS = ("image", "c", "h")
 """Inputs of :func:`frame_step_graph`: the (1, S, S, 3) uint8 RGB frame and the carried (1, H, g, g) memory state."""
@@ -202,6 +225,49 @@ def _output(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
     return next(o for o in model.graph.output if o.name == name)
 
 
+def chain_graphs(
+    stages: Sequence[tuple[str, onnx.ModelProto]],
+    links: Mapping[str, Sequence[tuple[str, str]]],
+    names: Mapping[str, str],
+    outputs: Sequence[str],
+) -> onnx.ModelProto:
+    """Graphs joined in order into one: each stage's inputs fed by earlier stages' outputs.
+
+    Every stage's values are prefixed with ``"<stage>/"``; ``links[stage]`` lists ``(earlier
+    "<stage>/<output>", this stage's input)`` pairs (the inputs not linked stay graph inputs).
+    ``names`` maps public names to prefixed values, for the graph's inputs and its ``outputs``:
+    the result has exactly ``outputs``, in that order, each a linked value or a stage output.
+
+    Raises:
+        ValueError: An output that no stage has.
+    """
+    ir = max(m.ir_version for _, m in stages)
+    produced = {f"{prefix}/{o.name}": o for prefix, m in stages for o in m.graph.output}
+    (first_prefix, first), *rest = stages
+    model = compose.add_prefix(_with_ir(first, ir), f"{first_prefix}/")
+    for prefix, stage in rest:
+        model = compose.merge_models(model, _with_ir(stage, ir), io_map=list(links[prefix]), prefix2=f"{prefix}/")
+    public = {inner: name for name, inner in names.items()}
+    kept = []
+    for name in outputs:
+        inner = names.get(name, name)
+        if inner not in produced:
+            raise ValueError(f"chain_graphs: no stage outputs {inner!r} (for {name!r})")
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(produced[inner])
+        info.name = name
+        kept.append(info)
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    for value in model.graph.input:
+        value.name = public.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [public.get(n, n) for n in node.input]
+        node.output[:] = [public.get(n, n) for n in node.output]
+    onnx.checker.check_model(model)
+    return model
+
+
 def frame_step_graph(
     preprocess: onnx.ModelProto,
     extractor: onnx.ModelProto,
@@ -216,45 +282,173 @@ def frame_step_graph(
         memory_head: The memory + head export (``(x, c, h)`` -> ``(c_new, h_new, loc, conf)``).
         postprocess: :func:`postprocess_graph` (``(loc, conf)`` -> ``(boxes, scores, labels)``).
     """
-    ir = max(m.ir_version for m in (preprocess, extractor, memory_head, postprocess))
-    preprocess, extractor, memory_head, postprocess = (
-        _with_ir(m, ir) for m in (preprocess, extractor, memory_head, postprocess)
+    return chain_graphs(
+        [("pre", preprocess), ("ext", extractor), ("mem", memory_head), ("post", postprocess)],
+        {
+            "ext": [("pre/images", "images")],
+            "mem": [("ext/features", "x")],
+            "post": [("mem/loc", "loc"), ("mem/conf", "conf")],
+        },
+        {
+            "image": "pre/image",
+            "c": "mem/c",
+            "h": "mem/h",
+            "features": "ext/features",
+            "c_new": "mem/c_new",
+            "h_new": "mem/h_new",
+            "loc": "mem/loc",
+            "conf": "mem/conf",
+            "boxes": "post/boxes",
+            "scores": "post/scores",
+            "labels": "post/labels",
+        },
+        FRAME_STEP_OUTPUTS,
     )
-    model = compose.merge_models(preprocess, extractor, io_map=[("images", "images")], prefix1="pre/", prefix2="ext/")
-    model = compose.merge_models(model, memory_head, io_map=[("ext/features", "x")], prefix2="mem/")
-    model = compose.merge_models(model, postprocess, io_map=[("mem/loc", "loc"), ("mem/conf", "conf")], prefix2="post/")
-    # the intermediate values the runtime also needs become outputs again (merging consumed them)
-    for name, source, inner in (
-        ("ext/features", extractor, "features"),
-        ("mem/loc", memory_head, "loc"),
-        ("mem/conf", memory_head, "conf"),
-    ):
-        info = onnx.ValueInfoProto()
-        info.CopyFrom(_output(source, inner))
-        info.name = name
-        model.graph.output.append(info)
-    # public names: FRAME_STEP_INPUTS / FRAME_STEP_OUTPUTS
-    rename = {
-        "pre/image": "image",
-        "mem/c": "c",
-        "mem/h": "h",
-        "ext/features": "features",
-        "mem/c_new": "c_new",
-        "mem/h_new": "h_new",
-        "mem/loc": "loc",
-        "mem/conf": "conf",
-        "post/boxes": "boxes",
-        "post/scores": "scores",
-        "post/labels": "labels",
-    }
-    for value in [*model.graph.input, *model.graph.output]:
-        value.name = rename.get(value.name, value.name)
-    for node in model.graph.node:
-        node.input[:] = [rename.get(n, n) for n in node.input]
-        node.output[:] = [rename.get(n, n) for n in node.output]
-    order = {name: i for i, name in enumerate(FRAME_STEP_OUTPUTS)}
-    outputs = sorted(model.graph.output, key=lambda o: order[o.name])
-    del model.graph.output[:]
-    model.graph.output.extend(outputs)
-    onnx.checker.check_model(model)
-    return model
+
+
+# --- Deep Feature Flow -----------------------------------------------------------------------
+
+DFF_KEY_OUTPUTS = ("images", "features", "loc", "conf", "boxes", "scores", "labels")
+"""Outputs of :func:`dff_key_graph` on the (1, S, S, 3) uint8 ``image``: the normalised frame (the next
+flows' keyframe), N_feat's features, N_task's box offsets and logits, and the frame's detections."""
+DFF_FLOW_INPUTS = ("key_images", "image")
+"""Inputs of :func:`dff_flow_graph`: the keyframe's normalised (1, 3, S, S) image and the uint8 frame."""
+DFF_FLOW_OUTPUTS = ("images", "flow", "scale", "cues")
+"""Outputs of :func:`dff_flow_graph`: the normalised frame, F's flow and scale, and their four cues (1, 4)."""
+DFF_PROPAGATE_INPUTS = ("features", "flow", "scale")
+"""Inputs of :func:`dff_propagate_graph`: the keyframe's features and F's flow and scale of the frame."""
+DFF_PROPAGATE_OUTPUTS = ("loc", "conf", "boxes", "scores", "labels")
+"""Outputs of :func:`dff_propagate_graph`: N_task's box offsets and logits and the frame's detections."""
+
+
+def warp_graph(channels: int, grid: int, *, ir_version: int = onnx.IR_VERSION) -> onnx.ModelProto:
+    """:func:`gistgym.backbones.dff.warp` as a graph: ``(features, flow, scale)`` -> ``warped`` (B, C, g, g).
+
+    The sampling grid is built with the same operations in the same order (pixel centres moved
+    by the flow, to ``[-1, 1]`` with ``align_corners=False``), then ONNX ``GridSample``
+    (bilinear, border padding), times the scale field.
+    """
+    f32, i64 = np.float32, np.int64
+    g = _Nodes()
+    coords = np.arange(grid, dtype=f32)
+    for axis, name, shape in ((0, "gx", (1, 1, grid)), (1, "gy", (1, grid, 1))):
+        along = g.op("Gather", ["flow", g.const(i64(axis))], f"flow_{name}", axis=1)
+        shifted = g.op("Add", [g.const(coords.reshape(shape)), along], f"{name}_px")
+        unit = g.op("Add", [g.op("Mul", [g.const(f32(2.0)), shifted], f"{name}_2"), g.const(f32(1.0))], f"{name}_c")
+        norm = g.op("Sub", [g.op("Div", [unit, g.const(f32(grid))], f"{name}_n"), g.const(f32(1.0))], name)
+        g.op("Unsqueeze", [norm, g.const(np.array([-1], i64))], f"{name}_last")
+    g.op("Concat", ["gx_last", "gy_last"], "sample_grid", axis=-1)
+    g.op("GridSample", ["features", "sample_grid"], "sampled", mode="bilinear", padding_mode="border", align_corners=0)
+    g.op("Mul", ["sampled", "scale"], "warped")
+    fmap: list[str | int] = ["batch", channels, grid, grid]
+    return _model(
+        g,
+        "warp",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, fmap),
+            helper.make_tensor_value_info("flow", TensorProto.FLOAT, ["batch", 2, grid, grid]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, fmap),
+        ],
+        [helper.make_tensor_value_info("warped", TensorProto.FLOAT, fmap)],
+        ir_version,
+    )
+
+
+def flow_cues_graph(
+    channels: int, grid: int, cell_pixels: float, large_px: float, *, ir_version: int = onnx.IR_VERSION
+) -> onnx.ModelProto:
+    """:func:`gistgym.feature_cache.keyframe.flow_cues` as a graph: ``(flow, scale)`` -> ``cues`` (B, 4).
+
+    Mean and largest flow magnitude in pixels, the share of cells moved more than ``large_px``
+    pixels, and the mean ``|scale - 1|``, with the same operations in the same order.
+    """
+    f32, i64 = np.float32, np.int64
+    g = _Nodes()
+    squared = g.op("Mul", ["flow", "flow"], "squared")
+    summed = g.op("ReduceSum", [squared, g.const(np.array([1], i64))], "summed", keepdims=0)
+    flat = g.op("Reshape", [g.op("Sqrt", [summed], "cells_length"), g.const(np.array([0, -1], i64))], "cells_flat")
+    px = g.op("Mul", [flat, g.const(f32(cell_pixels))], "magnitude")
+    large = g.op("Cast", [g.op("Greater", [px, g.const(f32(large_px))], "large_bool")], "large", to=TensorProto.FLOAT)
+    off = g.op("Abs", [g.op("Sub", ["scale", g.const(f32(1.0))], "scale_minus_one")], "scale_off")
+    off = g.op("Reshape", [off, g.const(np.array([0, -1], i64))], "scale_flat")
+    cues = [
+        g.op("ReduceMean", [px], "mean_px", axes=[1], keepdims=1),
+        g.op("ReduceMax", [px], "max_px", axes=[1], keepdims=1),
+        g.op("ReduceMean", [large], "large_share", axes=[1], keepdims=1),
+        g.op("ReduceMean", [off], "scale_dev", axes=[1], keepdims=1),
+    ]
+    g.op("Concat", cues, "cues", axis=1)
+    return _model(
+        g,
+        "flow_cues",
+        [
+            helper.make_tensor_value_info("flow", TensorProto.FLOAT, ["batch", 2, grid, grid]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["batch", channels, grid, grid]),
+        ],
+        [helper.make_tensor_value_info("cues", TensorProto.FLOAT, ["batch", 4])],
+        ir_version,
+    )
+
+
+def dff_key_graph(
+    preprocess: onnx.ModelProto, feature: onnx.ModelProto, task: onnx.ModelProto, postprocess: onnx.ModelProto
+) -> onnx.ModelProto:
+    """A DFF keyframe as one graph: uint8 ``image`` -> :data:`DFF_KEY_OUTPUTS` (preprocess, N_feat, N_task, NMS)."""
+    return chain_graphs(
+        [("pre", preprocess), ("feat", feature), ("task", task), ("post", postprocess)],
+        {
+            "feat": [("pre/images", "images")],
+            "task": [("feat/features", "features")],
+            "post": [("task/loc", "loc"), ("task/conf", "conf")],
+        },
+        {
+            "image": "pre/image",
+            "images": "pre/images",
+            "features": "feat/features",
+            "loc": "task/loc",
+            "conf": "task/conf",
+            "boxes": "post/boxes",
+            "scores": "post/scores",
+            "labels": "post/labels",
+        },
+        DFF_KEY_OUTPUTS,
+    )
+
+
+def dff_flow_graph(preprocess: onnx.ModelProto, flow: onnx.ModelProto, cues: onnx.ModelProto) -> onnx.ModelProto:
+    """F on a frame as one graph: :data:`DFF_FLOW_INPUTS` -> :data:`DFF_FLOW_OUTPUTS` (preprocess, F, the cues)."""
+    return chain_graphs(
+        [("pre", preprocess), ("flow", flow), ("cues", cues)],
+        {"flow": [("pre/images", "images")], "cues": [("flow/flow", "flow"), ("flow/scale", "scale")]},
+        {
+            "image": "pre/image",
+            "key_images": "flow/key_images",
+            "images": "pre/images",
+            "flow": "flow/flow",
+            "scale": "flow/scale",
+            "cues": "cues/cues",
+        },
+        DFF_FLOW_OUTPUTS,
+    )
+
+
+def dff_propagate_graph(warp: onnx.ModelProto, task: onnx.ModelProto, postprocess: onnx.ModelProto) -> onnx.ModelProto:
+    """A propagated DFF frame as one graph: :data:`DFF_PROPAGATE_INPUTS` -> :data:`DFF_PROPAGATE_OUTPUTS`.
+
+    W, N_task and the postprocessing.
+    """
+    return chain_graphs(
+        [("warp", warp), ("task", task), ("post", postprocess)],
+        {"task": [("warp/warped", "features")], "post": [("task/loc", "loc"), ("task/conf", "conf")]},
+        {
+            "features": "warp/features",
+            "flow": "warp/flow",
+            "scale": "warp/scale",
+            "loc": "task/loc",
+            "conf": "task/conf",
+            "boxes": "post/boxes",
+            "scores": "post/scores",
+            "labels": "post/labels",
+        },
+        DFF_PROPAGATE_OUTPUTS,
+    )

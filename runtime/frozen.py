@@ -22,7 +22,8 @@ the light frames of the main thread on every operator (in eager mode it does, an
 frames' latency doubles while a heavy job runs).
 
 :func:`engine_dff` does the same for Deep Feature Flow's N_feat, F and N_task (the DFF runtime,
-:mod:`gistgym.runtime.keyframe`); the warp W stays eager. :func:`frozen_modules` and
+:mod:`gistgym.runtime.keyframe`); on ONNX Runtime it also chains a DFF frame's work into whole
+graphs (:class:`DFFSteps`, the warp W included). :func:`frozen_modules` and
 :func:`frozen_dff` are the TorchScript versions.
 
 Extractors that carry temporal-shift buffers (``uses_shift``) stay eager: their state is a
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.detector import InterleavedDetector
-from gistgym.backbones.dff import DeepFeatureFlow, FlowOutput
+from gistgym.backbones.dff import DeepFeatureFlow, FlowOutput, warp
 from gistgym.backbones.engines import (
     DEFAULT_ENGINE,
     PARITY_ATOL,
@@ -60,22 +61,35 @@ from gistgym.backbones.engines import (
     ort_session,
 )
 from gistgym.backbones.onnx_graphs import (
+    DFF_FLOW_INPUTS,
+    DFF_FLOW_OUTPUTS,
+    DFF_KEY_OUTPUTS,
+    DFF_PROPAGATE_INPUTS,
+    DFF_PROPAGATE_OUTPUTS,
     FRAME_STEP_INPUTS,
     FRAME_STEP_OUTPUTS,
+    dff_flow_graph,
+    dff_key_graph,
+    dff_propagate_graph,
+    flow_cues_graph,
     frame_step_graph,
     postprocess_graph,
     preprocess_graph,
+    warp_graph,
 )
 from gistgym.backbones.ssdlite import postprocess_frame
 from gistgym.errors import ConfigError
+from gistgym.feature_cache.keyframe import LARGE_DISPLACEMENT_PX, flow_cues
 
 __all__ = [
     "PARITY_ATOL",
     "ArrayCall",
+    "DFFSteps",
     "FrozenDFF",
     "FrozenModules",
     "array_call",
     "check_frozen_parity",
+    "dff_step_parity",
     "engine_dff",
     "engine_modules",
     "frame_step_parity",
@@ -368,8 +382,24 @@ class _FlowStep(nn.Module):
 
 
 @dataclass(frozen=True)
+class DFFSteps:
+    """A DFF frame's work as whole graphs on ONNX Runtime (:mod:`gistgym.backbones.onnx_graphs`).
+
+    A keyframe is one call, a propagated frame two (F and its cues, then, once the scheduler
+    has decided, W, N_task and the postprocessing); the numpy between them is the scheduler's.
+    """
+
+    key: OrtModule
+    """uint8 ``image`` -> :data:`~gistgym.backbones.onnx_graphs.DFF_KEY_OUTPUTS`."""
+    flow: OrtModule
+    """``(key_images, image)`` -> :data:`~gistgym.backbones.onnx_graphs.DFF_FLOW_OUTPUTS`."""
+    propagate: OrtModule
+    """``(features, flow, scale)`` -> :data:`~gistgym.backbones.onnx_graphs.DFF_PROPAGATE_OUTPUTS`."""
+
+
+@dataclass(frozen=True)
 class FrozenDFF:
-    """A Deep Feature Flow model's per-frame networks on one engine; W stays eager."""
+    """A Deep Feature Flow model's per-frame networks on one engine (W is eager outside :attr:`steps`)."""
 
     features: Compiled
     """N_feat: normalised (B, 3, S, S) -> (B, C, g, g)."""
@@ -378,6 +408,8 @@ class FrozenDFF:
     task: Compiled
     """N_task: features -> (loc, conf)."""
     engine: str = "torchscript"
+    steps: DFFSteps | None = None
+    """On ONNX Runtime, the frame's work as whole graphs (the runtime's path for uint8 frames)."""
 
     def flow(self, key_images: Tensor, images: Tensor) -> FlowOutput:
         """F with :class:`~gistgym.backbones.dff.FlowOutput` out, as the eager model returns it."""
@@ -420,9 +452,85 @@ def engine_dff(model: DeepFeatureFlow, engine: str = DEFAULT_ENGINE, threads: in
         model.task_net, (features,), engine=engine, kind="dff-task", input_names=("features",),
         output_names=("loc", "conf"), threads=threads,
     )  # fmt: skip
-    frozen = FrozenDFF(feature_net, flow_net, task_net, engine)
+    steps = _dff_steps(model, (feature_net, flow_net, task_net), threads) if engine == "onnxruntime" else None
+    frozen = FrozenDFF(feature_net, flow_net, task_net, engine, steps)
     per_model[(engine, threads)] = frozen
     return frozen
+
+
+def _dff_steps(model: DeepFeatureFlow, nets: tuple[Compiled, Compiled, Compiled], threads: int) -> DFFSteps | None:
+    """N_feat, F and N_task's exports chained with the preprocessing, W, the cues and the postprocessing.
+
+    Raises:
+        EngineError: A graph that disagrees with the eager model.
+    """
+    exports = [n.export for n in nets if isinstance(n, OrtModule) and n.export is not None]
+    if len(exports) != len(nets):
+        return None
+    feature, flow, task = (onnx.load_from_string(e.data) for e in exports)
+    ir = max(m.ir_version for m in (feature, flow, task))
+    cfg = model.config
+    size, grid, channels = cfg.image_size, cfg.grid, cfg.feature_channels
+    pre = preprocess_graph(size, cfg.mean, cfg.std, ir_version=ir)
+    anchors = np.ascontiguousarray(model.anchors.numpy(), dtype=np.float32)
+    post = postprocess_graph(anchors, cfg.num_classes, (size, size), ir_version=ir)
+    cues = flow_cues_graph(channels, grid, cfg.cell_pixels, LARGE_DISPLACEMENT_PX, ir_version=ir)
+    graphs = (
+        ("dff-key-step", dff_key_graph(pre, feature, task, post), ("image",), DFF_KEY_OUTPUTS),
+        ("dff-flow-step", dff_flow_graph(pre, flow, cues), DFF_FLOW_INPUTS, DFF_FLOW_OUTPUTS),
+        ("dff-propagate-step", dff_propagate_graph(warp_graph(channels, grid, ir_version=ir), task, post),
+         DFF_PROPAGATE_INPUTS, DFF_PROPAGATE_OUTPUTS),
+    )  # fmt: skip
+    steps = DFFSteps(*(OrtModule(ort_session(g.SerializeToString(), threads, kind), i, o) for kind, g, i, o in graphs))
+    worst = dff_step_parity(model, steps)
+    if not worst <= PARITY_ATOL:
+        raise EngineError(
+            f"the onnxruntime DFF frame graphs differ from the eager model by {worst:.3g} (> {PARITY_ATOL:g}); "
+            "pass --engine torchscript or eager (and report it)"
+        )
+    return steps
+
+
+@torch.no_grad()
+def dff_step_parity(model: DeepFeatureFlow, steps: DFFSteps, frames: np.ndarray | None = None) -> float:
+    """Largest difference between the DFF frame graphs and the eager model, over ``frames``.
+
+    Every frame goes through the key graph; every frame after the first also through the flow
+    and propagation graphs, with the first frame as the keyframe (the eager keyframe's image
+    and features in). The reference is the eager model (preprocessing, N_feat, F,
+    :func:`~gistgym.feature_cache.keyframe.flow_cues`, :func:`~gistgym.backbones.dff.warp`,
+    N_task) and :func:`~gistgym.backbones.ssdlite.postprocess_frame` on the graphs' own head
+    outputs: the detections must be the same boxes of the same classes in the same order
+    (``inf`` otherwise); every tensor, box and score is compared to the absolute difference returned.
+    """
+    size = model.config.image_size
+    frames = _example_frames(size) if frames is None else frames
+    anchors = np.ascontiguousarray(model.anchors.numpy(), dtype=np.float32)
+    worst = 0.0
+    key: tuple[Tensor, Tensor] | None = None
+    for image in frames:
+        batch = np.ascontiguousarray(image[None])
+        images = model.preprocess(torch.from_numpy(batch))
+        feats = model.features(images)
+        checks = [((images, feats, *model.task_net(feats)), steps.key.run_arrays(batch))]
+        if key is None:
+            key = (images, feats)
+        else:
+            out = model.flow_net(key[0], images)
+            want = (images, out.flow, out.scale, flow_cues(out.flow, out.scale, model.config.cell_pixels))
+            checks.append((want, steps.flow.run_arrays(key[0].numpy(), batch)))
+            head = model.task_net(warp(key[1], out.flow, out.scale))
+            checks.append((head, steps.propagate.run_arrays(key[1].numpy(), out.flow.numpy(), out.scale.numpy())))
+        for want, got in checks:
+            n = len(want)
+            pairs = [(w.numpy(), g) for w, g in zip(want, got[:n], strict=True)]
+            if len(got) > n:  # head outputs, then the detections postprocessed from them
+                dets = postprocess_frame(got[n - 2][0], got[n - 1][0], anchors, image_size=(size, size))
+                if not np.array_equal(got[n + 2], dets.labels):
+                    return float("inf")
+                pairs += [(dets.boxes, got[n]), (dets.scores, got[n + 1])]
+            worst = max(worst, *(float(np.abs(a - b).max()) if a.size else 0.0 for a, b in pairs))
+    return worst
 
 
 def frozen_dff(model: DeepFeatureFlow) -> FrozenDFF:

@@ -11,6 +11,11 @@ distance of frame t to the last keyframe k (had t propagated) and D = ``max_dist
 * a keyframe runs N_feat on I_t and becomes the new k; a propagated frame warps k's features
   with that flow and scale field (W); N_task then gives the frame's detections.
 
+On ONNX Runtime a uint8 frame takes the whole-frame graphs of
+:class:`~gistgym.runtime.frozen.DFFSteps` (a keyframe is one engine call: preprocessing,
+N_feat, N_task, decoding and NMS; a propagated frame two: preprocessing, F and its cues, then
+W, N_task, decoding and NMS); elsewhere each network is one call with torch and numpy between.
+
 On a cached benchmark video this reproduces the environment's schedule and the cache's
 detections for the same scheduler (a test), since the cache holds exactly N_task's output
 for every (frame, distance). The one difference in cost: a cue-based scheduler has to run F
@@ -44,7 +49,7 @@ from gistgym.backbones.engines import DEFAULT_ENGINE
 from gistgym.backbones.ssdlite import Detections, postprocess_frame
 from gistgym.envs import KEYFRAME_ENV_ID
 from gistgym.errors import ConfigError, InvalidActionError
-from gistgym.runtime.frozen import engine_dff
+from gistgym.runtime.frozen import DFFSteps, engine_dff
 from gistgym.runtime.outputs import SUMMARY_FORMAT, DetectionsWriter, timing_summary
 from gistgym.runtime.video_source import VideoSource
 
@@ -164,36 +169,45 @@ def run_keyframe(
     size = model.config.image_size
     anchors = model.anchors.numpy().astype(np.float32)
     nets: Any = engine_dff(model, engine, threads) if frozen and engine != "eager" else model
+    steps: DFFSteps | None = getattr(nets, "steps", None)
     history = np.zeros((1, history_len), dtype=np.int8)
-    key_images = key_feats = None
+    # the keyframe's normalised image and features: tensors, or arrays on the graphs
+    key_images: torch.Tensor | np.ndarray | None = None
+    key_feats: torch.Tensor | np.ndarray | None = None
     info: dict[str, Any] = {}
     d = 0
     for t, image in enumerate(frames):
         start = time.perf_counter()
-        images = model.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
         forced = t == 0 or d >= max_distance
+        graphs = steps if steps is not None and image.dtype == np.uint8 else None
+        batch = np.ascontiguousarray(image)[None]
+        key = True
         cues = flow = None
-        if not forced:
-            assert key_images is not None
-            flow = nets.flow(key_images, images)
-            cues = np.clip(flow_cues(flow.flow, flow.scale, cell).numpy(), 0.0, CUE_HIGH).astype(np.float32)
-            obs = {
-                "cues": cues,
-                "since_key": np.array([[min(d, max_distance) / max_distance]], dtype=np.float32),
-                "history": history.copy(),
-            }
-            key = _check_action(policy.act(obs, [info]), policy) == 0
+        if graphs is not None:  # on ONNX Runtime: one call for a keyframe, two for a propagated frame
+            if not forced:
+                moved = graphs.flow.run_arrays(_array(key_images), batch)[1:]  # flow, scale, cues
+                cues = np.clip(moved[2], 0.0, CUE_HIGH).astype(np.float32)
+                key = _check_action(policy.act(_observation(cues, d, max_distance, history), [info]), policy) == 0
+            if key:
+                key_images, key_feats, _, _, *found = graphs.key.run_arrays(batch)
+                dets = Detections(*found)
+            else:
+                dets = Detections(*graphs.propagate.run_arrays(_array(key_feats), moved[0], moved[1])[2:])
         else:
-            key = True
-        if key:
-            key_images, key_feats = images, nets.features(images)
-            feats = key_feats
-        else:
-            assert flow is not None and key_feats is not None
-            feats = warp(key_feats, flow.flow, flow.scale)
-        loc, conf = nets.task(feats)
-        # as model.detect, in numpy (at batch one torch's per-op overhead doubles a propagated frame's cost)
-        dets = postprocess_frame(loc[0].numpy(), conf[0].numpy(), anchors, image_size=(size, size))
+            images = model.preprocess(torch.from_numpy(batch))
+            if not forced:
+                flow = nets.flow(_tensor(key_images), images)
+                cues = np.clip(flow_cues(flow.flow, flow.scale, cell).numpy(), 0.0, CUE_HIGH).astype(np.float32)
+                key = _check_action(policy.act(_observation(cues, d, max_distance, history), [info]), policy) == 0
+            if key:
+                key_images, key_feats = images, nets.features(images)
+                feats = key_feats
+            else:
+                assert flow is not None
+                feats = warp(_tensor(key_feats), flow.flow, flow.scale)
+            loc, conf = nets.task(feats)
+            # as model.detect, in numpy (at batch one torch's per-op overhead doubles a propagated frame's cost)
+            dets = postprocess_frame(loc[0].numpy(), conf[0].numpy(), anchors, image_size=(size, size))
         distance = 0 if key else d
         history[:, 1:] = history[:, :-1]
         history[:, 0] = key
@@ -207,6 +221,27 @@ def run_keyframe(
         d = 1 if key else d + 1
         latency = time.perf_counter() - start
         yield KeyframeFrameResult(t, key, forced, distance, dets, latency, None if cues is None else cues[0])
+
+
+def _observation(cues: np.ndarray, d: int, max_distance: int, history: np.ndarray) -> dict[str, np.ndarray]:
+    """Keyframe-v0's observation of a frame at distance ``d`` from the keyframe."""
+    return {
+        "cues": cues,
+        "since_key": np.array([[min(d, max_distance) / max_distance]], dtype=np.float32),
+        "history": history.copy(),
+    }
+
+
+def _array(x: Any) -> np.ndarray:
+    """A keyframe tensor or array as a C-contiguous float32 array (what the frame graphs take)."""
+    assert x is not None
+    return np.ascontiguousarray(x.numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """A keyframe tensor or array as a tensor (what the modules take)."""
+    assert x is not None
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
 
 
 def keyframe_scheduler(spec: str, dff_sha256: str, max_distance: int = 0) -> tuple[Policy, int, int]:

@@ -446,3 +446,124 @@ def test_a_frame_graph_that_disagrees_with_its_modules_is_refused(
     monkeypatch.setattr(frozen, "preprocess_graph", wrong)
     with pytest.raises(EngineError, match=r"frame-step-.*differs from its modules"):
         frozen.engine_modules(copy.deepcopy(nontrivial_model), "onnxruntime")
+
+
+# --- Deep Feature Flow frames as ONNX Runtime graphs --------------------------------------------------
+def _session(model: Any, kind: str) -> Any:
+    from gistgym.backbones.engines import ort_session
+
+    return ort_session(model.SerializeToString(), 1, kind)
+
+
+def test_warp_graph_is_dffs_warp_with_reads_outside_the_map() -> None:
+    from gistgym.backbones.dff import warp
+    from gistgym.backbones.onnx_graphs import warp_graph
+
+    rng = np.random.default_rng(5)
+    C, g = 6, 8
+    session = _session(warp_graph(C, g), "warp")
+    features = rng.normal(size=(2, C, g, g)).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, size=(2, C, g, g)).astype(np.float32)
+    for flow in (
+        rng.normal(0, 1.5, size=(2, 2, g, g)),  # fractional moves, some past the border (border values)
+        np.full((2, 2, g, g), 20.0),  # everything read from outside the map
+        np.zeros((2, 2, g, g)),  # the identity: the features times the scale
+    ):
+        flow = flow.astype(np.float32)
+        (got,) = session.run(None, {"features": features, "flow": flow, "scale": scale})
+        want = warp(*(torch.from_numpy(x) for x in (features, flow, scale))).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, features * scale, rtol=0, atol=1e-6)
+
+
+def test_flow_cues_graph_is_the_environments_cues() -> None:
+    from gistgym.backbones.onnx_graphs import flow_cues_graph
+    from gistgym.feature_cache.keyframe import LARGE_DISPLACEMENT_PX, flow_cues
+
+    rng = np.random.default_rng(6)
+    C, g, cell = 6, 4, 16.0
+    session = _session(flow_cues_graph(C, g, cell, LARGE_DISPLACEMENT_PX), "cues")
+    # cells well below and above the large-displacement threshold (none within rounding of it)
+    length = rng.choice([0.02, 0.1, 0.5, 0.8, 3.0], size=(3, g, g)) * LARGE_DISPLACEMENT_PX / cell
+    angle = rng.uniform(0, 2 * np.pi, size=(3, g, g))
+    flow = np.stack([length * np.cos(angle), length * np.sin(angle)], 1).astype(np.float32)
+    scale = rng.uniform(0.2, 1.8, size=(3, C, g, g)).astype(np.float32)
+    (got,) = session.run(None, {"flow": flow, "scale": scale})
+    want = flow_cues(torch.from_numpy(flow), torch.from_numpy(scale), cell).numpy()
+    assert got.shape == (3, 4) and want[:, 2].min() > 0 and want[:, 2].max() < 1  # some cells large, not all
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_chain_graphs_refuses_an_output_no_stage_has() -> None:
+    from gistgym.backbones.onnx_graphs import chain_graphs, flow_cues_graph, warp_graph
+
+    stages = [("cues", flow_cues_graph(6, 4, 16.0, 4.0)), ("warp", warp_graph(6, 4))]
+    with pytest.raises(ValueError, match="warp/nothing"):
+        chain_graphs(stages, {"warp": [("cues/cues", "features")]}, {"out": "warp/nothing"}, ["out"])
+
+
+def test_onnxruntime_dff_runs_frames_as_graphs_and_gives_the_eager_frames() -> None:
+    """Keyframes take the key graph, propagated frames the flow and propagation graphs; float frames the modules."""
+    from gistgym.agents.keyframe_baselines import FlowThresholdPolicy
+    from gistgym.backbones.dff import load_dff
+    from gistgym.runtime.frozen import engine_dff
+    from gistgym.runtime.keyframe import run_keyframe
+
+    model = load_dff()[0]
+    steps = engine_dff(model, "onnxruntime").steps
+    assert steps is not None and engine_dff(model, "torchscript").steps is None
+    calls = {"key": 0, "flow": 0, "propagate": 0}
+    for name in calls:
+        graph = getattr(steps, name)
+        run = graph.run_arrays
+        graph.run_arrays = lambda *a, _n=name, _run=run: calls.__setitem__(_n, calls[_n] + 1) or _run(*a)
+    size = model.config.image_size
+    rng = np.random.default_rng(8)
+    base = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    frames = [np.roll(base, (t // 3) * 5, axis=1) if t < 12 else base[::-1] for t in range(16)]  # moves, then a cut
+
+    def run(engine: str, images: list[np.ndarray]) -> list[Any]:
+        policy = FlowThresholdPolicy(1.0)
+        return list(run_keyframe(model, iter(images), policy, max_distance=6, history_len=20, engine=engine))
+
+    try:
+        got, want = run("onnxruntime", frames), run("eager", frames)
+        keys = sum(r.keyframe for r in got)
+        assert [r.keyframe for r in got] == [r.keyframe for r in want] and 1 < keys < len(got)
+        assert calls == {"key": keys, "flow": len(got) - 1 - sum(r.forced for r in got[1:]), "propagate": 16 - keys}
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a.detections.labels, b.detections.labels)
+            np.testing.assert_allclose(a.detections.boxes, b.detections.boxes, atol=PARITY_ATOL, rtol=0)
+            np.testing.assert_allclose(a.detections.scores, b.detections.scores, atol=PARITY_ATOL, rtol=0)
+            assert (a.cues is None) == (b.cues is None)
+            if a.cues is not None:
+                np.testing.assert_allclose(a.cues, b.cues, atol=PARITY_ATOL, rtol=0)
+        before = dict(calls)
+        floats = run("onnxruntime", [f.astype(np.float32) for f in frames])  # not what decoding gives: the modules
+        assert calls == before and [r.keyframe for r in floats] == [r.keyframe for r in want]
+    finally:
+        for name in calls:
+            vars(getattr(steps, name)).pop("run_arrays", None)
+
+
+def test_dff_graphs_that_disagree_with_the_model_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gistgym.backbones.dff import load_dff
+    from gistgym.backbones.engines import EngineError
+    from gistgym.backbones.onnx_graphs import warp_graph
+    from gistgym.runtime import frozen
+
+    def wrong(channels: int, grid: int, **kw: Any) -> Any:
+        return _without_scale(warp_graph(channels, grid, **kw))
+
+    monkeypatch.setattr(frozen, "warp_graph", wrong)
+    with pytest.raises(EngineError, match="DFF frame graphs differ from the eager model"):
+        frozen.engine_dff(load_dff()[0], "onnxruntime")
+
+
+def _without_scale(model: Any) -> Any:
+    """``warp_graph`` whose last node passes the sampled features through (no scale)."""
+    last = model.graph.node[-1]
+    assert last.op_type == "Mul" and list(last.input) == ["sampled", "scale"]
+    last.op_type = "Max"
+    last.input[:] = ["sampled", "sampled"]
+    return model
