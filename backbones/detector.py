@@ -109,12 +109,18 @@ class FeatureExtractor(nn.Module):
         """Whether this extractor carries TSM buffers from frame to frame."""
         return self.config.shift_fraction > 0
 
-    def forward_with_shift(self, images: Tensor, shift_state: ShiftState | None = None) -> tuple[Tensor, ShiftState]:
-        """Features (B, memory_channels, g, g) of normalised full-resolution images."""
+    def forward_with_shift(
+        self, images: Tensor, shift_state: ShiftState | None = None, steps: int = 1
+    ) -> tuple[Tensor, ShiftState]:
+        """Features (B, memory_channels, g, g) of normalised full-resolution images.
+
+        ``steps``: consecutive frames in ``images``, time-major (:meth:`MobileNetV2.forward_features
+        <gistgym.backbones.mobilenet.MobileNetV2.forward_features>`).
+        """
         if self.config.input_scale != 1.0:
             factor = round(1 / self.config.input_scale)
             images = nn.functional.avg_pool2d(images, factor)
-        feats, new_state = self.trunk.forward_features(images, shift_state)
+        feats, new_state = self.trunk.forward_features(images, shift_state, steps)
         return self.project(feats), new_state
 
     def forward(self, images: Tensor) -> Tensor:
@@ -183,9 +189,11 @@ class InterleavedDetector(nn.Module):
         assert isinstance(ext, FeatureExtractor)
         return ext
 
-    def extract(self, index: int, images: Tensor, shift_state: ShiftState | None = None) -> tuple[Tensor, ShiftState]:
-        """Run extractor ``index`` on normalised images."""
-        return self.extractor(index).forward_with_shift(images, shift_state)
+    def extract(
+        self, index: int, images: Tensor, shift_state: ShiftState | None = None, steps: int = 1
+    ) -> tuple[Tensor, ShiftState]:
+        """Run extractor ``index`` on normalised images (``steps`` consecutive frames, time-major)."""
+        return self.extractor(index).forward_with_shift(images, shift_state, steps)
 
     def memory_step(self, features: Tensor, lstm: LSTMState, write: Tensor | bool) -> tuple[Tensor, LSTMState]:
         """Memory output for ``features``; the state advances only where ``write`` is true.
@@ -235,7 +243,9 @@ def extract_video_features(model: InterleavedDetector, videos: Tensor, chunk: in
 
     A shifting extractor runs as a stream over each video's consecutive frames (its buffer
     always holds the previous frame), so its features are exact for schedules that run it
-    on consecutive frames and approximate when it is mixed with other extractors.
+    on consecutive frames and approximate when it is mixed with other extractors. The stream
+    goes through in runs of up to ``chunk`` frames per pass (``steps``, the buffers carried
+    from run to run), the same features as frame by frame.
 
     Per-frame extractors run on the engine :func:`gistgym.backbones.engines.use_build_engine`
     registered for ``model`` (the cache build's), else in eager torch.
@@ -253,11 +263,13 @@ def extract_video_features(model: InterleavedDetector, videos: Tensor, chunk: in
     for i in range(len(model.extractors)):
         if model.extractor(i).uses_shift:
             state = None
-            per_t = []
-            for t in range(T):
-                f, state = model.extract(i, model.preprocess(videos[:, t]), state)
-                per_t.append(f)
-            out.append(torch.stack(per_t, dim=1))
+            runs = []
+            for s in range(0, T, max(1, chunk // V)):
+                run = videos[:, s : s + max(1, chunk // V)].transpose(0, 1)  # time-major: (t, V, H, W, 3)
+                steps = run.shape[0]
+                f, state = model.extract(i, model.preprocess(run.reshape(steps * V, *run.shape[2:])), state, steps)
+                runs.append(f.view(steps, V, *f.shape[1:]).transpose(0, 1))
+            out.append(torch.cat(runs, dim=1))
         else:
             flat = videos.reshape(V * T, *videos.shape[2:])
             compiled = build_extractor(model, i)

@@ -70,12 +70,15 @@ class InvertedResidual(nn.Module):
         # TSM shifts only residual branches, so the identity path keeps the current frame.
         self.shift = TemporalShift(cin, shift_fraction) if self.use_res_connect and shift_fraction > 0 else None
 
-    def forward_with_shift(self, x: Tensor, buffer: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Run the block; returns the output and the shift buffer for the next frame."""
+    def forward_with_shift(self, x: Tensor, buffer: Tensor | None, steps: int = 1) -> tuple[Tensor, Tensor | None]:
+        """Run the block; returns the output and the shift buffer for the next frame.
+
+        ``steps``: consecutive frames in ``x``, time-major (:class:`~gistgym.backbones.tsm.TemporalShift`).
+        """
         if self.shift is None:
             out = self.conv(x)
             return (x + out if self.use_res_connect else out), None
-        shifted, new_buffer = self.shift(x, buffer)
+        shifted, new_buffer = self.shift(x, buffer, steps)
         return x + self.conv(shifted), new_buffer
 
     def forward(self, x: Tensor) -> Tensor:
@@ -155,20 +158,25 @@ class MobileNetV2(nn.Module):
         """How many blocks carry a temporal-shift buffer."""
         return sum(1 for m in self.features if isinstance(m, InvertedResidual) and m.shift is not None)
 
-    def forward_features(self, x: Tensor, shift_state: ShiftState | None = None) -> tuple[Tensor, ShiftState]:
+    def forward_features(
+        self, x: Tensor, shift_state: ShiftState | None = None, steps: int = 1
+    ) -> tuple[Tensor, ShiftState]:
         """Feature map and the updated shift buffers (empty without shift).
 
         Args:
-            x: (B, 3, H, W) normalised images.
-            shift_state: Buffers from the previous frame, one per shifting block, or
+            x: (steps * B, 3, H, W) normalised images: ``steps`` consecutive frames of B
+                streams, time-major (one frame each when ``steps`` is 1).
+            shift_state: Buffers from the frame before, one per shifting block, or
                 ``None`` for the first frame (zeros).
+            steps: Consecutive frames in ``x``; the result is the same as ``steps`` calls
+                with one frame each, the buffers carried, and the buffers returned are the last frame's.
         """
         new_state: list[Tensor] = []
         k = 0
         for layer in self.features:
             if isinstance(layer, InvertedResidual) and layer.shift is not None:
                 buf = shift_state[k] if shift_state is not None else None
-                x, nb = layer.forward_with_shift(x, buf)
+                x, nb = layer.forward_with_shift(x, buf, steps)
                 assert nb is not None
                 new_state.append(nb)
                 k += 1

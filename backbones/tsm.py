@@ -2,7 +2,9 @@
 
 At every residual branch, the first ``fraction`` of the channels are replaced by the same
 channels of the previous frame, cached in a buffer; the rest stay. Shifting moves memory,
-it adds no FLOPs. Online (causal) mode only shifts from past to present.
+it adds no FLOPs. Online (causal) mode only shifts from past to present. A run of consecutive
+frames can go through in one batch (``steps``): block by block, each frame's buffer is the
+previous frame's input to that block, which the batch already holds.
 """
 
 from __future__ import annotations
@@ -26,13 +28,24 @@ class TemporalShift(nn.Module):
         super().__init__()
         self.fold = max(1, int(channels * fraction))
 
-    def forward(self, x: Tensor, buffer: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, buffer: Tensor | None, steps: int = 1) -> tuple[Tensor, Tensor]:
         """Return the shifted input and the buffer to pass to the next frame.
 
+        With ``steps`` > 1, ``x`` holds ``steps`` consecutive frames of B streams, time-major
+        (rows ``t * B .. t * B + B - 1`` are frame t): each frame takes its channels from the
+        frame before it in ``x`` (the first from ``buffer``), exactly as ``steps`` calls of
+        one frame each would, in one pass.
+
         Args:
-            x: (B, C, H, W) current activations.
-            buffer: (B, fold, H, W) activations of the previous frame; ``None`` = zeros.
+            x: (steps * B, C, H, W) current activations.
+            buffer: (B, fold, H, W) activations of the frame before the first; ``None`` = zeros.
+            steps: Consecutive frames in ``x``.
+
+        Returns:
+            The shifted (steps * B, C, H, W) input and the last frame's (B, fold, H, W) buffer.
         """
-        current = x[:, : self.fold]
-        past = torch.zeros_like(current) if buffer is None else buffer
-        return torch.cat([past, x[:, self.fold :]], dim=1), current
+        rows, _, h, w = x.shape
+        current = x[:, : self.fold].reshape(steps, rows // steps, self.fold, h, w)
+        first = torch.zeros_like(current[0]) if buffer is None else buffer
+        past = torch.cat([first[None], current[:-1]]).reshape(rows, self.fold, h, w)
+        return torch.cat([past, x[:, self.fold :]], dim=1), current[-1]

@@ -19,7 +19,10 @@ torch, frozen TorchScript, ONNX Runtime with one intra-op thread), measured in t
 for each module the engines are timed next to each other in ``--rounds`` rounds and the median
 of the rounds is reported, with each engine's ratio to eager (median of the rounds' ratios).
 Extractors with temporal-shift buffers run eagerly on every engine (their state is Python).
-``--json`` prints that table as one JSON object instead of the text.
+For them the last table compares the two ways through a video of ``--run-frames`` frames,
+also timed next to each other: frame by frame (the online runtime, batch one) and as one run
+of consecutive frames per pass (``steps``, what the cache build and the evaluation do).
+``--json`` prints those tables as one JSON object instead of the text.
 """
 
 from __future__ import annotations
@@ -68,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         "--engine", action="append", default=None, help="engine of the per-module table (repeatable; default all)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the per-module table (median)")
+    parser.add_argument("--run-frames", type=int, default=256, help="frames of the shifting extractors' run table")
     parser.add_argument("--json", action="store_true", help="print the per-module table as one JSON object")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.rounds < 1:
-        parser.error("--repeats and --rounds must be >= 1")
+    if args.repeats < 1 or args.rounds < 1 or args.run_frames < 1:
+        parser.error("--repeats, --rounds and --run-frames must be >= 1")
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engines = engine_list(args.engine)
         table = engine_table(model, engines, args.repeats, args.rounds)
+        table["shift_runs"] = shift_runs(model, args.run_frames, args.rounds)
     except GistgymError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -188,8 +193,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print_engine_table(table, args.repeats, args.rounds)
+    print()
+    print(f"Shifting extractors through {args.run_frames} consecutive frames, eager, ms per frame (median of "
+          f"{args.rounds} rounds)")  # fmt: skip
+    print("| extractor | frame by frame | one run per pass | speed-up |")
+    print("|---|---:|---:|---:|")
+    for name, r in table["shift_runs"].items():
+        print(f"| {name} | {r['frame_by_frame_ms']:.3f} | {r['run_ms']:.3f} | {r['speedup']:.1f}x |")
     print(f"(benchmark took {time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def shift_runs(model: InterleavedDetector, frames: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Per shifting extractor: ms per frame through ``frames`` consecutive frames, frame by frame and as one run.
+
+    The two are timed next to each other in each round; ``speedup`` is the median of the
+    rounds' ratios.
+    """
+    cfg = model.config
+    video = torch.randint(0, 256, (frames, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8)
+    out: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(model.extractor_names):
+        if not model.extractor(i).uses_shift:
+            continue
+        images = model.preprocess(video)
+
+        def by_frame(i: int = i, images: torch.Tensor = images) -> None:
+            state = None
+            for t in range(len(images)):
+                _, state = model.extract(i, images[t : t + 1], state)
+
+        def as_run(i: int = i, images: torch.Tensor = images) -> None:
+            model.extract(i, images, None, len(images))
+
+        times: list[tuple[float, float]] = []
+        with torch.inference_mode():
+            as_run()  # warm-up
+            for r in range(rounds):
+                pair = [0.0, 0.0]
+                for k in (0, 1) if r % 2 == 0 else (1, 0):
+                    t0 = time.perf_counter()
+                    (by_frame, as_run)[k]()
+                    pair[k] = time.perf_counter() - t0
+                times.append((pair[0], pair[1]))
+        out[name] = {
+            "frame_by_frame_ms": statistics.median(a for a, _ in times) / frames * 1e3,
+            "run_ms": statistics.median(b for _, b in times) / frames * 1e3,
+            "speedup": statistics.median(a / b for a, b in times),
+        }
+    return out
 
 
 def engine_list(names: list[str] | None) -> tuple[str, ...]:

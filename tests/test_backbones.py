@@ -15,6 +15,7 @@ from gistgym.backbones.detector import (
     FeatureExtractor,
     InterleavedDetector,
     default_detector_config,
+    extract_video_features,
 )
 from gistgym.backbones.mobilenet import InvertedResidual, MobileNetV2
 from gistgym.backbones.tsm import TemporalShift
@@ -170,6 +171,40 @@ def test_temporal_shift_moves_exactly_fold_channels() -> None:
     assert torch.equal(first[:, :2], torch.zeros(2, 2, 3, 3))
     assert torch.equal(first[:, 2:], x[:, 2:])
     assert torch.equal(buffer0, x[:, :2])
+
+
+def test_temporal_shift_over_consecutive_frames_is_frame_by_frame() -> None:
+    shift = TemporalShift(16, 0.125)
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randn(4, 3, 16, 2, 2, generator=g)  # 4 frames of 3 streams
+    for start in (None, torch.randn(3, 2, 2, 2, generator=g)):
+        buffer, want = start, []
+        for x in frames:
+            out, buffer = shift(x, buffer)
+            want.append(out)
+        got, last = shift(frames.reshape(12, 16, 2, 2), start, steps=4)
+        assert torch.equal(got, torch.cat(want)) and torch.equal(last, buffer)
+    # by hand: frame t takes stream b's first fold channels of frame t - 1 (zeros before the first)
+    got, _ = shift(frames.reshape(12, 16, 2, 2), None, steps=4)
+    assert torch.equal(got[3:6, :2], frames[0, :, :2]) and torch.equal(got[:3, :2], torch.zeros(3, 2, 2, 2))
+
+
+def test_shifting_extractor_over_runs_of_frames_gives_the_streams_features() -> None:
+    """extract_video_features' shifting extractor: runs of frames per pass, buffers carried between runs."""
+    torch.manual_seed(0)
+    model = InterleavedDetector(default_detector_config()).eval()
+    shifting = [i for i in range(len(model.extractors)) if model.extractor(i).uses_shift]
+    assert shifting
+    videos = torch.randint(0, 256, (2, 7, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for chunk in (2, 6, 256):  # runs of 1, 3 and all 7 frames per pass
+            feats = extract_video_features(model, videos, chunk=chunk)
+            for i in shifting:
+                state, want = None, []
+                for t in range(videos.shape[1]):
+                    f, state = model.extract(i, model.preprocess(videos[:, t]), state)
+                    want.append(f)
+                torch.testing.assert_close(feats[i], torch.stack(want, dim=1), rtol=0, atol=1e-5)
 
 
 def test_shifting_trunk_depends_on_its_buffer_and_is_deterministic() -> None:
