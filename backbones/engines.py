@@ -601,7 +601,8 @@ def use_build_engine(detector: Any, engine: str | None = None, *, threads: int =
 
     Only the per-frame features of a build go through the compiled extractors; FLOP
     counting, latency measurement and the stored modules keep the torch modules. Extractors
-    with temporal-shift buffers stay eager. Returns ``detector``.
+    with temporal-shift buffers stay eager (they run through a video in runs of consecutive
+    frames, batched like the others). Returns ``detector``.
 
     Args:
         detector: The build's interleaved detector (eval mode).
@@ -650,6 +651,65 @@ def compile_extractors(detector: Any, example: Tensor, *, engine: str, threads: 
             )
         )
     return tuple(compiled)
+
+
+class ShiftExtractorStep(nn.Module):
+    """A temporal-shift extractor's frame with its buffers as plain inputs and outputs.
+
+    ``(images, *buffers) -> (features, *buffers')``, one (B, fold, h, w) buffer per shifting
+    block (:meth:`FeatureExtractor.forward_with_shift
+    <gistgym.backbones.detector.FeatureExtractor.forward_with_shift>`); a stream's first frame
+    passes zeros, which is what a missing buffer means. Plain tensors in and out are what
+    tracing and export need.
+    """
+
+    def __init__(self, extractor: Any) -> None:
+        super().__init__()
+        self.extractor = extractor  # a FeatureExtractor (gistgym.backbones.detector imports this module)
+
+    def forward(self, images: Tensor, *buffers: Tensor) -> tuple[Tensor, ...]:
+        """Features and the buffers for the next frame."""
+        feats, new = self.extractor.forward_with_shift(images, tuple(buffers))
+        return (feats, *new)
+
+    @torch.no_grad()
+    def zero_buffers(self, images: Tensor) -> tuple[Tensor, ...]:
+        """Zero buffers of the shapes ``images`` (a stream's first frames) leave behind."""
+        return tuple(torch.zeros_like(b) for b in self.extractor.forward_with_shift(images, None)[1])
+
+
+def compile_shift_steps(
+    detector: Any, example: Tensor, *, engine: str, threads: int = 1
+) -> tuple[Compiled | None, ...]:
+    """Each temporal-shift extractor of an interleaved detector as a :class:`ShiftExtractorStep` on ``engine``.
+
+    ``None`` for an extractor without shift, and for every extractor on ``eager`` (the caller
+    runs the module with its buffers itself). ``example``: (B, 3, S, S) preprocessed images.
+
+    Raises:
+        EngineError, ExportMismatchError: As :func:`compile_module`.
+    """
+    out: list[Compiled | None] = []
+    for index, name in enumerate(detector.extractor_names):
+        extractor = detector.extractor(index)
+        if not extractor.uses_shift or engine == "eager":
+            out.append(None)
+            continue
+        step = ShiftExtractorStep(extractor).eval()
+        buffers = step.zero_buffers(example)
+        names = [f"shift_{k}" for k in range(len(buffers))]
+        out.append(
+            compile_module(
+                step,
+                (example, *(b + 0.5 for b in buffers)),  # a non-zero past: zeros would hide a dropped buffer
+                engine=engine,
+                kind=f"shift-step-{_safe(name)}",
+                input_names=("images", *names),
+                output_names=("features", *(f"{n}_out" for n in names)),
+                threads=threads,
+            )
+        )
+    return tuple(out)
 
 
 def build_extractor(detector: nn.Module, index: int) -> Compiled | None:

@@ -18,7 +18,8 @@ Then the per-module table on every execution engine (:mod:`gistgym.backbones.eng
 torch, frozen TorchScript, ONNX Runtime with one intra-op thread), measured in the same run:
 for each module the engines are timed next to each other in ``--rounds`` rounds and the median
 of the rounds is reported, with each engine's ratio to eager (median of the rounds' ratios).
-Extractors with temporal-shift buffers run eagerly on every engine (their state is Python).
+An extractor with temporal-shift buffers is timed as its frame step with the buffers passed in
+and out (:class:`~gistgym.backbones.engines.ShiftExtractorStep`, what the online runtime calls).
 For them the last table compares the two ways through a video of ``--run-frames`` frames,
 also timed next to each other: frame by frame (the online runtime, batch one) and as one run
 of consecutive frames per pass (``steps``, what the cache build and the evaluation do).
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 
 from gistgym.backbones.detector import InterleavedDetector, default_detector_config
+from gistgym.backbones.engines import ShiftExtractorStep
 from gistgym.backbones.flops import measure_latency, step_costs
 from gistgym.backbones.weights import DEFAULT_WEIGHTS, freeze, load_detector
 from gistgym.errors import GistgymError
@@ -274,13 +276,17 @@ def engine_table(model: InterleavedDetector, engines: tuple[str, ...], repeats: 
             f"MobileNetV2 x{ext.config.width_mult}, in {round(cfg.image_size * ext.config.input_scale)}px"
         )
         if ext.uses_shift:
-            descriptions[key] += ", temporal shift (eager on every engine)"
+            descriptions[key] += ", temporal shift (its buffers in and out)"
+            buffers = ShiftExtractorStep(ext).zero_buffers(images)
+            buffers = tuple(b + 0.5 for b in buffers)
         calls[key] = {}
         for e in engines:
             fn = compiled[e].extractors[index]
-            if fn is None:  # temporal shift: eager on every engine
-                fn = ext
-            calls[key][e] = lambda fn=fn: fn(images)  # type: ignore[misc]
+            if ext.uses_shift:  # the compiled shift step (eager: the module with its buffers)
+                step = compiled[e].shift_steps[index] or ShiftExtractorStep(ext)
+                calls[key][e] = lambda step=step, b=buffers: step(images, *b)  # type: ignore[misc]
+            else:
+                calls[key][e] = lambda fn=fn: fn(images)  # type: ignore[misc]
     feats = model.extract(0, images)[0]
     out = model.memory(feats, state)[0]
     descriptions["memory"] = f"ConvLSTM step, G={model.memory.groups}"

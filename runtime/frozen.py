@@ -26,8 +26,10 @@ frames' latency doubles while a heavy job runs).
 graphs (:class:`DFFSteps`, the warp W included). :func:`frozen_modules` and
 :func:`frozen_dff` are the TorchScript versions.
 
-Extractors that carry temporal-shift buffers (``uses_shift``) stay eager: their state is a
-Python object per block. The compiled modules are built once per detector object and engine
+An extractor that carries temporal-shift buffers (``uses_shift``) has no stateless compiled
+form (:attr:`FrozenModules.extractors` holds ``None`` for it); it is compiled as its frame step
+with the buffers passed in and out (:attr:`FrozenModules.shift_steps`), which the online
+runtime carries from frame to frame. The compiled modules are built once per detector object and engine
 and reused; they hold a copy of the weights, so a detector whose weights change afterwards
 (further training) needs a new object to be compiled again.
 """
@@ -53,10 +55,12 @@ from gistgym.backbones.engines import (
     EngineError,
     MemoryHeadStep,
     OrtModule,
+    ShiftExtractorStep,
     check_engine,
     check_threads,
     compile_extractors,
     compile_module,
+    compile_shift_steps,
     freeze_torchscript,
     ort_session,
 )
@@ -95,6 +99,7 @@ __all__ = [
     "frame_step_parity",
     "frozen_dff",
     "frozen_modules",
+    "shift_step_parity",
 ]
 
 _freeze = freeze_torchscript  # the name other modules of the project used
@@ -118,7 +123,7 @@ class FrozenModules:
 
     extractors: tuple[Compiled | None, ...]
     """Per detector extractor: normalised (B, 3, S, S) -> (B, C, g, g), or ``None`` for one that
-    carries temporal-shift buffers (it runs eagerly through the detector)."""
+    carries temporal-shift buffers (see :attr:`shift_steps`)."""
     memory: Compiled
     """``(features, c, h) -> (output, c', h')``: one ConvLSTM step."""
     head: Compiled
@@ -130,6 +135,10 @@ class FrozenModules:
     (:class:`~gistgym.backbones.engines.MemoryHeadStep`, the environment's fused step): one
     engine call instead of two."""
     frame_steps: tuple[OrtModule | None, ...] = ()
+    shift_steps: tuple[Compiled | None, ...] = ()
+    """Per extractor, on TorchScript and ONNX Runtime, a temporal-shift extractor's frame with its
+    buffers in and out (:class:`~gistgym.backbones.engines.ShiftExtractorStep`); ``None`` for the
+    others (and every extractor on eager)."""
     """ONNX Runtime only, per detector extractor (``None`` for one with shift buffers): a whole
     frame as one graph (:func:`~gistgym.backbones.onnx_graphs.frame_step_graph`, ``(image, c, h)``
     with the uint8 frame -> features, new state, head outputs and the frame's detections), what
@@ -225,7 +234,8 @@ def engine_modules(detector: InterleavedDetector, engine: str = DEFAULT_ENGINE, 
         threads=threads,
     )  # fmt: skip
     steps = _frame_steps(detector, extractors, memory_head, threads) if engine == "onnxruntime" else ()
-    modules = FrozenModules(extractors, memory, head, engine, memory_head, steps)
+    shift_steps = compile_shift_steps(detector, images, engine=engine, threads=threads)
+    modules = FrozenModules(extractors, memory, head, engine, memory_head, steps, shift_steps)
     per_detector[(engine, threads)] = modules
     return modules
 
@@ -322,9 +332,10 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: s
 
     Runs every compiled extractor, then the memory and the head over the frames one by one
     (the memory carried), comparing features, memory state, box offsets and logits, and the
-    fused memory + head step's outputs; on ONNX Runtime also each whole-frame graph against the
-    eager modules and the numpy postprocessing (:func:`frame_step_parity`, on uint8 frames of
-    its own).
+    fused memory + head step's outputs; each temporal-shift extractor's compiled step over the
+    frames as a stream (its buffers carried) against the eager extractor's; on ONNX Runtime also
+    each whole-frame graph against the eager modules and the numpy postprocessing
+    (:func:`frame_step_parity`, on uint8 frames of its own).
 
     Args:
         detector: The detector (eval mode).
@@ -356,6 +367,9 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: s
                 *(zip((eager_state.c, eager_state.h, *eager_head), fused, strict=True) if fused else ()),
             ]
             worst = max(worst, *(float((a - b).abs().max()) for a, b in pairs))
+    for index, step in enumerate(modules.shift_steps):
+        if step is not None:
+            worst = max(worst, shift_step_parity(detector, index, step, images))
     eager_joint = MemoryHeadStep(detector.memory, detector.head).eval()
     anchors = np.ascontiguousarray(detector.head.anchors.numpy(), dtype=np.float32)
     for index, step in enumerate(modules.frame_steps):
@@ -366,6 +380,25 @@ def check_frozen_parity(detector: InterleavedDetector, images: Tensor, engine: s
             f"{engine} modules differ from the eager detector by {worst:.3g} (> {PARITY_ATOL:g}); "
             "run with the eager modules (--engine eager)"
         )
+    return worst
+
+
+@torch.no_grad()
+def shift_step_parity(detector: InterleavedDetector, index: int, step: Compiled, images: Tensor) -> float:
+    """Largest difference between a compiled shift step and the eager extractor ``index`` over ``images`` as a stream.
+
+    The step starts from zero buffers and carries its own; the eager extractor starts from none
+    and carries its own: features and buffers are compared on every frame.
+    """
+    buffers = ShiftExtractorStep(detector.extractor(index)).zero_buffers(images[:1])
+    state = None
+    worst = 0.0
+    for t in range(len(images)):
+        feats, state = detector.extract(index, images[t : t + 1], state)
+        out = step(images[t : t + 1], *buffers)
+        got_feats, buffers = out[0], tuple(out[1:])
+        pairs = [(feats, got_feats), *zip(state, buffers, strict=True)]
+        worst = max(worst, *(float((a - b).abs().max()) for a, b in pairs))
     return worst
 
 

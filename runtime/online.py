@@ -71,7 +71,7 @@ from torch import Tensor
 from gistgym.agents.policy import Policy
 from gistgym.backbones.convlstm import LSTMState
 from gistgym.backbones.detector import InterleavedDetector
-from gistgym.backbones.engines import DEFAULT_ENGINE, MemoryHeadStep
+from gistgym.backbones.engines import DEFAULT_ENGINE, MemoryHeadStep, ShiftExtractorStep
 from gistgym.backbones.ssdlite import Detections, postprocess_frame
 from gistgym.envs.interleave_core import runtime_cues
 from gistgym.errors import ConfigError, InvalidActionError
@@ -165,6 +165,15 @@ class OnlineMemory:
         self.engine = engine if frozen else "eager"
         self.frozen: FrozenModules = engine_modules(detector, self.engine, threads)
         self._extractors = tuple(None if g is None else array_call(g) for g in self.frozen.extractors)
+        shift_steps = self.frozen.shift_steps or (None,) * len(self.frozen.extractors)
+        self._shift_steps = tuple(None if g is None else array_call(g) for g in shift_steps)
+        example = torch.zeros(1, 3, detector.config.image_size, detector.config.image_size)
+        self._zero_buffers = tuple(
+            None
+            if g is None
+            else tuple(b.numpy() for b in ShiftExtractorStep(detector.extractor(i)).zero_buffers(example))
+            for i, g in enumerate(shift_steps)
+        )
         fused = self.frozen.memory_head
         self._memory_head = array_call(MemoryHeadStep(detector.memory, detector.head) if fused is None else fused)
         self._memory_step = array_call(self.frozen.memory)
@@ -221,6 +230,13 @@ class OnlineMemory:
         run = self._extractors[index]
         if run is not None:
             return run(images)[0]
+        step = self._shift_steps[index]
+        if step is not None:  # compiled, the buffers as arrays in and out
+            buffers = self.shift[index] or self._zero_buffers[index]
+            assert buffers is not None
+            out = step(images, *buffers)
+            self.shift[index] = out[1:]
+            return out[0]
         with torch.inference_mode():
             feats, shift = self.detector.extract(index, torch.from_numpy(images), self.shift[index])
         if self.detector.extractor(index).uses_shift:

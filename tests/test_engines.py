@@ -72,6 +72,59 @@ def test_interleaved_modules_match_eager_frame_by_frame(engine: str, model: Any,
     assert engine_modules(model, engine) is engine_modules(model, engine)  # compiled once per detector
 
 
+def test_a_shift_step_from_zero_buffers_is_the_extractors_first_frame(model: Any, frames: np.ndarray) -> None:
+    from gistgym.backbones.engines import ShiftExtractorStep
+
+    index = next(i for i in range(len(model.extractors)) if model.extractor(i).uses_shift)
+    images = model.preprocess(torch.from_numpy(frames[:2]))
+    step = ShiftExtractorStep(model.extractor(index)).eval()
+    with torch.no_grad():
+        zeros = step.zero_buffers(images[:1])
+        out = step(images[:1], *zeros)
+        feats, state = model.extract(index, images[:1])
+        assert torch.equal(out[0], feats) and all(torch.equal(a, b) for a, b in zip(out[1:], state, strict=True))
+        # the second frame sees the first one's buffers, not zeros
+        again = step(images[1:2], *out[1:])
+        assert torch.equal(again[0], model.extract(index, images[1:2], state)[0])
+        assert not torch.equal(again[0], step(images[1:2], *zeros)[0])
+
+
+@pytest.mark.parametrize("engine", COMPILED)
+def test_the_runtime_runs_a_shift_extractor_compiled_with_its_buffers_carried(
+    engine: str, model: Any, frames: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gistgym.runtime import frozen
+    from gistgym.runtime.frozen import engine_modules
+
+    index = next(i for i in range(len(model.extractors)) if model.extractor(i).uses_shift)
+    steps = engine_modules(model, engine).shift_steps
+    assert [s is not None for s in steps] == [model.extractor(i).uses_shift for i in range(len(steps))]
+    assert engine_modules(model, "eager").shift_steps == (None,) * len(steps)
+    actions = (0, 1, index)
+    got, want = OnlineMemory(model, actions, engine=engine), OnlineMemory(model, actions, engine="eager")
+    calls = []
+    run = got._shift_steps[index]
+    assert run is not None
+    got._shift_steps = tuple(
+        (lambda *a: calls.append(1) or run(*a)) if i == index else s for i, s in enumerate(got._shift_steps)
+    )
+    for memory in (got, want):
+        for t, image in enumerate(frames[:8]):
+            memory.frame(0 if t % 4 == 0 else 2, image)  # the shift extractor on 6 frames, its buffers carried
+        memory.reset()
+    assert len(calls) == 6
+    for t, image in enumerate(frames[:5]):  # after a reset: zero buffers again
+        action = 0 if t == 0 else 2
+        (rec, dets), (want_rec, want_dets) = got.frame(action, image), want.frame(action, image)
+        np.testing.assert_allclose(rec.observation["state"], want_rec.observation["state"], atol=PARITY_ATOL, rtol=0)
+        _assert_same_detections(dets, want_dets)
+    # a compiled step that drops its buffers is caught by the parity check
+    broken = lambda images, *buffers: steps[index](images, *(b * 0 for b in buffers))  # noqa: E731
+    images = model.preprocess(torch.from_numpy(frames[:4]))
+    assert frozen.shift_step_parity(model, index, steps[index], images) <= PARITY_ATOL
+    assert frozen.shift_step_parity(model, index, broken, images) > 100 * PARITY_ATOL
+
+
 @pytest.mark.parametrize("engine", COMPILED)
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_interleaved_runtime_gives_eager_schedule_and_detections(
