@@ -6,28 +6,13 @@ The script is not a package; it is loaded from its file as a user runs it (with 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmark_scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> ModuleType:
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-causal_bound = _load("causal_bound")
+causal_bound = load_script("causal_bound")
 
 GRID = {"segment": {"active": (1, 3), "idle": (3, 6)}, "events": {"active": (4,), "idle": (6,), "delay": (0,)},
         "oracle": {"g": (0.5,)}}  # fmt: skip

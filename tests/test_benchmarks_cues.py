@@ -6,35 +6,20 @@ The scripts are not a package; they are loaded from their files as a user runs t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_script
 
 from gistgym.backbones.ssdlite import Detections
 from gistgym.feature_cache import FeatureCache
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> ModuleType:
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cue_quality = _load("cue_quality")
-cue_rule = _load("cue_rule")
-cue_search = _load("cue_search")
+cue_quality = load_script("cue_quality")
+cue_rule = load_script("cue_rule")
+cue_search = load_script("cue_search")
 
 
 def _dets(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Detections:

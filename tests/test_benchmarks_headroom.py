@@ -5,28 +5,16 @@ The scripts are not a package; they are loaded from their files as a user runs t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-headroom = _load("headroom")
-signals = _load("signals")
+headroom = load_script("headroom")
+signals = load_script("signals")
 
 
 # --- arithmetic -----------------------------------------------------------------------------
