@@ -264,8 +264,9 @@ def extract_video_features(model: InterleavedDetector, videos: Tensor, chunk: in
         if model.extractor(i).uses_shift:
             state = None
             runs = []
-            for s in range(0, T, max(1, chunk // V)):
-                run = videos[:, s : s + max(1, chunk // V)].transpose(0, 1)  # time-major: (t, V, H, W, 3)
+            per_run = max(1, chunk // V)  # consecutive frames per pass
+            for s in range(0, T, per_run):
+                run = videos[:, s : s + per_run].transpose(0, 1)  # time-major: (t, V, H, W, 3)
                 steps = run.shape[0]
                 f, state = model.extract(i, model.preprocess(run.reshape(steps * V, *run.shape[2:])), state, steps)
                 runs.append(f.view(steps, V, *f.shape[1:]).transpose(0, 1))

@@ -44,8 +44,12 @@ class TemporalShift(nn.Module):
         Returns:
             The shifted (steps * B, C, H, W) input and the last frame's (B, fold, H, W) buffer.
         """
+        current = x[:, : self.fold]
+        if steps == 1:  # the online runtime's frame: no reshaping on the way
+            past = torch.zeros_like(current) if buffer is None else buffer
+            return torch.cat([past, x[:, self.fold :]], dim=1), current
         rows, _, h, w = x.shape
-        current = x[:, : self.fold].reshape(steps, rows // steps, self.fold, h, w)
-        first = torch.zeros_like(current[0]) if buffer is None else buffer
-        past = torch.cat([first[None], current[:-1]]).reshape(rows, self.fold, h, w)
-        return torch.cat([past, x[:, self.fold :]], dim=1), current[-1]
+        frames = current.reshape(steps, rows // steps, self.fold, h, w)
+        first = torch.zeros_like(frames[0]) if buffer is None else buffer
+        past = torch.cat([first[None], frames[:-1]]).reshape(rows, self.fold, h, w)
+        return torch.cat([past, x[:, self.fold :]], dim=1), frames[-1]
