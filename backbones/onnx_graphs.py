@@ -221,25 +221,20 @@ def _with_ir(model: onnx.ModelProto, ir: int) -> onnx.ModelProto:
     return copy
 
 
-def _output(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
-    return next(o for o in model.graph.output if o.name == name)
-
-
 def chain_graphs(
     stages: Sequence[tuple[str, onnx.ModelProto]],
     links: Mapping[str, Sequence[tuple[str, str]]],
-    names: Mapping[str, str],
     outputs: Sequence[str],
 ) -> onnx.ModelProto:
     """Graphs joined in order into one: each stage's inputs fed by earlier stages' outputs.
 
     Every stage's values are prefixed with ``"<stage>/"``; ``links[stage]`` lists ``(earlier
-    "<stage>/<output>", this stage's input)`` pairs (the inputs not linked stay graph inputs).
-    ``names`` maps public names to prefixed values, for the graph's inputs and its ``outputs``:
-    the result has exactly ``outputs``, in that order, each a linked value or a stage output.
+    "<stage>/<output>", this stage's input)`` pairs (the inputs no link feeds stay graph
+    inputs). The result has exactly ``outputs`` (prefixed stage outputs, linked or not), in
+    that order; it names them and its inputs without their prefix.
 
     Raises:
-        ValueError: An output that no stage has.
+        ValueError: An output that no stage has, or two inputs or outputs of one name.
     """
     ir = max(m.ir_version for _, m in stages)
     produced = {f"{prefix}/{o.name}": o for prefix, m in stages for o in m.graph.output}
@@ -247,20 +242,22 @@ def chain_graphs(
     model = compose.add_prefix(_with_ir(first, ir), f"{first_prefix}/")
     for prefix, stage in rest:
         model = compose.merge_models(model, _with_ir(stage, ir), io_map=list(links[prefix]), prefix2=f"{prefix}/")
-    public = {inner: name for name, inner in names.items()}
+    missing = [name for name in outputs if name not in produced]
+    if missing:
+        raise ValueError(f"chain_graphs: no stage outputs {', '.join(map(repr, missing))}")
+    public = {inner: inner.split("/", 1)[1] for inner in [*(v.name for v in model.graph.input), *outputs]}
+    if len(set(public.values())) != len(public):
+        raise ValueError(f"chain_graphs: inputs and outputs {sorted(public)} do not have one name each")
     kept = []
-    for name in outputs:
-        inner = names.get(name, name)
-        if inner not in produced:
-            raise ValueError(f"chain_graphs: no stage outputs {inner!r} (for {name!r})")
+    for inner in outputs:
         info = onnx.ValueInfoProto()
         info.CopyFrom(produced[inner])
-        info.name = name
+        info.name = public[inner]
         kept.append(info)
     del model.graph.output[:]
     model.graph.output.extend(kept)
     for value in model.graph.input:
-        value.name = public.get(value.name, value.name)
+        value.name = public[value.name]
     for node in model.graph.node:
         node.input[:] = [public.get(n, n) for n in node.input]
         node.output[:] = [public.get(n, n) for n in node.output]
@@ -289,20 +286,7 @@ def frame_step_graph(
             "mem": [("ext/features", "x")],
             "post": [("mem/loc", "loc"), ("mem/conf", "conf")],
         },
-        {
-            "image": "pre/image",
-            "c": "mem/c",
-            "h": "mem/h",
-            "features": "ext/features",
-            "c_new": "mem/c_new",
-            "h_new": "mem/h_new",
-            "loc": "mem/loc",
-            "conf": "mem/conf",
-            "boxes": "post/boxes",
-            "scores": "post/scores",
-            "labels": "post/labels",
-        },
-        FRAME_STEP_OUTPUTS,
+        ["ext/features", "mem/c_new", "mem/h_new", "mem/loc", "mem/conf", "post/boxes", "post/scores", "post/labels"],
     )
 
 
@@ -401,17 +385,7 @@ def dff_key_graph(
             "task": [("feat/features", "features")],
             "post": [("task/loc", "loc"), ("task/conf", "conf")],
         },
-        {
-            "image": "pre/image",
-            "images": "pre/images",
-            "features": "feat/features",
-            "loc": "task/loc",
-            "conf": "task/conf",
-            "boxes": "post/boxes",
-            "scores": "post/scores",
-            "labels": "post/labels",
-        },
-        DFF_KEY_OUTPUTS,
+        ["pre/images", "feat/features", "task/loc", "task/conf", "post/boxes", "post/scores", "post/labels"],
     )
 
 
@@ -420,15 +394,7 @@ def dff_flow_graph(preprocess: onnx.ModelProto, flow: onnx.ModelProto, cues: onn
     return chain_graphs(
         [("pre", preprocess), ("flow", flow), ("cues", cues)],
         {"flow": [("pre/images", "images")], "cues": [("flow/flow", "flow"), ("flow/scale", "scale")]},
-        {
-            "image": "pre/image",
-            "key_images": "flow/key_images",
-            "images": "pre/images",
-            "flow": "flow/flow",
-            "scale": "flow/scale",
-            "cues": "cues/cues",
-        },
-        DFF_FLOW_OUTPUTS,
+        ["pre/images", "flow/flow", "flow/scale", "cues/cues"],
     )
 
 
@@ -440,15 +406,5 @@ def dff_propagate_graph(warp: onnx.ModelProto, task: onnx.ModelProto, postproces
     return chain_graphs(
         [("warp", warp), ("task", task), ("post", postprocess)],
         {"task": [("warp/warped", "features")], "post": [("task/loc", "loc"), ("task/conf", "conf")]},
-        {
-            "features": "warp/features",
-            "flow": "warp/flow",
-            "scale": "warp/scale",
-            "loc": "task/loc",
-            "conf": "task/conf",
-            "boxes": "post/boxes",
-            "scores": "post/scores",
-            "labels": "post/labels",
-        },
-        DFF_PROPAGATE_OUTPUTS,
+        ["task/loc", "task/conf", "post/boxes", "post/scores", "post/labels"],
     )

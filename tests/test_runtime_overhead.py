@@ -494,12 +494,16 @@ def test_flow_cues_graph_is_the_environments_cues() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_chain_graphs_refuses_an_output_no_stage_has() -> None:
+def test_chain_graphs_refuses_an_output_no_stage_has_and_two_values_of_one_name() -> None:
     from gistgym.backbones.onnx_graphs import chain_graphs, flow_cues_graph, warp_graph
 
     stages = [("cues", flow_cues_graph(6, 4, 16.0, 4.0)), ("warp", warp_graph(6, 4))]
+    links = {"warp": [("cues/cues", "features")]}
     with pytest.raises(ValueError, match="warp/nothing"):
-        chain_graphs(stages, {"warp": [("cues/cues", "features")]}, {"out": "warp/nothing"}, ["out"])
+        chain_graphs(stages, links, ["warp/nothing"])
+    # both stages read an unlinked "flow" and "scale": the joined graph would have two inputs named flow
+    with pytest.raises(ValueError, match="one name each"):
+        chain_graphs(stages, links, ["warp/warped"])
 
 
 def test_onnxruntime_dff_runs_frames_as_graphs_and_gives_the_eager_frames() -> None:
